@@ -1,0 +1,270 @@
+"""Typed run configuration: defaults in code < a YAML file (`--config`) < dotted command-line overrides.
+
+Every key is a field of one of the section dataclasses below, with its default, its meaning and its
+allowed range next to it, so `--help`, validation and the saved `config.yaml` all come from one place.
+Invalid input raises `UserError` before any process group or data work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from hpc_mnist.errors import UserError
+
+
+def opt(default: Any, help: str, **bounds: float) -> Any:
+    """A config field: its default, one line of help, and optional bounds (gt, ge, lt, le)."""
+    meta = {"help": help, **bounds}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    name: Literal["mnist", "fashion_mnist", "kmnist", "synthetic"] = opt(
+        "mnist", "dataset; synthetic needs no files (offline smoke runs, benchmarks)")
+    root: str = opt("", "dataset folder; empty means $HPC_MNIST_DATA, else ./data")
+    download: bool = opt(True, "download missing files on rank 0 (compute nodes often have no internet)")
+    val_fraction: float = opt(0.2, "share of the training split held out for validation", gt=0, lt=1)
+    split_seed: int = opt(55, "seed of the train/validation split (55, as in the tutorials)")
+    resident: bool = opt(True, "keep each split as one uint8 tensor on the training device")
+    synthetic_train: int = opt(60000, "synthetic training-split size (before validation split)", ge=10)
+    synthetic_test: int = opt(10000, "synthetic test-split size", ge=1)
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["linear", "mlp", "cnn"] = opt("mlp", "linear (784-10), mlp, or cnn")
+    hidden: list[int] = opt([50, 50, 50], "mlp hidden layer sizes", ge=1)
+    activation: Literal["relu", "sigmoid", "tanh", "gelu"] = opt("relu", "mlp activation")
+    dropout: float = opt(0.2, "mlp dropout after the first hidden layer", ge=0, lt=1)
+    channels_last: bool = opt(True, "cnn: channels_last memory format (faster with bf16/tensor cores)")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw"] = opt("sgd", "optimizer")
+    lr: float = opt(0.05, "learning rate (per the global batch at world size 1)", gt=0)
+    momentum: float = opt(0.0, "sgd momentum", ge=0, lt=1)
+    nesterov: bool = opt(False, "sgd Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = opt(0.0, "weight decay (decoupled for adamw)", ge=0)
+    scheduler: Literal["none", "step", "cosine", "onecycle"] = opt("none", "learning-rate schedule")
+    step_size: int = opt(1, "step scheduler: epochs between decays", ge=1)
+    gamma: float = opt(0.7, "step scheduler: decay factor", gt=0, le=1)
+    scale_lr: bool = opt(False, "multiply lr by world size (linear scaling rule)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(5, "training epochs", ge=1)
+    batch_size: int = opt(128, "batch size per rank (global batch = this x world size)", ge=1)
+    eval_batch_size: int = opt(2048, "batch size per rank for validation and test", ge=1)
+    seed: int = opt(0, "seed for weights, dropout and shuffling", ge=0)
+    device: Literal["auto", "cuda", "xpu", "mps", "cpu"] = opt("auto", "auto: cuda, xpu, mps, then cpu")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
+        "auto", "auto: bf16 on GPUs that have it (else fp16), bf16 cnn on CPUs with native bf16, else fp32")
+
+
+@dataclass
+class DistConfig:
+    init: Literal["auto", "torchrun", "none"] = opt("auto", "auto: torchrun variables if set, else one process")
+    backend: Literal["auto", "nccl", "xccl", "gloo"] = opt("auto", "auto: nccl on cuda, xccl on xpu, else gloo")
+    timeout: float = opt(600.0, "seconds a collective may wait for a dead peer before the job fails", gt=0)
+
+
+@dataclass
+class LogConfig:
+    dir: str = opt("runs", "parent folder of run directories")
+    name: str = opt("", "run directory name; empty: the batch job id, else <model>-<date>-<time>")
+    console: Literal["auto", "rich", "plain"] = opt("auto", "auto: progress bars on a terminal, plain lines in job logs")
+    tensorboard: bool = opt(True, "write TensorBoard event files into the run directory")
+    failures: int = opt(36, "misclassified test digits shown in TensorBoard", ge=0)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _keys() -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Every dotted key -> (its dataclass field, its resolved type)."""
+    keys = {}
+    for section in dataclasses.fields(Config):
+        cls = get_type_hints(Config)[section.name]
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            keys[f"{section.name}.{f.name}"] = (f, hints[f.name])
+    return keys
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "|".join(get_args(tp))
+    if get_origin(tp) is list:
+        return "list of int"
+    return tp.__name__
+
+
+def _check(key: str, value: Any, f: dataclasses.Field, tp: Any) -> Any:
+    """Return `value` converted to the field's type, or raise UserError saying what is wrong."""
+    def bad(what: str) -> UserError:
+        return UserError(f"config key {key} must be {what} (got {value!r})")
+
+    if get_origin(tp) is Literal:
+        choices = list(get_args(tp))
+        if value not in choices:
+            raise UserError(f"config key {key} must be one of {', '.join(choices)} (got {value!r})"
+                            + _suggest(str(value), choices))
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if get_origin(tp) is list:
+        if isinstance(value, str):
+            value = [int(v) if v.strip().lstrip("-").isdigit() else v for v in value.split(",")]
+        if not isinstance(value, list) or not value or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad("a non-empty list of integers, e.g. [64,64]")
+        for v in value:
+            _check_bounds(key, v, f)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+    elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        if not math.isfinite(value):
+            raise bad("a finite number")
+        value = float(value)
+    _check_bounds(key, value, f)
+    return value
+
+
+def _check_bounds(key: str, value: float, f: dataclasses.Field) -> None:
+    tests = {"gt": (lambda a, b: a > b, ">"), "ge": (lambda a, b: a >= b, ">="),
+             "lt": (lambda a, b: a < b, "<"), "le": (lambda a, b: a <= b, "<=")}
+    for name, (ok, sign) in tests.items():
+        bound = f.metadata.get(name)
+        if bound is not None and not ok(value, bound):
+            raise UserError(f"config key {key} must be {sign} {bound} (got {value!r})")
+
+
+def _set(cfg: Config, key: str, value: Any, where: str) -> None:
+    keys = _keys()
+    if key not in keys:
+        raise UserError(f"unknown config key '{key}' in {where}" + _suggest(key, list(keys)))
+    f, tp = keys[key]
+    section, name = key.split(".", 1)
+    setattr(getattr(cfg, section), name, _check(key, value, f, tp))
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise UserError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must be a mapping of sections (data, model, ...)")
+    flat = {}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise UserError(f"config file {path}: section '{section}' must be a mapping of keys"
+                            + _suggest(str(section), [f.name for f in dataclasses.fields(Config)]))
+        for name, value in values.items():
+            flat[f"{section}.{name}"] = value
+    return flat
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"override '{item}' must look like section.key=value, e.g. train.epochs=3")
+    f_tp = _keys().get(key)
+    if f_tp is not None and f_tp[1] is str:
+        return key, raw
+    try:
+        return key, yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return key, raw
+
+
+def _cross_checks(cfg: Config) -> None:
+    if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum <= 0):
+        raise UserError("config key optim.nesterov=true needs optim.name=sgd and optim.momentum > 0")
+
+
+def help_text() -> str:
+    lines = ["configuration keys (section.key=value on the command line):"]
+    for key, (f, tp) in _keys().items():
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(f"  {key:<24} {_type_name(tp):<34} default {default!r}")
+        lines.append(f"  {'':<24} {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def build(config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Resolve defaults < config file < overrides into a validated Config."""
+    cfg = Config()
+    if config_file:
+        for key, value in _read_yaml(config_file).items():
+            _set(cfg, key, value, config_file)
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set(cfg, key, value, "the command line")
+    _cross_checks(cfg)
+    return cfg
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=help_text(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="YAML file with sections data, model, optim, train, dist, log")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides, applied last")
+    return p
+
+
+def save(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

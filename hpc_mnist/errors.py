@@ -1,0 +1,19 @@
+"""The one exception type for mistakes a user can make (bad config, missing data, wrong launcher).
+
+The entry points catch it, print its message as a single line (once, from rank 0, when every rank
+has the same error), and exit with `exit_code`. Anything else that escapes is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message says what and how."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE, *, on_all_ranks: bool = False):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.on_all_ranks = on_all_ranks

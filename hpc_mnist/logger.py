@@ -1,0 +1,156 @@
+"""Run outputs, written by rank 0 only: the rich console, TensorBoard, metrics.jsonl, summary.json.
+
+A logger built with `enabled=False` (every other rank) accepts the same calls and does nothing, so the
+training loop never asks which rank it is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from hpc_mnist import config
+from hpc_mnist.config import Config, LogConfig
+from hpc_mnist.errors import UserError
+
+EPOCH_COLUMNS = [  # (key, header, format)
+    ("epoch", "epoch", "{:>5d}"), ("train_loss", "train loss", "{:>10.4f}"), ("train_acc", "train acc", "{:>9.2%}"),
+    ("val_loss", "val loss", "{:>8.4f}"), ("val_acc", "val acc", "{:>7.2%}"), ("lr", "lr", "{:>9.2e}"),
+    ("epoch_time_s", "time s", "{:>6.2f}"), ("samples_per_s", "samples/s", "{:>10,.0f}"),
+]
+
+
+def default_run_name(model_name: str) -> str:
+    """The batch job id when there is one (so job logs and run directories match), else model-date-time."""
+    job = os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        array = os.environ.get("PBS_ARRAY_INDEX") or os.environ.get("SLURM_ARRAY_TASK_ID")
+        return job.split(".")[0] + (f"-{array}" if array else "")
+    return f"{model_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def make_run_dir(cfg: Config) -> Path:
+    """Create the run directory and save the resolved configuration in it."""
+    run_dir = Path(cfg.log.dir) / (cfg.log.name or default_run_name(cfg.model.name))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(cfg, run_dir / "config.yaml")
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}; "
+                        "set log.dir to a writable folder") from None
+    return run_dir
+
+
+def failure_grid(images: torch.Tensor, predicted: torch.Tensor, true: torch.Tensor, columns: int = 6) -> torch.Tensor:
+    """Misclassified digits in a grid, each captioned 'predicted (true)' like the tutorial's show_failures.
+
+    Returns a uint8 [3, H, W] image for TensorBoard.
+    """
+    from PIL import Image, ImageDraw
+
+    scale, caption = 2, 14
+    tile_w, tile_h = 28 * scale, 28 * scale + caption
+    rows = (len(images) + columns - 1) // columns
+    canvas = Image.new("L", (columns * tile_w, rows * tile_h), color=255)
+    draw = ImageDraw.Draw(canvas)
+    for i, (img, p, t) in enumerate(zip(images, predicted.tolist(), true.tolist())):
+        x0, y0 = (i % columns) * tile_w, (i // columns) * tile_h
+        digit = Image.fromarray(img.cpu().numpy()).resize((tile_w, tile_w), Image.NEAREST)
+        canvas.paste(digit, (x0, y0))
+        draw.text((x0 + 4, y0 + tile_w + 1), f"{p} ({t})", fill=0)
+    grid = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(canvas.height, canvas.width)
+    return grid.expand(3, -1, -1).contiguous()
+
+
+class RunLogger:
+    def __init__(self, cfg: LogConfig, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.writer = None
+        if not enabled:
+            return
+        self.console = Console(highlight=False)
+        self.interactive = cfg.console == "rich" or (cfg.console == "auto" and self.console.is_terminal)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir))
+        self._header_printed = False
+
+    def start(self, facts: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        grid = Table.grid(padding=(0, 2))
+        for key, value in facts.items():
+            grid.add_row(f"[bold]{key}[/]", str(value))
+        self.console.print(Panel(grid, title="hpc_mnist", expand=False))
+
+    @contextlib.contextmanager
+    def progress(self, epoch: int, epochs: int, steps: int) -> Iterator[Callable[[int, float, float], None]]:
+        """A live bar for one epoch on a terminal; yields update(step, loss, samples_per_s)."""
+        if not (self.enabled and self.interactive):
+            yield lambda step, loss, rate: None
+            return
+        bar = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:,.0f} samples/s"),
+                       TimeRemainingColumn(), console=self.console, transient=True)
+        task = bar.add_task("train", total=steps, loss=float("nan"), rate=0.0)
+        with bar:
+            yield lambda step, loss, rate: bar.update(task, completed=step, loss=loss, rate=rate)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if not self._header_printed:
+            widths = [len(fmt.format(0) if key == "epoch" else fmt.format(0.0)) for key, _, fmt in EPOCH_COLUMNS]
+            self.console.print("  ".join(f"{h:>{w}}" for (_, h, _), w in zip(EPOCH_COLUMNS, widths)), style="bold")
+            self._header_printed = True
+        self.console.print("  ".join(fmt.format(row[key]) for key, _, fmt in EPOCH_COLUMNS))
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer:
+            step = row["epoch"]
+            for tag, key in [("loss/train", "train_loss"), ("loss/val", "val_loss"), ("accuracy/train", "train_acc"),
+                             ("accuracy/val", "val_acc"), ("lr", "lr"), ("throughput/samples_per_s", "samples_per_s"),
+                             ("time/epoch_s", "epoch_time_s")]:
+                self.writer.add_scalar(tag, row[key], step)
+            self.writer.flush()
+
+    def finish(self, summary: dict[str, Any], hparams: dict[str, Any],
+               failures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
+        if not self.enabled:
+            return
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        table = Table(title="summary", show_header=False)
+        for key in ["status", "test_acc", "test_loss", "val_acc", "epochs", "wall_time_s", "train_time_s",
+                    "samples_per_s"]:
+            value = summary[key]
+            if key.endswith("_acc"):
+                text = f"{value:.2%}"
+            elif isinstance(value, float):
+                text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+            else:
+                text = str(value)
+            table.add_row(key, text)
+        table.add_row("run directory", str(self.run_dir))
+        self.console.print(table)
+        if self.writer:
+            step = summary["epochs"]
+            self.writer.add_scalar("loss/test", summary["test_loss"], step)
+            self.writer.add_scalar("accuracy/test", summary["test_acc"], step)
+            if failures is not None and len(failures[0]):
+                self.writer.add_image("test/misclassified", failure_grid(*failures), step)
+            metrics = {f"hparam/{k}": summary[k] for k in ("test_acc", "test_loss", "val_acc", "samples_per_s")}
+            self.writer.add_hparams(hparams, metrics, run_name=".")
+            self.writer.close()

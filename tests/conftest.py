@@ -1,0 +1,57 @@
+"""Shared fixtures: a real-digits MNIST root, and helpers to run the trainer as real processes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = Path(os.environ.get("HPC_MNIST_SHARED_DATA", REPO.parent / "shared" / "data" / "mnist"))
+TRAIN_DIGITS = 8000  # of the 10,000 real test digits: the first 8,000 act as train, the last 2,000 as test
+
+
+def _idx_bytes(payload: bytes, magic: int, dims: list[int]) -> bytes:
+    return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims) + payload
+
+
+def write_mnist_root(root: Path, train_count: int = TRAIN_DIGITS) -> Path:
+    """Write an MNIST-layout root (torchvision's MNIST/raw/*-ubyte) from the shared real digits."""
+    images = gzip.decompress((SHARED_MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())[16:]
+    labels = gzip.decompress((SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())[8:]
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    pixels = 28 * 28
+    splits = {"train": slice(0, train_count), "t10k": slice(train_count, len(labels))}
+    for name, part in splits.items():
+        n = part.stop - part.start
+        (raw / f"{name}-images-idx3-ubyte").write_bytes(
+            _idx_bytes(images[part.start * pixels:part.stop * pixels], 0x0803, [n, 28, 28]))
+        (raw / f"{name}-labels-idx1-ubyte").write_bytes(_idx_bytes(labels[part], 0x0801, [n]))
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST digits not found at {SHARED_MNIST} (set HPC_MNIST_SHARED_DATA)")
+    return write_mnist_root(tmp_path_factory.mktemp("mnist"))
+
+
+def run_train(args: list[str], *, launcher: list[str] | None = None, env: dict[str, str] | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the trainer in fresh processes, as a user would."""
+    cmd = (launcher or [sys.executable]) + ["-m", "hpc_mnist.train", *args]
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "PBS_", "SLURM_"))}
+    full_env.update(env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
