@@ -53,7 +53,7 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "adam", "adamw"] = opt("sgd", "optimizer")
-    lr: float = opt(0.05, "learning rate (per the global batch at world size 1)", gt=0)
+    lr: float = opt(0.05, "learning rate (times world size when optim.scale_lr=true)", gt=0)
     momentum: float = opt(0.0, "sgd momentum", ge=0, lt=1)
     nesterov: bool = opt(False, "sgd Nesterov momentum (needs momentum > 0)")
     weight_decay: float = opt(0.0, "weight decay (decoupled for adamw)", ge=0)
@@ -85,7 +85,8 @@ class DistConfig:
 class LogConfig:
     dir: str = opt("runs", "parent folder of run directories")
     name: str = opt("", "run directory name; empty: the batch job id, else <model>-<date>-<time>")
-    console: Literal["auto", "rich", "plain"] = opt("auto", "auto: progress bars on a terminal, plain lines in job logs")
+    console: Literal["auto", "rich", "plain"] = opt(
+        "auto", "auto: progress bars on a terminal, plain lines in job logs")
     tensorboard: bool = opt(True, "write TensorBoard event files into the run directory")
     failures: int = opt(36, "misclassified test digits shown in TensorBoard", ge=0)
 

@@ -24,10 +24,10 @@ from hpc_mnist import config
 from hpc_mnist.config import Config, LogConfig
 from hpc_mnist.errors import UserError
 
-EPOCH_COLUMNS = [  # (key, header, format)
-    ("epoch", "epoch", "{:>5d}"), ("train_loss", "train loss", "{:>10.4f}"), ("train_acc", "train acc", "{:>9.2%}"),
-    ("val_loss", "val loss", "{:>8.4f}"), ("val_acc", "val acc", "{:>7.2%}"), ("lr", "lr", "{:>9.2e}"),
-    ("epoch_time_s", "time s", "{:>6.2f}"), ("samples_per_s", "samples/s", "{:>10,.0f}"),
+EPOCH_COLUMNS = [  # (key, header, width, format spec)
+    ("epoch", "epoch", 5, "d"), ("train_loss", "train loss", 10, ".4f"), ("train_acc", "train acc", 9, ".2%"),
+    ("val_loss", "val loss", 8, ".4f"), ("val_acc", "val acc", 7, ".2%"), ("lr", "lr", 9, ".2e"),
+    ("epoch_time_s", "time s", 7, ".2f"), ("samples_per_s", "samples/s", 10, ",.0f"),
 ]
 
 
@@ -64,7 +64,7 @@ def failure_grid(images: torch.Tensor, predicted: torch.Tensor, true: torch.Tens
     rows = (len(images) + columns - 1) // columns
     canvas = Image.new("L", (columns * tile_w, rows * tile_h), color=255)
     draw = ImageDraw.Draw(canvas)
-    for i, (img, p, t) in enumerate(zip(images, predicted.tolist(), true.tolist())):
+    for i, (img, p, t) in enumerate(zip(images, predicted.tolist(), true.tolist(), strict=True)):
         x0, y0 = (i % columns) * tile_w, (i // columns) * tile_h
         digit = Image.fromarray(img.cpu().numpy()).resize((tile_w, tile_w), Image.NEAREST)
         canvas.paste(digit, (x0, y0))
@@ -113,10 +113,9 @@ class RunLogger:
         if not self.enabled:
             return
         if not self._header_printed:
-            widths = [len(fmt.format(0) if key == "epoch" else fmt.format(0.0)) for key, _, fmt in EPOCH_COLUMNS]
-            self.console.print("  ".join(f"{h:>{w}}" for (_, h, _), w in zip(EPOCH_COLUMNS, widths)), style="bold")
+            self.console.print("  ".join(f"{head:>{width}}" for _, head, width, _ in EPOCH_COLUMNS), style="bold")
             self._header_printed = True
-        self.console.print("  ".join(fmt.format(row[key]) for key, _, fmt in EPOCH_COLUMNS))
+        self.console.print("  ".join(f"{row[key]:>{width}{spec}}" for key, _, width, spec in EPOCH_COLUMNS))
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer:

@@ -53,7 +53,7 @@ def evaluate(model: nn.Module, data: DeviceData, subset: Subset, cfg: Config, am
             failures.append((chunk.to(miss.device)[miss][:keep_failures], predicted[miss][:keep_failures]))
     dist.all_reduce_sum(totals)
     loss, correct, count = totals.tolist()
-    wrong = tuple(torch.cat(parts)[:keep_failures] for parts in zip(*failures)) if failures else ()
+    wrong = tuple(torch.cat(parts)[:keep_failures] for parts in zip(*failures, strict=True)) if failures else ()
     return loss / count, correct / count, wrong
 
 
@@ -122,7 +122,8 @@ def run(cfg: Config) -> Result:
         model = model.to(memory_format=torch.channels_last)
     ddp_model = model
     if rt.world_size > 1:
-        ddp_model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.index is not None else None)
+        device_ids = None if rt.device.index is None else [rt.device.index]
+        ddp_model = DistributedDataParallel(model, device_ids=device_ids)
     torch.manual_seed(cfg.train.seed + rt.rank)  # distinct dropout masks per rank
 
     amp = precision.resolve(cfg.train.precision, rt.device, cfg.model.name)

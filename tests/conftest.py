@@ -43,10 +43,10 @@ def mnist_root(tmp_path_factory) -> Path:
     return write_mnist_root(tmp_path_factory.mktemp("mnist"))
 
 
-def run_train(args: list[str], *, launcher: list[str] | None = None, env: dict[str, str] | None = None,
-              timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the trainer in fresh processes, as a user would."""
-    cmd = (launcher or [sys.executable]) + ["-m", "hpc_mnist.train", *args]
+def run_train(args: list[str], *, launcher: list[str] | None = None, program: list[str] | None = None,
+              env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the trainer (or `program`) in fresh processes under `launcher`, as a user would."""
+    cmd = (launcher or [sys.executable]) + (program or ["-m", "hpc_mnist.train"]) + args
     full_env = {k: v for k, v in os.environ.items()
                 if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "PBS_", "SLURM_"))}
     full_env.update(env or {})

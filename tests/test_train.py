@@ -1,0 +1,156 @@
+import json
+import sys
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, read_jsonl, run_train
+from hpc_mnist import config, models, train
+from hpc_mnist.data import DeviceData
+
+SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def _ok(result):
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    result = _ok(run_train([*SMOKE, f"log.dir={out}", "log.name=run"]))
+    return out / "run", result
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    """A real 2-process torchrun (gloo, CPU) whose ranks each save their final parameters."""
+    out = tmp_path_factory.mktemp("ddp")
+    result = _ok(run_train([str(out), *SMOKE, f"log.dir={out}", "log.name=run"],
+                           launcher=TORCHRUN, program=[str(REPO / "tests" / "helpers" / "train_and_dump.py")]))
+    return out, result
+
+
+def test_run_directory_contents(single_run):
+    run_dir, _ = single_run
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "model.pt"} <= {p.name for p in run_dir.iterdir()}
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 1 and summary["precision"] == "fp32"
+    assert summary["samples_per_s"] > 0 and 0 <= summary["test_acc"] <= 1
+    saved = config.build(str(run_dir / "config.yaml"))
+    assert saved.data.name == "synthetic" and saved.log.name == "run"  # resolved config, reusable
+
+
+def test_plain_console_for_job_logs(single_run):
+    _, result = single_run
+    assert "\x1b[" not in result.stdout and "\r" not in result.stdout  # no colour codes, no progress bar
+    assert "run directory" in result.stdout and "test_acc" in result.stdout
+    assert result.stderr.strip() == "" or "Traceback" not in result.stderr
+
+
+def test_tensorboard_tags(single_run):
+    run_dir, _ = single_run
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = events.Tags()
+    for tag in ["loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr", "throughput/samples_per_s",
+                "time/epoch_s", "loss/test", "accuracy/test"]:
+        assert tag in tags["scalars"], tag
+    assert [s.step for s in events.Scalars("accuracy/val")] == [1, 2]
+    assert "test/misclassified" in tags["images"]
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+
+
+def test_same_seed_same_result(single_run, tmp_path):
+    run_dir, _ = single_run
+    _ok(run_train([*SMOKE, f"log.dir={tmp_path}", "log.name=again"]))
+    strip = ("epoch_time_s", "train_time_s", "samples_per_s")
+    first, second = (
+        [{k: v for k, v in row.items() if k not in strip} for row in read_jsonl(d / "metrics.jsonl")]
+        for d in (run_dir, tmp_path / "again"))
+    assert first == second
+    a, b = torch.load(run_dir / "model.pt"), torch.load(tmp_path / "again" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_ranks_end_with_identical_parameters(two_rank_run):
+    out, _ = two_rank_run
+    rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    saved = torch.load(out / "run" / "model.pt")
+    assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
+
+
+def test_distributed_metrics_equal_single_process_evaluation(two_rank_run):
+    """The logged 2-rank validation accuracy equals a 1-process evaluation of the saved weights."""
+    out, _ = two_rank_run
+    run_dir = out / "run"
+    cfg = config.build(str(run_dir / "config.yaml"))
+    model = models.build(cfg.model)
+    model.load_state_dict(torch.load(run_dir / "model.pt"))
+    data = DeviceData(cfg.data, torch.device("cpu"))
+    val_loss, val_acc, _ = train.evaluate(model, data, data.val, cfg, "fp32")
+    last = read_jsonl(run_dir / "metrics.jsonl")[-1]
+    assert last["val_acc"] == val_acc
+    assert last["val_loss"] == pytest.approx(val_loss, rel=1e-6)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    test_loss, test_acc, _ = train.evaluate(model, data, data.test, cfg, "fp32")
+    assert summary["test_acc"] == test_acc and summary["world_size"] == 2 and summary["backend"] == "gloo"
+
+
+def test_only_rank_zero_prints(two_rank_run):
+    _, result = two_rank_run
+    assert result.stdout.count("hpc_mnist") == 1  # one start panel
+    assert result.stdout.count("summary") == 1
+    assert "2 on 1 node(s), launcher torchrun" in result.stdout
+    assert "1 CPU thread(s) per rank" in result.stdout  # no oversubscription
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_bf16_autocast_on_cpu_learns(tmp_path, model):
+    _ok(run_train(["--config", "configs/smoke.yaml", "train.precision=bf16", f"model.name={model}",
+                   "optim.name=adam", "optim.lr=2e-3", f"log.dir={tmp_path}", "log.name=bf16"]))
+    rows = read_jsonl(tmp_path / "bf16" / "metrics.jsonl")
+    summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
+    assert summary["precision"] == "bf16"
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert summary["test_acc"] > 0.5  # chance is 0.1
+
+
+def test_fp16_with_grad_scaler_on_cpu_runs(tmp_path):
+    _ok(run_train([*SMOKE, "train.precision=fp16", f"log.dir={tmp_path}", "log.name=fp16"]))
+    summary = json.loads((tmp_path / "fp16" / "summary.json").read_text())
+    assert summary["precision"] == "fp16" and summary["test_acc"] > 0.3
+
+
+def test_run_directory_not_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_train([*SMOKE, f"log.dir={blocker}"])
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"hpc_mnist: error: cannot write the run directory {blocker}/")
+    assert "Traceback" not in result.stderr
+
+
+def test_cnn_on_real_digits(mnist_root, tmp_path):
+    """The tutorial CNN through the real torchvision loader: >= 96% held out after 2 epochs on 6,400 digits."""
+    _ok(run_train(["--config", "configs/cnn.yaml", f"data.root={mnist_root}", "data.download=false",
+                   "train.epochs=2", f"log.dir={tmp_path}", "log.name=cnn"]))
+    summary = json.loads((tmp_path / "cnn" / "summary.json").read_text())
+    assert summary["test_acc"] >= 0.96, summary
+
+
+def test_mlp_on_real_digits(mnist_root, tmp_path):
+    _ok(run_train(["--config", "configs/mlp.yaml", f"data.root={mnist_root}", "data.download=false",
+                   f"log.dir={tmp_path}", "log.name=mlp"]))
+    summary = json.loads((tmp_path / "mlp" / "summary.json").read_text())
+    assert summary["test_acc"] >= 0.85, summary
+    assert yaml.safe_load((tmp_path / "mlp" / "config.yaml").read_text())["data"]["root"] == str(mnist_root)
