@@ -76,7 +76,8 @@ class TrainConfig:
 
 @dataclass
 class DistConfig:
-    init: Literal["auto", "torchrun", "none"] = opt("auto", "auto: torchrun variables if set, else one process")
+    init: Literal["auto", "torchrun", "mpi", "slurm", "none"] = opt(
+        "auto", "auto: torchrun variables, else an MPI launcher's (mpi4py), else an srun step's, else one process")
     backend: Literal["auto", "nccl", "xccl", "gloo"] = opt("auto", "auto: nccl on cuda, xccl on xpu, else gloo")
     timeout: float = opt(600.0, "seconds a collective may wait for a dead peer before the job fails", gt=0)
 

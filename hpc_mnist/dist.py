@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ class Runtime:
     local_rank: int
     world_size: int
     local_world_size: int
-    launcher: str  # torchrun | none
+    launcher: str  # torchrun | mpi | slurm | none
     device: torch.device
     backend: str | None  # None for a single process
     threads: int
@@ -47,37 +49,90 @@ class Runtime:
 class Placement:
     """Rank numbers as a launcher reported them, before any process group exists."""
 
-    launcher: str
+    launcher: str  # torchrun | mpi | slurm | none
     rank: int = 0
-    local_rank: int = 0
+    local_rank: int | None = 0  # None: the launcher did not say (MPI asks mpi4py)
     world_size: int = 1
-    local_world_size: int = 1
+    local_world_size: int | None = 1
 
 
-def _int_env(name: str) -> int:
-    value = os.environ.get(name, "")
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"environment variable {name}={value!r} is not an integer; check the launch line") from None
+def _env_int(*names: str) -> int | None:
+    """The first of `names` set in the environment, as an int."""
+    for name in names:
+        value = os.environ.get(name)
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                raise UserError(f"environment variable {name}={value!r} is not an integer; check the launch line") \
+                    from None
+    return None
+
+
+def _torchrun_env() -> Placement | None:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    world = _env_int("WORLD_SIZE")
+    return Placement("torchrun", _env_int("RANK"), _env_int("LOCAL_RANK") or 0, world,
+                     _env_int("LOCAL_WORLD_SIZE") or world)
+
+
+def _mpi_env() -> Placement | None:
+    """Ranks as Open MPI, PMIx, Cray PALS or PMI (MPICH Hydra, Intel MPI) export them."""
+    rank = _env_int("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PALS_RANKID", "PMI_RANK")
+    if rank is None:
+        return None
+    return Placement(
+        "mpi", rank,
+        _env_int("OMPI_COMM_WORLD_LOCAL_RANK", "PMIX_LOCAL_RANK", "PALS_LOCAL_RANKID", "PMI_LOCAL_RANK",
+                 "MPI_LOCALRANKID"),
+        _env_int("OMPI_COMM_WORLD_SIZE", "PMI_SIZE") or 0,  # 0: unknown until mpi4py says
+        _env_int("OMPI_COMM_WORLD_LOCAL_SIZE", "PALS_LOCAL_SIZE", "PMI_LOCAL_SIZE", "MPI_LOCALNRANKS"),
+    )
+
+
+def _slurm_env() -> Placement | None:
+    """An srun step's ranks. A batch shell exports SLURM_PROCID too, but only a step has SLURM_STEP_ID."""
+    if "SLURM_STEP_ID" not in os.environ or "SLURM_PROCID" not in os.environ:
+        return None
+    world = _env_int("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") or 1
+    nodes = _env_int("SLURM_STEP_NUM_NODES", "SLURM_NNODES") or 1
+    return Placement("slurm", _env_int("SLURM_PROCID"), _env_int("SLURM_LOCALID") or 0, world,
+                     max(1, world // nodes))
 
 
 def detect(init: str = "auto") -> Placement:
-    """Ranks from the launcher's environment; no communication happens here."""
-    has_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    if init == "none" or (init == "auto" and not has_torchrun):
+    """Ranks from the launcher's environment; no communication happens here.
+
+    auto: torchrun's variables win (under `mpiexec ... torchrun`, PMI_RANK is the node index); then an MPI
+    launcher's; then an srun step's; else one process. srun acting as the MPI launcher (its PMI plugin also
+    sets PMI_RANK) counts as an srun step, so no mpi4py is needed there.
+    """
+    found = {"torchrun": _torchrun_env(), "mpi": _mpi_env(), "slurm": _slurm_env()}
+    if init == "auto":
+        mpi, slurm = found["mpi"], found["slurm"]
+        if mpi and slurm and (mpi.rank, mpi.world_size) == (slurm.rank, slurm.world_size):
+            found["mpi"] = None
+        init = next((name for name, place in found.items() if place), "none")
+    if init == "none":
         return Placement("none")
-    if not has_torchrun:
-        raise UserError("dist.init=torchrun but RANK/WORLD_SIZE are not set: start with torchrun, "
-                        "or use dist.init=auto")
-    world = _int_env("WORLD_SIZE")
-    local_world = _int_env("LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in os.environ else world
-    placement = Placement("torchrun", _int_env("RANK"), _int_env("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0,
-                          world, local_world)
-    if not (0 <= placement.rank < world and 0 <= placement.local_rank < local_world <= world):
-        raise UserError(f"inconsistent torchrun variables RANK={placement.rank} LOCAL_RANK={placement.local_rank} "
-                        f"WORLD_SIZE={world} LOCAL_WORLD_SIZE={local_world}")
-    return placement
+    if init == "mpi":
+        return found["mpi"] or Placement("mpi", 0, None, 0, None)  # mpi4py supplies the numbers
+    place = found[init]
+    if place is None:
+        need, how = {"torchrun": ("RANK/WORLD_SIZE", "start with torchrun"),
+                     "slurm": ("SLURM_STEP_ID/SLURM_PROCID", "start with srun inside the allocation")}[init]
+        raise UserError(f"dist.init={init} but {need} are not set: {how}, or use dist.init=auto")
+    _check_placement(place)
+    return place
+
+
+def _check_placement(place: Placement) -> None:
+    local_ok = place.local_rank is None or place.local_world_size is None or \
+        0 <= place.local_rank < place.local_world_size
+    if not (0 <= place.rank < place.world_size and local_ok):
+        raise UserError(f"inconsistent {place.launcher} variables: rank {place.rank}, local rank {place.local_rank}, "
+                        f"world size {place.world_size}, local world size {place.local_world_size}")
 
 
 def guess_rank() -> int:
@@ -89,7 +144,7 @@ def guess_rank() -> int:
 
 
 def select_device(name: str, local_rank: int) -> torch.device:
-    """auto: cuda, xpu, mps, then cpu. A rank that sees exactly one GPU uses index 0."""
+    """auto: cuda, xpu, mps, then cpu."""
     available = {
         "cuda": torch.cuda.is_available(),
         "xpu": hasattr(torch, "xpu") and torch.xpu.is_available(),
@@ -101,9 +156,14 @@ def select_device(name: str, local_rank: int) -> torch.device:
     elif not available[name]:
         raise UserError(f"train.device={name} but no {name} device is available here; use train.device=auto")
     if name in ("cuda", "xpu"):
-        count = getattr(torch, name).device_count()
-        return torch.device(name, local_rank % count)
+        return torch.device(name, device_index(local_rank, getattr(torch, name).device_count()))
     return torch.device(name)
+
+
+def device_index(local_rank: int, visible: int) -> int:
+    """GPU index for a rank: 0 when it sees one GPU (CUDA_VISIBLE_DEVICES or --gpus-per-task set per
+    rank), else its local rank among the node's GPUs."""
+    return 0 if visible == 1 else local_rank % visible
 
 
 def set_cpu_threads(local_world_size: int) -> int:
@@ -125,9 +185,71 @@ def _backend(name: str, device: torch.device) -> str:
     return {"cuda": "nccl", "xpu": "xccl"}.get(device.type, "gloo")
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list such as 'nid[001-004,010],nid020' (without calling scontrol)."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise UserError(f"cannot read the Slurm node list {nodelist!r}; set MASTER_ADDR to the first node's name")
+    prefix, ranges = match.groups()
+    return prefix + re.split(r"[,-]", ranges)[0] if ranges else prefix
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _master_host() -> str:
+    """This host's name; on ALCF systems the high-speed-network name (the site file sets the domain)."""
+    name = socket.gethostname()
+    domain = os.environ.get("HPC_MNIST_MASTER_DOMAIN")
+    return f"{name.split('.')[0]}.{domain}" if domain else name
+
+
+def _mpi_rendezvous(place: Placement) -> Placement:
+    """Check the launcher's numbers against mpi4py, then share rank 0's address and a free port."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise UserError("an MPI launch was detected but mpi4py cannot be imported: load the site's mpi4py "
+                        "(or pip install 'hpc_mnist[mpi]' off clusters), or launch with torchrun",
+                        on_all_ranks=True) from None
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if place.world_size and (place.rank, place.world_size) != (rank, size):
+        raise UserError(f"the launcher's variables say rank {place.rank} of {place.world_size} but mpi4py says rank "
+                        f"{rank} of {size}: mpi4py was built for another MPI than this launcher's (use the site's "
+                        "mpi4py), or variables from another launch leaked into the environment")
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_rank = node.Get_rank() if place.local_rank is None else place.local_rank
+    local_size = node.Get_size() if place.local_world_size is None else place.local_world_size
+    endpoint = None
+    if rank == 0:
+        endpoint = (os.environ.get("MASTER_ADDR") or _master_host(), os.environ.get("MASTER_PORT") or str(_free_port()))
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = comm.bcast(endpoint, root=0)
+    resolved = Placement("mpi", rank, local_rank, size, local_size)
+    _check_placement(resolved)
+    return resolved
+
+
+def _slurm_rendezvous() -> None:
+    """Master = first host of the step; port derived from the job id so jobs sharing a node differ."""
+    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
+    if "MASTER_ADDR" not in os.environ:
+        if not nodes:
+            raise UserError("inside an srun step but SLURM_JOB_NODELIST is not set; set MASTER_ADDR")
+        os.environ["MASTER_ADDR"] = first_host(nodes)
+    os.environ.setdefault("MASTER_PORT", str(20000 + (_env_int("SLURM_JOB_ID") or 0) % 10000))
+
+
 def setup(cfg: DistConfig, device_name: str) -> Runtime:
     """Detect the launcher, pick the device, and join the process group when there are peers."""
     place = detect(cfg.init)
+    if place.launcher == "mpi":
+        place = _mpi_rendezvous(place)
+    elif place.launcher == "slurm" and place.world_size > 1:
+        _slurm_rendezvous()
     device = select_device(device_name, place.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

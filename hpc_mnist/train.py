@@ -166,7 +166,7 @@ def run(cfg: Config) -> Result:
     dist.on_main(lambda: torch.save(model.state_dict(), run_dir / "model.pt"))
     summary = {
         "status": "completed", "epochs": cfg.train.epochs, "model": cfg.model.name, "dataset": cfg.data.name,
-        "world_size": rt.world_size, "num_nodes": rt.num_nodes, "device": str(rt.device),
+        "world_size": rt.world_size, "num_nodes": rt.num_nodes, "launcher": rt.launcher, "device": str(rt.device),
         "backend": rt.backend, "precision": amp, "threads_per_rank": rt.threads,
         "batch_per_rank": cfg.train.batch_size, "global_batch": cfg.train.batch_size * rt.world_size,
         "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "PMI", "PALS_", "MPI_LOCAL", "OMPI_", "SLURM_", "PBS_")
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 SHARED_MNIST = Path(os.environ.get("HPC_MNIST_SHARED_DATA", REPO.parent / "shared" / "data" / "mnist"))
 TRAIN_DIGITS = 8000  # of the 10,000 real test digits: the first 8,000 act as train, the last 2,000 as test
 
@@ -47,8 +50,7 @@ def run_train(args: list[str], *, launcher: list[str] | None = None, program: li
               env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the trainer (or `program`) in fresh processes under `launcher`, as a user would."""
     cmd = (launcher or [sys.executable]) + (program or ["-m", "hpc_mnist.train"]) + args
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "PBS_", "SLURM_"))}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
     full_env.update(env or {})
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
 

@@ -1,0 +1,29 @@
+#!/bin/bash -l
+# hpc_mnist on ALCF Aurora (PBS Pro): 6 GPUs = 12 xpu tiles per node, one rank per tile, xccl.
+#   qsub jobscripts/aurora.sh
+#   qsub -v CONFIG=configs/mlp.yaml,OVERRIDES="train.epochs=10" jobscripts/aurora.sh
+# Edit below: -A (your project, required), -q (debug: 1-2 nodes; debug-scaling: 2-256; prod: >= 256;
+# capacity: 1-16), select=N (nodes), walltime. Output: runs/<job id>/ and the job log.
+#PBS -A YOUR_PROJECT
+#PBS -q debug
+#PBS -l select=2
+#PBS -l place=scatter
+#PBS -l walltime=00:30:00
+#PBS -l filesystems=home:flare
+#PBS -k doe
+#PBS -j oe
+#PBS -N hpc_mnist
+set -euo pipefail
+cd "${PBS_O_WORKDIR:-.}"
+
+CONFIG=${CONFIG:-configs/cnn.yaml}
+OVERRIDES=${OVERRIDES:-}
+RANKS_PER_NODE=${RANKS_PER_NODE:-12}      # one per tile; the CPU binding list in hpc_mnist/launch.py matches 12
+PYTHON=${PYTHON:-python}
+
+# The frameworks module and the oneCCL settings: edit launch/aurora.sh, not this file.
+source launch/aurora.sh
+
+# shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
+"$PYTHON" -m hpc_mnist.launch --system aurora --ppn "$RANKS_PER_NODE" -- \
+    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" $OVERRIDES

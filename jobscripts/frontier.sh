@@ -1,0 +1,40 @@
+#!/bin/bash
+# hpc_mnist on OLCF Frontier (Slurm): 8 MI250X GCDs per node, one task per GCD (each sees device 0),
+# ROCm PyTorch with RCCL as the nccl backend.
+#   sbatch jobscripts/frontier.sh
+#   sbatch --export=ALL,CONFIG=configs/mlp.yaml,OVERRIDES="train.epochs=10" jobscripts/frontier.sh
+# Edit below: -A (your project), -p batch (add -q debug for the debug QOS), -N (nodes), -t (time limit).
+# Set HPC_MNIST_VENV to your ROCm PyTorch environment (see launch/frontier.sh).
+#SBATCH -A YOUR_PROJECT
+#SBATCH -p batch
+#SBATCH -N 2
+#SBATCH -t 00:30:00
+#SBATCH -J hpc_mnist
+#SBATCH -o hpc_mnist-%j.out
+#SBATCH --signal=B:USR1@120
+# --signal: Slurm sends USR1 to this shell 120 s before the time limit; it is forwarded to the ranks.
+set -euo pipefail
+cd "${SLURM_SUBMIT_DIR:-.}"
+
+CONFIG=${CONFIG:-configs/cnn.yaml}        # the run's YAML
+OVERRIDES=${OVERRIDES:-}                  # extra section.key=value words
+RANKS_PER_NODE=${RANKS_PER_NODE:-8}
+PYTHON=${PYTHON:-python}
+
+# Modules and network settings: edit launch/frontier.sh, not this file.
+source launch/frontier.sh
+
+# A bash trap runs only once the foreground command returns, so the launch runs in the background
+# and this shell waits, forwarding signals to it (the launcher becomes srun, which passes them on).
+# shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
+"$PYTHON" -m hpc_mnist.launch --system frontier --ppn "$RANKS_PER_NODE" -- \
+    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" $OVERRIDES &
+pid=$!
+trap 'kill -USR1 "$pid" 2>/dev/null || true' USR1
+trap 'kill -TERM "$pid" 2>/dev/null || true' TERM
+status=0
+while :; do
+    wait "$pid" && status=0 || status=$?
+    kill -0 "$pid" 2>/dev/null || break   # still running: wait was interrupted by a signal
+done
+exit "$status"

@@ -1,0 +1,6 @@
+# shellcheck shell=bash
+# Generic Slurm cluster: load your site's PyTorch here (module, conda or venv).
+# shellcheck source=/dev/null
+if [ -n "${HPC_MNIST_VENV:-}" ]; then source "$HPC_MNIST_VENV/bin/activate"; fi
+
+export HPC_MNIST_SITE=slurm

@@ -1,0 +1,156 @@
+"""Rank resolution for every launcher, and real multi-process runs under MPI."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from conftest import LAUNCH_VARS, MPIEXEC, REPO, run_train
+from hpc_mnist import dist
+from hpc_mnist.dist import Placement
+from hpc_mnist.errors import UserError
+
+SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32"]
+
+
+@pytest.fixture
+def env(monkeypatch):
+    """A clean launcher environment; returns a setter for the variables under test."""
+    for key in list(os.environ):
+        if key.startswith(LAUNCH_VARS):
+            monkeypatch.delenv(key)
+
+    def set_vars(**values):
+        for key, value in values.items():
+            monkeypatch.setenv(key, str(value))
+    return set_vars
+
+
+def test_no_launcher_is_one_process(env):
+    assert dist.detect() == Placement("none")
+
+
+def test_torchrun(env):
+    env(RANK=5, WORLD_SIZE=8, LOCAL_RANK=1, LOCAL_WORLD_SIZE=4)
+    assert dist.detect() == Placement("torchrun", 5, 1, 8, 4)
+
+
+@pytest.mark.parametrize("variables, expected", [
+    ({"PALS_RANKID": 6, "PALS_LOCAL_RANKID": 2, "PMI_SIZE": 8, "PALS_LOCAL_SIZE": 4, "PMI_RANK": 6},
+     Placement("mpi", 6, 2, 8, 4)),  # Cray PALS (Polaris, Aurora)
+    ({"PMI_RANK": 3, "PMI_SIZE": 4, "MPI_LOCALRANKID": 1, "MPI_LOCALNRANKS": 2},
+     Placement("mpi", 3, 1, 4, 2)),  # MPICH Hydra, Intel MPI
+    ({"OMPI_COMM_WORLD_RANK": 2, "OMPI_COMM_WORLD_SIZE": 4, "OMPI_COMM_WORLD_LOCAL_RANK": 0,
+      "OMPI_COMM_WORLD_LOCAL_SIZE": 2}, Placement("mpi", 2, 0, 4, 2)),  # Open MPI
+    ({"PMIX_RANK": 1, "PMIX_LOCAL_RANK": 1}, Placement("mpi", 1, 1, 0, None)),  # PMIx: size from mpi4py
+])
+def test_mpi_launchers(env, variables, expected):
+    env(**variables)
+    assert dist.detect() == expected
+
+
+def test_srun_step(env):
+    env(SLURM_STEP_ID=0, SLURM_PROCID=5, SLURM_LOCALID=1, SLURM_NTASKS=8, SLURM_NNODES=2, SLURM_JOB_ID=42)
+    assert dist.detect() == Placement("slurm", 5, 1, 8, 4)
+
+
+def test_batch_shell_without_srun_is_one_process(env):
+    """sbatch's shell exports SLURM_PROCID/SLURM_NTASKS; trusting them would wait forever for peers."""
+    env(SLURM_PROCID=0, SLURM_NTASKS=8, SLURM_LOCALID=0, SLURM_JOB_ID=42, SLURM_NNODES=2)
+    assert dist.detect() == Placement("none")
+
+
+def test_torchrun_under_mpiexec_uses_torchrun_ranks(env):
+    """Under `mpiexec --ppn 1 torchrun`, PMI_RANK is the node index, not the worker's rank."""
+    env(PMI_RANK=1, PMI_SIZE=2, RANK=6, WORLD_SIZE=8, LOCAL_RANK=2, LOCAL_WORLD_SIZE=4)
+    assert dist.detect() == Placement("torchrun", 6, 2, 8, 4)
+
+
+def test_srun_as_the_mpi_launcher_needs_no_mpi4py(env):
+    env(SLURM_STEP_ID=0, SLURM_PROCID=3, SLURM_LOCALID=3, SLURM_NTASKS=4, SLURM_NNODES=1, PMI_RANK=3, PMI_SIZE=4)
+    assert dist.detect().launcher == "slurm"
+
+
+def test_mpirun_inside_a_slurm_step_uses_mpi_ranks(env):
+    """Open MPI starts its daemons with srun: SLURM_PROCID is then the node index."""
+    env(SLURM_STEP_ID=0, SLURM_PROCID=0, SLURM_NTASKS=1, SLURM_NNODES=1,
+        OMPI_COMM_WORLD_RANK=3, OMPI_COMM_WORLD_SIZE=4, OMPI_COMM_WORLD_LOCAL_RANK=3, OMPI_COMM_WORLD_LOCAL_SIZE=4)
+    assert dist.detect() == Placement("mpi", 3, 3, 4, 4)
+
+
+def test_explicit_init_without_its_variables(env):
+    with pytest.raises(UserError, match="dist.init=slurm but SLURM_STEP_ID/SLURM_PROCID are not set"):
+        dist.detect("slurm")
+    with pytest.raises(UserError, match="dist.init=torchrun but RANK/WORLD_SIZE are not set"):
+        dist.detect("torchrun")
+    env(RANK=0, WORLD_SIZE=2)
+    assert dist.detect("none") == Placement("none")
+
+
+def test_inconsistent_or_malformed_variables(env):
+    env(RANK=4, WORLD_SIZE=4)
+    with pytest.raises(UserError, match="inconsistent torchrun variables"):
+        dist.detect()
+    env(RANK="one")
+    with pytest.raises(UserError, match="RANK='one' is not an integer"):
+        dist.detect()
+
+
+@pytest.mark.parametrize("local_rank, visible, index", [(0, 4, 0), (3, 4, 3), (5, 4, 1), (3, 1, 0), (7, 1, 0)])
+def test_device_index(local_rank, visible, index):
+    """A rank that sees one GPU (CUDA_VISIBLE_DEVICES per rank, --gpus-per-task=1) uses device 0."""
+    assert dist.device_index(local_rank, visible) == index
+
+
+@pytest.mark.parametrize("nodelist, host", [
+    ("nid001234", "nid001234"), ("nid[001234-001237]", "nid001234"), ("nid[005,007-009],login1", "nid005"),
+    ("x3005c0s13b0n0,x3005c0s13b1n0", "x3005c0s13b0n0"), ("gpu-[10-11]", "gpu-10"),
+])
+def test_first_host_of_a_slurm_node_list(nodelist, host):
+    assert dist.first_host(nodelist) == host
+
+
+def _mpiexec_2(args, extra_env=None, program=None):
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec (pip install -e '.[dev]' brings the MPICH wheel)")
+    return run_train(args, env=extra_env, launcher=[MPIEXEC, "-n", "2", sys.executable], program=program)
+
+
+def test_mpiexec_two_ranks_train_with_identical_parameters(tmp_path):
+    result = _mpiexec_2([str(tmp_path), *SMOKE, f"log.dir={tmp_path}", "log.name=run"],
+                        program=[str(REPO / "tests" / "helpers" / "train_and_dump.py")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["launcher"], summary["world_size"], summary["backend"]) == ("mpi", 2, "gloo")
+    assert summary["test_acc"] > 0.2
+
+
+def test_launcher_and_mpi4py_disagree(tmp_path):
+    result = _mpiexec_2([*SMOKE, f"log.dir={tmp_path}"], extra_env={"OMPI_COMM_WORLD_SIZE": "3"})
+    assert result.returncode != 0
+    assert "variables say rank 0 of 3 but mpi4py says rank 0 of 2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_mpi_launch_without_mpi4py(tmp_path):
+    shim = tmp_path / "shim" / "mpi4py"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('mpi4py hidden by the test')\n")
+    result = run_train([*SMOKE, f"log.dir={tmp_path}"],
+                       env={"PMI_RANK": "0", "PMI_SIZE": "2", "PYTHONPATH": str(shim.parent)})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "hpc_mnist: error: an MPI launch was detected but mpi4py cannot be imported: load the site's mpi4py "
+        "(or pip install 'hpc_mnist[mpi]' off clusters), or launch with torchrun"]
+
+
+def test_bare_python_in_a_slurm_batch_shell_runs_alone(tmp_path):
+    result = run_train([*SMOKE, f"log.dir={tmp_path}", "log.name=run", "dist.timeout=20"],
+                       env={"SLURM_JOB_ID": "42", "SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_NNODES": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["world_size"], summary["launcher"]) == (1, "none")
