@@ -37,7 +37,7 @@ class DataConfig:
     val_fraction: float = opt(0.2, "share of the training split held out for validation", gt=0, lt=1)
     split_seed: int = opt(55, "seed of the train/validation split (55, as in the tutorials)")
     resident: bool = opt(True, "keep each split as one uint8 tensor on the training device")
-    synthetic_train: int = opt(60000, "synthetic training-split size (before validation split)", ge=10)
+    synthetic_train: int = opt(60000, "synthetic training-split size (before validation split)", ge=2)
     synthetic_test: int = opt(10000, "synthetic test-split size", ge=1)
 
 
@@ -72,6 +72,10 @@ class TrainConfig:
     device: Literal["auto", "cuda", "xpu", "mps", "cpu"] = opt("auto", "auto: cuda, xpu, mps, then cpu")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
         "auto", "auto: bf16 on GPUs that have it (else fp16), bf16 cnn on CPUs with native bf16, else fp32")
+    checkpoint_every: int = opt(1, "epochs between checkpoints (0: only at the end and when stopped)", ge=0)
+    keep_checkpoints: int = opt(3, "newest checkpoints kept in the run directory", ge=1)
+    resume: str = opt("auto", "auto: newest sound checkpoint in the run directory; never; or a checkpoint path")
+    time_limit: float = opt(0.0, "seconds; stop with a checkpoint before an epoch that would not fit (0: none)", ge=0)
 
 
 @dataclass
@@ -260,8 +264,8 @@ def build(config_file: str | None = None, overrides: list[str] | tuple[str, ...]
     return cfg
 
 
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description, epilog=help_text(),
+def parser(prog: str, description: str, notes: str = "") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=help_text() + "\n\n" + notes,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="YAML file with sections data, model, optim, train, dist, log")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides, applied last")

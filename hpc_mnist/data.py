@@ -138,6 +138,9 @@ class DeviceData:
         # Same split as torch.utils.data.random_split in the tutorials (seed 55: 48,000 / 12,000).
         train_idx, val_idx = random_split(range(len(train_labels)), [1 - cfg.val_fraction, cfg.val_fraction],
                                           generator=torch.Generator().manual_seed(cfg.split_seed))
+        if min(len(train_idx), len(val_idx)) == 0:
+            raise UserError(f"{len(train_labels)} training images leave an empty train or validation split with "
+                            f"data.val_fraction={cfg.val_fraction}: use more data or another fraction")
         if cfg.name == "synthetic":
             mean, std = train_images.float().mean().item() / 255, train_images.float().std().item() / 255
         else:

@@ -243,6 +243,20 @@ def _slurm_rendezvous() -> None:
     os.environ.setdefault("MASTER_PORT", str(20000 + (_env_int("SLURM_JOB_ID") or 0) % 10000))
 
 
+def _restart_store(place: Placement, timeout: datetime.timedelta) -> tdist.Store | None:
+    """Under torchrun the agent hosts the rendezvous store and keeps it when it restarts failed workers.
+
+    Restarted ranks then raced their predecessors' stale gloo/NCCL addresses in it and failed with
+    "Connection refused" (seen here with --max-restarts; cf. pytorch/pytorch#167288); a key prefix per
+    restart keeps each attempt's rendezvous apart.
+    """
+    if place.launcher != "torchrun" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), place.world_size,
+                           is_master=False, timeout=timeout)
+    return tdist.PrefixStore(f"hpc_mnist/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def setup(cfg: DistConfig, device_name: str) -> Runtime:
     """Detect the launcher, pick the device, and join the process group when there are peers."""
     place = detect(cfg.init)
@@ -259,9 +273,10 @@ def setup(cfg: DistConfig, device_name: str) -> Runtime:
     backend = None
     if place.world_size > 1:
         backend = _backend(cfg.backend, device)
-        tdist.init_process_group(backend=backend, init_method="env://", rank=place.rank,
-                                 world_size=place.world_size,
-                                 timeout=datetime.timedelta(seconds=cfg.timeout))
+        timeout = datetime.timedelta(seconds=cfg.timeout)
+        store = _restart_store(place, timeout)
+        tdist.init_process_group(backend=backend, init_method=None if store else "env://", store=store,
+                                 rank=place.rank, world_size=place.world_size, timeout=timeout)
     return Runtime(place.rank, place.local_rank, place.world_size, place.local_world_size, place.launcher,
                    device, backend, threads)
 
@@ -280,6 +295,22 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if tdist.is_initialized():
         tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
     return tensor
+
+
+def any_rank(flags: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum across ranks: a flag raised on one rank is seen by all."""
+    if tdist.is_initialized():
+        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+    return flags
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's `obj`, indexed by rank."""
+    if not tdist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_object(obj: Any) -> Any:

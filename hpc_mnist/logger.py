@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -32,19 +33,41 @@ EPOCH_COLUMNS = [  # (key, header, width, format spec)
 
 
 def default_run_name(model_name: str) -> str:
-    """The batch job id when there is one (so job logs and run directories match), else model-date-time."""
+    """The batch job id when there is one (so job logs and run directories match), else torchrun's run id,
+    else model-date-time."""
     job = os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")
     if job:
         array = os.environ.get("PBS_ARRAY_INDEX") or os.environ.get("SLURM_ARRAY_TASK_ID")
         return job.split(".")[0] + (f"-{array}" if array else "")
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if elastic != "none":  # stable across torchrun's restarts, so they resume
+        return f"{model_name}-torchrun-{elastic[:12]}"
     return f"{model_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
 
+_LOCKS: list[int] = []  # lock files held for the life of the process
+
+
+def _lock(run_dir: Path) -> None:
+    """One run per directory at a time: a second one would interleave metrics and checkpoints."""
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"run directory {run_dir} is in use by another run; wait for it to end or choose "
+                        "another log.name") from None
+    except OSError:
+        pass  # a file system without flock (some parallel file systems): run unlocked
+    _LOCKS.append(fd)
+
+
 def make_run_dir(cfg: Config) -> Path:
-    """Create the run directory and save the resolved configuration in it."""
+    """Create and lock the run directory, and save the resolved configuration in it."""
     run_dir = Path(cfg.log.dir) / (cfg.log.name or default_run_name(cfg.model.name))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        _lock(run_dir)
         config.save(cfg, run_dir / "config.yaml")
     except OSError as e:
         raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}; "
@@ -74,27 +97,38 @@ def failure_grid(images: torch.Tensor, predicted: torch.Tensor, true: torch.Tens
 
 
 class RunLogger:
-    def __init__(self, cfg: LogConfig, run_dir: Path, enabled: bool):
+    def __init__(self, cfg: LogConfig, run_dir: Path, enabled: bool, epochs_done: int = 0):
+        """`epochs_done` > 0 when resuming: later epochs' rows and curves from the interrupted run are dropped,
+        so metrics.jsonl and TensorBoard hold each epoch exactly once."""
         self.enabled = enabled
         self.run_dir = run_dir
         self.writer = None
         if not enabled:
             return
         self.console = Console(highlight=False)
+        if not self.console.is_terminal:  # job logs: never wrap or truncate paths and messages
+            self.console = Console(highlight=False, width=200)
         self.interactive = cfg.console == "rich" or (cfg.console == "auto" and self.console.is_terminal)
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+            metrics.write_text("".join(line + "\n" for line in kept))
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir))
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=epochs_done + 1 if epochs_done else None)
         self._header_printed = False
 
-    def start(self, facts: dict[str, Any]) -> None:
+    def start(self, facts: dict[str, Any], notes: list[str] = ()) -> None:
         if not self.enabled:
             return
         grid = Table.grid(padding=(0, 2))
         for key, value in facts.items():
             grid.add_row(f"[bold]{key}[/]", str(value))
         self.console.print(Panel(grid, title="hpc_mnist", expand=False))
+        for note in notes:
+            self.console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
 
     @contextlib.contextmanager
     def progress(self, epoch: int, epochs: int, steps: int) -> Iterator[Callable[[int, float, float], None]]:
@@ -125,6 +159,17 @@ class RunLogger:
                              ("time/epoch_s", "epoch_time_s")]:
                 self.writer.add_scalar(tag, row[key], step)
             self.writer.flush()
+
+    def stopped(self, summary: dict[str, Any]) -> None:
+        """Stopped early with a checkpoint: say where, and how to continue."""
+        if not self.enabled:
+            return
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.console.print(f"[yellow]stopped[/] ({summary['reason']}) after {summary['epochs_done']} epoch(s) and "
+                           f"{summary['step']} step(s): checkpoint {summary['checkpoint']}; run the same command again "
+                           "to continue", soft_wrap=True)
+        if self.writer:
+            self.writer.close()
 
     def finish(self, summary: dict[str, Any], hparams: dict[str, Any],
                failures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:

@@ -4,6 +4,12 @@
 #   qsub -v CONFIG=configs/mlp.yaml,OVERRIDES="train.epochs=10" jobscripts/aurora.sh
 # Edit below: -A (your project, required), -q (debug: 1-2 nodes; debug-scaling: 2-256; prod: >= 256;
 # capacity: 1-16), select=N (nodes), walltime. Output: runs/<job id>/ and the job log.
+#
+# PBS sends SIGTERM at the walltime, and no earlier warning: the trainer stops with a checkpoint before
+# an epoch that would not fit (train.time_limit, from this job's walltime via qstat) or on SIGTERM.
+# Long trainings: chain jobs on one run directory; each resumes from the newest checkpoint:
+#   first=$(qsub -v RUN_NAME=cnn-long jobscripts/aurora.sh)
+#   qsub -W depend=afterany:$first -v RUN_NAME=cnn-long jobscripts/aurora.sh
 #PBS -A YOUR_PROJECT
 #PBS -q debug
 #PBS -l select=2
@@ -20,10 +26,20 @@ CONFIG=${CONFIG:-configs/cnn.yaml}
 OVERRIDES=${OVERRIDES:-}
 RANKS_PER_NODE=${RANKS_PER_NODE:-12}      # one per tile; the CPU binding list in hpc_mnist/launch.py matches 12
 PYTHON=${PYTHON:-python}
+RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id); set it to chain jobs
+TIME_LIMIT=${TIME_LIMIT:-}                # seconds the trainer may use (default: walltime - 60 s)
+if [ -z "$TIME_LIMIT" ] && command -v qstat >/dev/null 2>&1; then
+    walltime=$(qstat -f "$PBS_JOBID" 2>/dev/null | sed -n 's/^ *Resource_List.walltime = //p')
+    if [ -n "$walltime" ]; then
+        IFS=: read -r hours minutes seconds <<< "$walltime"
+        TIME_LIMIT=$(( 10#$hours * 3600 + 10#$minutes * 60 + 10#$seconds - 60 ))
+    fi
+fi
 
 # The frameworks module and the oneCCL settings: edit launch/aurora.sh, not this file.
 source launch/aurora.sh
 
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
 "$PYTHON" -m hpc_mnist.launch --system aurora --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" $OVERRIDES
+    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} \
+    ${TIME_LIMIT:+train.time_limit=$TIME_LIMIT} $OVERRIDES

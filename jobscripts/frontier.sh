@@ -12,12 +12,17 @@
 #SBATCH -J hpc_mnist
 #SBATCH -o hpc_mnist-%j.out
 #SBATCH --signal=B:USR1@120
-# --signal: Slurm sends USR1 to this shell 120 s before the time limit; it is forwarded to the ranks.
+#SBATCH --requeue
+# --signal: Slurm sends USR1 to this shell 120 s before the time limit; it is forwarded to the ranks,
+# which stop at the same step, write a checkpoint and exit 75. This script then requeues the job
+# (same job id, so the same run directory) and the next start resumes from that checkpoint.
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
 
 CONFIG=${CONFIG:-configs/cnn.yaml}        # the run's YAML
 OVERRIDES=${OVERRIDES:-}                  # extra section.key=value words
+RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id, kept on requeue)
+MAX_REQUEUES=${MAX_REQUEUES:-10}
 RANKS_PER_NODE=${RANKS_PER_NODE:-8}
 PYTHON=${PYTHON:-python}
 
@@ -28,7 +33,7 @@ source launch/frontier.sh
 # and this shell waits, forwarding signals to it (the launcher becomes srun, which passes them on).
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
 "$PYTHON" -m hpc_mnist.launch --system frontier --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" $OVERRIDES &
+    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES &
 pid=$!
 trap 'kill -USR1 "$pid" 2>/dev/null || true' USR1
 trap 'kill -TERM "$pid" 2>/dev/null || true' TERM
@@ -37,4 +42,8 @@ while :; do
     wait "$pid" && status=0 || status=$?
     kill -0 "$pid" 2>/dev/null || break   # still running: wait was interrupted by a signal
 done
+if [ "$status" -eq 75 ] && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then
+    echo "hpc_mnist: stopped early with a checkpoint; requeueing job $SLURM_JOB_ID to continue"
+    scontrol requeue "$SLURM_JOB_ID"
+fi
 exit "$status"

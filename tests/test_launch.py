@@ -3,12 +3,15 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import LAUNCH_VARS, MPIEXEC, REPO
 
@@ -153,3 +156,34 @@ def test_job_script_runs_under_a_simulated_scheduler(tmp_path, script, scheduler
     assert ("mpiexec -n 2 --ppn 2" if scheduler == "pbs" else "srun -N 1 -n 2") in calls
     if script in ("polaris.sh", "aurora.sh", "perlmutter.sh", "frontier.sh"):
         assert "module " in calls  # the site file loaded its modules
+    if scheduler == "pbs":  # walltime 00:30:00 from qstat, less 60 s: PBS gives no early warning
+        saved = yaml.safe_load((tmp_path / "4242" / "config.yaml").read_text())
+        assert saved["train"]["time_limit"] == 1740.0
+
+
+def test_slurm_early_warning_stops_with_a_checkpoint_and_requeues(tmp_path):
+    """USR1 to the batch shell (as --signal=B:USR1@120 sends it) reaches the ranks through srun."""
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec")
+    log = tmp_path / "stub.log"
+    slow = ("model.name=cnn optim.name=adam optim.lr=1e-3 train.batch_size=32 train.epochs=6 "
+            "data.synthetic_train=1500 data.synthetic_test=200 train.precision=fp32")
+    env = clean_env(PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", STUB_LOG=str(log),
+                    CONFIG="configs/smoke.yaml", RANKS_PER_NODE="2", PYTHON=sys.executable,
+                    OVERRIDES=f"log.dir={tmp_path} log.console=plain {slow}", SLURM_JOB_ID="4243",
+                    SLURM_JOB_NUM_NODES="1", SLURM_NNODES="1", SLURM_SUBMIT_DIR=str(REPO),
+                    SLURM_JOB_NODELIST="localhost")
+    proc = subprocess.Popen(["bash", str(REPO / "jobscripts" / "slurm.sh")], env=env, cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = tmp_path / "4243" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+    summary = json.loads((tmp_path / "4243" / "summary.json").read_text())
+    assert (summary["status"], summary["reason"]) == ("preempted", "SIGUSR1")
+    assert "scontrol requeue 4243" in log.read_text()
+    assert "requeueing job 4243" in out
