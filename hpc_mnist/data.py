@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,11 +137,14 @@ class DeviceData:
         train_images, train_labels = _read(cfg, train=True)
         test_images, test_labels = _read(cfg, train=False)
         # Same split as torch.utils.data.random_split in the tutorials (seed 55: 48,000 / 12,000).
-        train_idx, val_idx = random_split(range(len(train_labels)), [1 - cfg.val_fraction, cfg.val_fraction],
-                                          generator=torch.Generator().manual_seed(cfg.split_seed))
+        with warnings.catch_warnings():  # an empty split is reported below, as one line
+            warnings.simplefilter("ignore", UserWarning)
+            train_idx, val_idx = random_split(range(len(train_labels)), [1 - cfg.val_fraction, cfg.val_fraction],
+                                              generator=torch.Generator().manual_seed(cfg.split_seed))
         if min(len(train_idx), len(val_idx)) == 0:
             raise UserError(f"{len(train_labels)} training images leave an empty train or validation split with "
-                            f"data.val_fraction={cfg.val_fraction}: use more data or another fraction")
+                            f"data.val_fraction={cfg.val_fraction}: use more data or another fraction",
+                            on_all_ranks=True)
         if cfg.name == "synthetic":
             mean, std = train_images.float().mean().item() / 255, train_images.float().std().item() / 255
         else:
@@ -181,7 +185,8 @@ class DeviceData:
 
 def make_sampler(subset: Subset, rank: int, world_size: int, seed: int) -> DistributedSampler:
     if world_size > len(subset):
-        raise UserError(f"{world_size} ranks but only {len(subset)} training samples: use fewer ranks")
+        raise UserError(f"{world_size} ranks but only {len(subset)} training samples: use fewer ranks",
+                        on_all_ranks=True)
     return DistributedSampler(subset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
 
 
