@@ -118,6 +118,24 @@ def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images.to(torch.uint8), labels
 
 
+def write_idx_split(root: Path, split: str, images: torch.Tensor, labels: torch.Tensor, name: str = "mnist") -> None:
+    """Write uint8 images [N, 28, 28] and labels [N] as torchvision's raw IDX files (split: train or t10k).
+
+    Lets the real torchvision loading code read any digits (a slice of the real ones in tests, synthetic
+    ones for the benchmark's reference path)."""
+    raw = root / DATASETS[name][0] / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+
+    def header(magic: int, dims: list[int]) -> bytes:
+        return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+
+    n = len(labels)
+    (raw / f"{split}-images-idx3-ubyte").write_bytes(
+        header(IDX_MAGIC["images"], [n, 28, 28]) + images.to(torch.uint8).contiguous().numpy().tobytes())
+    (raw / f"{split}-labels-idx1-ubyte").write_bytes(
+        header(IDX_MAGIC["labels"], [n]) + labels.to(torch.uint8).numpy().tobytes())
+
+
 @dataclass
 class Subset:
     """Rows `index` of a shared uint8 image tensor (views, never copies)."""
@@ -165,10 +183,11 @@ class DeviceData:
 
     def batch(self, subset: Subset, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images [B, 1, 28, 28] (float32) and labels [B] for positions into `subset`."""
-        rows = subset.index[positions.to(subset.index.device)]
-        x, y = subset.images[rows], subset.labels[rows]
+        # index_select, not advanced indexing: ten times faster for these small gathers on CPU.
+        rows = subset.index.index_select(0, positions.to(subset.index.device))
+        x, y = subset.images.index_select(0, rows), subset.labels.index_select(0, rows)
         x = x.to(self.device, non_blocking=True).unsqueeze(1).float()
-        return (x - self._shift) * self._scale, y.to(self.device, non_blocking=True)
+        return x.sub_(self._shift).mul_(self._scale), y.to(self.device, non_blocking=True)
 
     def train_batches(self, sampler: DistributedSampler, batch_size: int) -> list[torch.Tensor]:
         """This rank's shuffled positions for one epoch (call sampler.set_epoch first), split into batches."""

@@ -157,7 +157,7 @@ class Trainer:
         self.ddp_model = self.model
         if rt.world_size > 1:
             device_ids = None if rt.device.index is None else [rt.device.index]
-            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids, gradient_as_bucket_view=True)
         torch.manual_seed(cfg.train.seed + rt.rank)  # distinct dropout masks per rank
 
         self.amp = precision.resolve(cfg.train.precision, rt.device, cfg.model.name)

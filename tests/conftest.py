@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from hpc_mnist.data import write_idx_split
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "PMI", "PALS_", "MPI_LOCAL", "OMPI_", "SLURM_", "PBS_")
@@ -19,23 +22,14 @@ SHARED_MNIST = Path(os.environ.get("HPC_MNIST_SHARED_DATA", REPO.parent / "share
 TRAIN_DIGITS = 8000  # of the 10,000 real test digits: the first 8,000 act as train, the last 2,000 as test
 
 
-def _idx_bytes(payload: bytes, magic: int, dims: list[int]) -> bytes:
-    return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims) + payload
-
-
 def write_mnist_root(root: Path, train_count: int = TRAIN_DIGITS) -> Path:
     """Write an MNIST-layout root (torchvision's MNIST/raw/*-ubyte) from the shared real digits."""
     images = gzip.decompress((SHARED_MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())[16:]
     labels = gzip.decompress((SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())[8:]
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    pixels = 28 * 28
-    splits = {"train": slice(0, train_count), "t10k": slice(train_count, len(labels))}
-    for name, part in splits.items():
-        n = part.stop - part.start
-        (raw / f"{name}-images-idx3-ubyte").write_bytes(
-            _idx_bytes(images[part.start * pixels:part.stop * pixels], 0x0803, [n, 28, 28]))
-        (raw / f"{name}-labels-idx1-ubyte").write_bytes(_idx_bytes(labels[part], 0x0801, [n]))
+    images = torch.frombuffer(bytearray(images), dtype=torch.uint8).view(-1, 28, 28)
+    labels = torch.frombuffer(bytearray(labels), dtype=torch.uint8)
+    write_idx_split(root, "train", images[:train_count], labels[:train_count])
+    write_idx_split(root, "t10k", images[train_count:], labels[train_count:])
     return root
 
 

@@ -1,0 +1,369 @@
+"""Measure training speed: this trainer against the tutorials' loop, time to an accuracy, memory, scaling.
+
+    python -m hpc_mnist.bench                                  # MLP (batch 128) and CNN (batch 512)
+    python -m hpc_mnist.bench --data-root DIR --target 0.97    # real MNIST-layout data, time to 97%
+    python -m hpc_mnist.bench --models cnn --ranks 1,2         # weak scaling at 1 thread per rank
+
+Both paths train the same model with the same optimizer on the same files. Ours is the trainer's own
+loop (resident uint8 data, chosen precision, channels_last); the reference is the tutorials' loop
+(torchvision dataset with a per-sample ToTensor, a plain DataLoader, fp32). Throughput is the median of
+repeats after warm-up, timed with CUDA events on GPUs and the wall clock on CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from hpc_mnist import config, dist, models, optim
+from hpc_mnist.config import Config
+from hpc_mnist.data import synthetic, write_idx_split
+from hpc_mnist.signals import StopRequest
+from hpc_mnist.train import Trainer, evaluate, train_epoch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_BATCH = {"linear": 128, "mlp": 128, "cnn": 512}
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds `fn` took: CUDA events on a GPU (the host may run ahead), else the wall clock."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_config(model: str, precision: str, batch: int, args: argparse.Namespace, seed: int = 0) -> Config:
+    """The shipped config for `model`, pointed at the benchmark's data."""
+    cfg = config.build(str(CONFIGS / f"{model}.yaml"), [
+        f"train.precision={precision}", f"train.batch_size={batch}", f"train.device={args.device}",
+        f"train.seed={seed}", "data.name=mnist", f"data.root={args.data_root}", "data.download=false",
+        "log.tensorboard=false", "optim.scheduler=none"])
+    return cfg
+
+
+class Ours:
+    """The trainer's loop, one Trainer per (model, precision, batch)."""
+
+    def __init__(self, cfg: Config, rt: dist.Runtime, scratch: Path):
+        self.trainer = Trainer(cfg, rt, scratch)
+        self.cfg = cfg
+        self._stop = StopRequest()
+        self._epoch = 0
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        while True:
+            self._epoch += 1
+            self.trainer.sampler.set_epoch(self._epoch)
+            yield from self.trainer.data.train_batches(self.trainer.sampler, self.cfg.train.batch_size)
+
+    def steps(self, n: int) -> Callable[[], None]:
+        it = self._batches()
+
+        def go() -> None:
+            t = self.trainer
+            sums = torch.zeros(3, dtype=torch.float64 if t.rt.device.type != "mps" else torch.float32,
+                               device=t.rt.device)
+            train_epoch(t.ddp_model, t.data, [next(it) for _ in range(n)], self.cfg, t.amp, t.optimizer,
+                        t.scheduler, t.scaler, epoch=1, start_step=0, sums=sums, stop=self._stop,
+                        update=lambda *a: None)
+        return go
+
+    def epoch(self, epoch: int) -> None:
+        t = self.trainer
+        t.sampler.set_epoch(epoch)
+        batches = t.data.train_batches(t.sampler, self.cfg.train.batch_size)
+        sums = torch.zeros(3, dtype=torch.float64, device=t.rt.device)
+        train_epoch(t.ddp_model, t.data, batches, self.cfg, t.amp, t.optimizer, t.scheduler, t.scaler,
+                    epoch=epoch, start_step=0, sums=sums, stop=self._stop, update=lambda *a: None)
+
+    def test_accuracy(self) -> float:
+        t = self.trainer
+        return evaluate(t.model, t.data, t.data.test, self.cfg, t.amp)[1]
+
+
+class Reference:
+    """The tutorials' loop: torchvision MNIST with ToTensor, a DataLoader, fp32, no channels_last."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        from torch.utils.data import DataLoader
+        from torchvision import datasets
+        from torchvision.transforms import ToTensor
+
+        root = str(cfg.data.root)
+        self.train_loader = DataLoader(datasets.MNIST(root, train=True, download=False, transform=ToTensor()),
+                                       batch_size=cfg.train.batch_size, shuffle=True)
+        self.test_loader = DataLoader(datasets.MNIST(root, train=False, download=False, transform=ToTensor()),
+                                      batch_size=cfg.train.batch_size)
+        torch.manual_seed(cfg.train.seed)
+        self.model = models.build(cfg.model).to(device)
+        self.optimizer = optim.build_optimizer(cfg.optim, self.model, cfg.optim.lr)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.device = device
+
+    def _step(self, X: torch.Tensor, y: torch.Tensor) -> None:
+        X, y = X.to(self.device), y.to(self.device)
+        loss = self.loss_fn(self.model(X), y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield from self.train_loader
+
+    def steps(self, n: int) -> Callable[[], None]:
+        it = self._batches()
+
+        def go() -> None:
+            self.model.train()
+            for _ in range(n):
+                self._step(*next(it))
+        return go
+
+    def epoch(self, epoch: int) -> None:
+        self.model.train()
+        for X, y in self.train_loader:
+            self._step(X, y)
+
+    @torch.no_grad()
+    def test_accuracy(self) -> float:
+        self.model.eval()
+        correct = total = 0
+        for X, y in self.test_loader:
+            correct += (self.model(X.to(self.device)).argmax(1) == y.to(self.device)).sum().item()
+            total += len(y)
+        return correct / total
+
+
+def throughput(path: Ours | Reference, batch: int, args: argparse.Namespace, device: torch.device) -> float:
+    """Median samples/s over repeats, after warm-up steps."""
+    path.steps(args.warmup)()
+    rates = [args.steps * batch / _timed(path.steps(args.steps), device) for _ in range(args.repeats)]
+    return statistics.median(rates)
+
+
+def time_to_target(make: Callable[[int], Ours | Reference], args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds from the first step to the end-of-epoch test evaluation that reaches args.target (data
+    reading and start-up excluded), median over seeds; None where max epochs did not reach it."""
+    times, accs = [], []
+    for seed in range(args.seeds):
+        path = make(seed)
+        began, reached, acc = time.perf_counter(), None, 0.0
+        for epoch in range(1, args.max_epochs + 1):
+            path.epoch(epoch)
+            acc = path.test_accuracy()
+            if acc >= args.target:
+                reached = time.perf_counter() - began
+                break
+        times.append(reached)
+        accs.append(acc)
+    done = [t for t in times if t is not None]
+    return {"seconds_median": statistics.median(done) if len(done) == len(times) else None, "seconds": times,
+            "accuracy_mean": statistics.mean(accs), "accuracy_spread": max(accs) - min(accs)}
+
+
+def _prepare_data(args: argparse.Namespace, scratch: Path) -> str:
+    """The real data root when given, else synthetic digits written in MNIST layout (so both paths read
+    the same files through torchvision)."""
+    if args.data_root:
+        return args.data_root
+    root = scratch / "synthetic"
+    for split, n, seed in (("train", args.synthetic_train, 1), ("t10k", args.synthetic_test, 2)):
+        write_idx_split(root, split, *synthetic(n, seed))
+    return str(root)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One rank of a weak-scaling measurement (started by `scaling`); rank 0 prints a JSON line."""
+    model = args.models[0]
+    batch = (args.batch_sizes or [DEFAULT_BATCH[model]])[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg = run_config(model, args.precisions[0], batch, args)
+        rt = dist.setup(cfg.dist, cfg.train.device)
+        try:
+            rate = throughput(Ours(cfg, rt, Path(scratch)), batch, args, rt.device)
+            if rt.is_main:
+                print(json.dumps({"ranks": rt.world_size, "threads": rt.threads, "per_rank": rate,
+                                  "global": rate * rt.world_size}))
+        finally:
+            dist.shutdown()
+
+
+def scaling(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Weak scaling at fixed per-rank batch: throughput(N) / (N x throughput(1)), args.threads per rank.
+
+    Rank counts are measured in interleaved rounds and the medians compared, so that drift in a shared
+    machine's speed falls on every rank count alike."""
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in args.ranks}
+    for _round, n in ((r, n) for r in range(args.scaling_rounds) for n in args.ranks):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               "-m", "hpc_mnist.bench", "--worker", "--models", args.models[-1], "--precisions",
+               args.precisions[0], "--device", args.device, "--data-root", args.data_root,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+        if args.batch_sizes:
+            cmd += ["--batch-sizes", str(args.batch_sizes[0])]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+        runs[n].append(json.loads(out.strip().splitlines()[-1]))
+    rows = [{"ranks": n, "threads": found[0]["threads"], "rounds": len(found),
+             "per_rank": statistics.median(r["per_rank"] for r in found),
+             "global": statistics.median(r["global"] for r in found)} for n, found in runs.items()]
+    base = next((r["global"] for r in rows if r["ranks"] == 1), None)
+    for r in rows:
+        r["efficiency"] = r["global"] / (r["ranks"] * base) if base else None
+    return rows
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    return lambda text: [kind(v) for v in text.split(",") if v]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m hpc_mnist.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--models", type=_csv(str), default=["mlp", "cnn"], help="comma list (default mlp,cnn)")
+    p.add_argument("--precisions", type=_csv(str), default=["auto"], help="comma list of auto|fp32|bf16|fp16")
+    p.add_argument("--batch-sizes", type=_csv(int), default=None,
+                   help="comma list (default: mlp/linear 128, cnn 512)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|xpu|mps")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ranks", type=_csv(int), default=[], help="weak scaling at these rank counts, e.g. 1,2")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per rank for the scaling runs")
+    p.add_argument("--scaling-rounds", type=int, default=3, help="interleaved rounds of the scaling runs")
+    p.add_argument("--target", type=float, default=0.0, help="test accuracy for time-to-target (0: skip)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds for time-to-target")
+    p.add_argument("--max-epochs", type=int, default=10, help="give up time-to-target after this many epochs")
+    p.add_argument("--data-root", default="", help="MNIST-layout root with real digits (default: synthetic)")
+    p.add_argument("--synthetic-train", type=int, default=20000)
+    p.add_argument("--synthetic-test", type=int, default=2000)
+    p.add_argument("--no-reference", action="store_true", help="skip the tutorial-loop reference")
+    p.add_argument("--json", default="", help="write the figures here (default runs/bench-<time>.json)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=140)
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        args.data_root = _prepare_data(args, scratch)
+        rt = dist.setup(config.DistConfig(init="none"), args.device)
+        report: dict[str, Any] = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+            "processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch": str(torch.__version__), "device": str(rt.device), "threads": rt.threads,
+            "data": "real" if not args.data_root.startswith(str(scratch)) else "synthetic",
+            "throughput": [], "time_to_target": [], "scaling": [],
+        }
+        table = Table(title=f"training throughput, {rt.device}, {rt.threads} thread(s)")
+        for col in ("model", "precision", "batch", "ours samples/s", "reference samples/s", "ratio",
+                    "dataset MB", "RSS growth over an epoch, MB"):
+            table.add_column(col, justify="right")
+        for model in args.models:
+            for batch in args.batch_sizes or [DEFAULT_BATCH[model]]:
+                for precision in args.precisions:
+                    cfg = run_config(model, precision, batch, args)
+                    ours = Ours(cfg, rt, scratch)
+                    if rt.device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                    rate = throughput(ours, batch, args, rt.device)
+                    ours.epoch(1)  # the allocator settles on its buffers (the last batch is smaller)
+                    rss_before = _rss_mb()  # then a whole epoch must not grow memory: no data copies
+                    ours.epoch(2)
+                    row = {"model": model, "precision": ours.trainer.amp, "batch": batch, "ours": rate,
+                           "dataset_mb": (ours.trainer.data.train.images.nbytes
+                                          + ours.trainer.data.test.images.nbytes) / 2**20,
+                           "rss_growth_mb": _rss_mb() - rss_before, "peak_rss_mb": _peak_rss_mb()}
+                    if rt.device.type == "cuda":
+                        row["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                    del ours
+                    if not args.no_reference:
+                        row["reference"] = throughput(Reference(cfg, rt.device), batch, args, rt.device)
+                        row["ratio"] = rate / row["reference"]
+                    report["throughput"].append(row)
+                    reference, ratio = row.get("reference", float("nan")), row.get("ratio", float("nan"))
+                    table.add_row(model, row["precision"], str(batch), f"{rate:,.0f}", f"{reference:,.0f}",
+                                  f"{ratio:.2f}x", f"{row['dataset_mb']:.1f}", f"{row['rss_growth_mb']:+.1f}")
+        console.print(table)
+
+        if args.target:
+            table = Table(title=f"time to {args.target:.1%} test accuracy (median of {args.seeds} seeds)")
+            for col in ("model", "path", "seconds", "accuracy mean", "spread"):
+                table.add_column(col, justify="right")
+            for model in args.models:
+                batch = (args.batch_sizes or [DEFAULT_BATCH[model]])[0]
+                paths = {"ours": lambda s, m=model, b=batch: Ours(run_config(m, args.precisions[0], b, args, s), rt,
+                                                                  scratch)}
+                if not args.no_reference:
+                    paths["reference"] = lambda s, m=model, b=batch: Reference(
+                        run_config(m, "fp32", b, args, s), rt.device)
+                for name, make in paths.items():
+                    result = {"model": model, "path": name, "batch": batch, **time_to_target(make, args)}
+                    report["time_to_target"].append(result)
+                    secs = result["seconds_median"]
+                    table.add_row(model, name, "not reached" if secs is None else f"{secs:.2f}",
+                                  f"{result['accuracy_mean']:.2%}", f"{result['accuracy_spread']:.2%}")
+            console.print(table)
+
+        if args.ranks:
+            report["scaling"] = scaling(args)
+            table = Table(title=f"weak scaling, {args.models[-1]}, {args.threads} thread(s) per rank")
+            for col in ("ranks", "samples/s per rank", "global samples/s", "efficiency"):
+                table.add_column(col, justify="right")
+            for r in report["scaling"]:
+                table.add_row(str(r["ranks"]), f"{r['per_rank']:,.0f}", f"{r['global']:,.0f}",
+                              f"{r['efficiency']:.2f}" if r["efficiency"] else "-")
+            console.print(table)
+        dist.shutdown()
+
+    out = Path(args.json or f"runs/bench-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"figures written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
