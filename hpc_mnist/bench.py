@@ -65,12 +65,15 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_config(model: str, precision: str, batch: int, args: argparse.Namespace, seed: int = 0) -> Config:
-    """The shipped config for `model`, pointed at the benchmark's data."""
-    cfg = config.build(str(CONFIGS / f"{model}.yaml"), [
-        f"train.precision={precision}", f"train.batch_size={batch}", f"train.device={args.device}",
-        f"train.seed={seed}", "data.name=mnist", f"data.root={args.data_root}", "data.download=false",
-        "log.tensorboard=false", "optim.scheduler=none"])
+def run_config(model: str, precision: str, batch: int, args: argparse.Namespace, seed: int = 0,
+               schedule: bool = False) -> Config:
+    """--config (default: the shipped config for `model`), pointed at the benchmark's data. Throughput runs
+    leave out the schedule, whose length depends on epochs the benchmark never runs."""
+    cfg = config.build(args.config or str(CONFIGS / f"{model}.yaml"), [
+        f"model.name={model}", f"train.precision={precision}", f"train.batch_size={batch}",
+        f"train.device={args.device}", f"train.seed={seed}", "data.name=mnist", f"data.root={args.data_root}",
+        "data.download=false", "log.tensorboard=false", *([] if schedule else ["optim.scheduler=none"]),
+        *args.override])
     return cfg
 
 
@@ -256,6 +259,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--models", type=_csv(str), default=["mlp", "cnn"], help="comma list (default mlp,cnn)")
+    p.add_argument("--config", default="", help="YAML for our path (default: configs/<model>.yaml)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for both paths' model, optimizer and batch (repeatable)")
     p.add_argument("--precisions", type=_csv(str), default=["auto"], help="comma list of auto|fp32|bf16|fp16")
     p.add_argument("--batch-sizes", type=_csv(int), default=None,
                    help="comma list (default: mlp/linear 128, cnn 512)")
@@ -298,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput": [], "time_to_target": [], "scaling": [],
         }
         table = Table(title=f"training throughput, {rt.device}, {rt.threads} thread(s)")
-        for col in ("model", "precision", "batch", "ours samples/s", "reference samples/s", "ratio",
+        for col in ("model", "precision", "batch", "ours samples/s", "reference samples/s", "ours/reference",
                     "dataset MB", "RSS growth over an epoch, MB"):
             table.add_column(col, justify="right")
         for model in args.models:
@@ -334,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                 table.add_column(col, justify="right")
             for model in args.models:
                 batch = (args.batch_sizes or [DEFAULT_BATCH[model]])[0]
-                paths = {"ours": lambda s, m=model, b=batch: Ours(run_config(m, args.precisions[0], b, args, s), rt,
-                                                                  scratch)}
+                paths = {"ours": lambda s, m=model, b=batch: Ours(
+                    run_config(m, args.precisions[0], b, args, s, schedule=True), rt, scratch)}
                 if not args.no_reference:
                     paths["reference"] = lambda s, m=model, b=batch: Reference(
                         run_config(m, "fp32", b, args, s), rt.device)

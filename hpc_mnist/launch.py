@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -110,7 +111,13 @@ def launch_line(name: str, nodes: int, ppn: int, cpu_bind: str | None, hosts: li
         return line + (["--cpu-bind", cpu_bind] if cpu_bind else []) + command
     # A workstation: torchrun runs the Python program itself.
     program = command[1:] if Path(command[0]).name.startswith("python") else ["--no-python", *command]
-    return ["torchrun", "--standalone", f"--nproc_per_node={ppn}", *program]
+    return [_torchrun(), "--standalone", f"--nproc_per_node={ppn}", *program]
+
+
+def _torchrun() -> str:
+    """torchrun from PATH, else the one installed beside this Python (an unactivated venv)."""
+    beside = Path(sys.executable).parent / "torchrun"
+    return "torchrun" if shutil.which("torchrun") or not beside.exists() else str(beside)
 
 
 def site_file(name: str) -> Path:
@@ -180,8 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.stdout.flush()
     if site_file(name).exists() and os.environ.get("HPC_MNIST_SITE") != name:
-        os.execvp("bash", ["bash", "-c", 'source "$0" && exec "$@"', str(site_file(name)), *line])
-    os.execvp(line[0], line)
+        line = ["bash", "-c", 'source "$0" && exec "$@"', str(site_file(name)), *line]
+    try:
+        os.execvp(line[0], line)
+    except FileNotFoundError:
+        print(f"hpc_mnist.launch: error: {line[0]} not found on PATH: load the site's MPI or PyTorch module "
+              f"(see {site_file(name)})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

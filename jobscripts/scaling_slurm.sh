@@ -1,0 +1,43 @@
+#!/bin/bash
+# Scaling study on a Slurm cluster: one allocation of N nodes runs the same training on 1, 2, 4, ... N
+# nodes (srun -N k), then writes the report (scaling.md, scaling.csv, PNG plots) into
+#   runs/scaling-<job id>/
+#   sbatch jobscripts/scaling_slurm.sh
+#   sbatch --export=ALL,SYSTEM=perlmutter,MODE=strong,BATCH=4096 jobscripts/scaling_slurm.sh
+# Edit below: account, partition (or -C gpu -q regular on Perlmutter), nodes, GPUs per node, time.
+#SBATCH -A YOUR_ACCOUNT
+#SBATCH -p YOUR_PARTITION
+#SBATCH -N 8
+#SBATCH --ntasks-per-node=4
+#SBATCH --gpus-per-node=4
+#SBATCH -t 01:00:00
+#SBATCH -J hpc_mnist_scaling
+#SBATCH -o hpc_mnist_scaling-%j.out
+set -euo pipefail
+cd "${SLURM_SUBMIT_DIR:-.}"
+
+SYSTEM=${SYSTEM:-slurm}                   # perlmutter, frontier or slurm (generic): see launch/
+CONFIG=${CONFIG:-configs/cnn.yaml}
+OVERRIDES=${OVERRIDES:-}
+MODE=${MODE:-weak}                        # weak: BATCH per rank; strong: BATCH global
+BATCH=${BATCH:-128}
+EPOCHS=${EPOCHS:-2}
+REPEATS=${REPEATS:-1}
+RANKS_PER_NODE=${RANKS_PER_NODE:-${SLURM_NTASKS_PER_NODE:-1}}
+PYTHON=${PYTHON:-python}
+SWEEP_DIR=${SWEEP_DIR:-runs/scaling-${SLURM_JOB_ID:-local}}   # one folder per job: points, logs, report
+
+# shellcheck source=/dev/null
+source "launch/$SYSTEM.sh"
+
+allocated=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
+if [ -z "${NODES:-}" ]; then              # powers of two up to the allocation, and the allocation itself
+    NODES=1
+    for ((n = 2; n < allocated; n *= 2)); do NODES="$NODES,$n"; done
+    [ "$allocated" -gt 1 ] && NODES="$NODES,$allocated"
+fi
+
+# shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
+"$PYTHON" -m hpc_mnist.scaling run --system "$SYSTEM" --nodes "$NODES" --ppn "$RANKS_PER_NODE" --mode "$MODE" \
+    --batch "$BATCH" --epochs "$EPOCHS" --repeats "$REPEATS" --sweep-dir "$SWEEP_DIR" \
+    -- --config "$CONFIG" $OVERRIDES

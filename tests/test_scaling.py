@@ -1,0 +1,160 @@
+"""Scaling studies: the report's arithmetic, a real local sweep, and the scaling job scripts."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import LAUNCH_VARS, MPIEXEC, REPO
+from hpc_mnist import scaling
+
+STUBS = REPO / "tests" / "stubs"
+
+
+def fake_run(root: Path, name: str, ranks: int, samples_per_s: float, epochs: list[tuple[float, float]],
+             test_acc: float = 0.95, status: str = "completed") -> Path:
+    """A run directory as the trainer writes it, with known numbers."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({
+        "status": status, "world_size": ranks, "num_nodes": 1, "global_batch": 64 * ranks,
+        "samples_per_s": samples_per_s, "test_acc": test_acc}))
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": i + 1, "epoch_time_s": t, "val_acc": acc}) + "\n" for i, (t, acc) in enumerate(epochs)))
+    return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """Throughputs 1000 / 1800 / 3000 at 1 / 2 / 4 ranks, and an 8-rank point that failed."""
+    points = [
+        (fake_run(tmp_path, "r1", 1, 1000.0, [(4.0, 0.85), (4.0, 0.93)], 0.96), 1, 0),
+        (fake_run(tmp_path, "r2", 2, 1800.0, [(2.0, 0.88), (2.0, 0.91)], 0.95), 2, 0),
+        (fake_run(tmp_path, "r4", 4, 3000.0, [(1.5, 0.80), (1.5, 0.86)], 0.90), 4, 0),
+        (tmp_path / "r8", 8, 1),  # never wrote a summary
+    ]
+    (tmp_path / "sweep.json").write_text(json.dumps({"mode": "weak", "points": [
+        {"nodes": 1, "ranks": r, "repeat": 1, "run_dir": str(d), "command": [], "exit_code": code}
+        for d, r, code in points]}))
+    return tmp_path
+
+
+def test_report_arithmetic(sweep):
+    rows, mode = scaling.collect([sweep], target=0.9)
+    table = {row["ranks"]: row for row in scaling.aggregate(rows)}
+    assert mode == "weak"
+    assert table[1]["speedup"] == 1.0 and table[1]["efficiency"] == 1.0
+    assert table[2]["speedup"] == pytest.approx(1.8) and table[2]["efficiency"] == pytest.approx(0.9)
+    assert table[4]["speedup"] == pytest.approx(3.0) and table[4]["efficiency"] == pytest.approx(0.75)
+    assert table[1]["time_to_target_s"] == 8.0  # reached in epoch 2 (0.93)
+    assert table[2]["time_to_target_s"] == 4.0
+    assert table[4]["time_to_target_s"] is None  # never reached 0.9
+    assert table[1]["epoch_time_s"] == 4.0 and table[4]["test_acc"] == 0.90
+    assert table[8]["status"] == "failed (exit code 1)" and "speedup" not in table[8]
+
+
+def test_report_files_show_failed_points(sweep, capsys):
+    assert scaling.main(["report", str(sweep), "--target", "0.9"]) == 1  # a point failed
+    with open(sweep / "scaling.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["ranks"] for r in rows] == ["1", "2", "4", "8"]
+    assert float(rows[2]["efficiency"]) == pytest.approx(0.75)
+    assert rows[3]["status"] == "failed (exit code 1)" and rows[3]["samples_per_s"] == ""
+    md = (sweep / "scaling.md").read_text()
+    assert "| 1 | 4 | 256 | 3,000 | 3.00 | 0.75 | 1.50 | not reached | 90.00% | ok |" in md
+    assert "| 1 | 8 | - | - | - | - | - | - | - | failed (exit code 1) |" in md
+    assert "failed (exit code 1)" in md
+    assert {"throughput.png", "efficiency.png", "accuracy.png"} <= {p.name for p in sweep.iterdir()}
+    assert "failed (exit code 1)" in capsys.readouterr().out
+
+
+def test_strong_scaling_speedup_is_the_time_ratio(tmp_path):
+    """Fixed global work: speedup = T(1) / T(N), which for equal samples is the throughput ratio."""
+    a = fake_run(tmp_path, "s1", 1, 500.0, [(10.0, 0.9)])
+    b = fake_run(tmp_path, "s2", 2, 900.0, [(10.0 * 500 / 900, 0.9)])
+    table = scaling.aggregate(scaling.collect([a, b], 0.5)[0])
+    assert table[1]["speedup"] == pytest.approx(table[0]["epoch_time_s"] / table[1]["epoch_time_s"])
+    assert table[1]["efficiency"] == pytest.approx(0.9)
+
+
+def test_report_without_matplotlib_still_writes_tables(sweep):
+    shim = sweep / "shim" / "matplotlib"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    out = sweep / "out"
+    result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "report", str(sweep), "--out", str(out)],
+                            capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(shim.parent)})
+    assert "plots skipped: matplotlib is not installed (pip install 'hpc_mnist[plot]')" in result.stdout
+    assert (out / "scaling.csv").exists() and (out / "scaling.md").exists()
+    assert not list(out.glob("*.png"))
+
+
+def test_strong_mode_needs_a_divisible_global_batch(capsys):
+    assert scaling.main(["run", "--mode", "strong", "--ranks", "1,3", "--batch", "64", "--dry-run"]) == 2
+    assert "3 does not divide it" in capsys.readouterr().err
+
+
+def test_dry_run_prints_each_launch_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "run", "--ranks", "1,2", "--mode", "strong",
+                             "--batch", "64", "--dry-run", "--sweep-dir", "/tmp/x", "--", "--config",
+                             "configs/smoke.yaml"], capture_output=True, text=True, cwd=REPO, env=env)
+    lines = [line.split(maxsplit=1) for line in result.stdout.strip().splitlines()]
+    assert lines[0][0].endswith("torchrun") and lines[1][0].endswith("torchrun")
+    assert lines[0][1].startswith("--standalone --nproc_per_node=1 -m hpc_mnist.train --config "
+                                  "configs/smoke.yaml train.batch_size=64 ")
+    assert lines[1][1].startswith("--standalone --nproc_per_node=2 -m hpc_mnist.train --config "
+                                  "configs/smoke.yaml train.batch_size=32 ")
+
+
+def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    result = subprocess.run(
+        [sys.executable, "-m", "hpc_mnist.scaling", "run", "--ranks", "1,2", "--batch", "64", "--epochs", "2",
+         "--target", "0.5", "--sweep-dir", str(tmp_path / "sweep"), "--", "--config", "configs/smoke.yaml",
+         "train.precision=fp32", "log.tensorboard=false"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    sweep = tmp_path / "sweep"
+    assert {"sweep.json", "scaling.csv", "scaling.md", "throughput.png", "efficiency.png", "accuracy.png"} <= {
+        p.name for p in sweep.iterdir()}
+    with open(sweep / "scaling.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["ranks"], r["global_batch"], r["status"]) for r in rows] == [("1", "64", "ok"), ("2", "128", "ok")]
+    assert float(rows[0]["efficiency"]) == 1.0 and float(rows[1]["samples_per_s"]) > 0
+    config = (sweep / "weak-n1-r2-1" / "config.yaml").read_text()
+    assert "scale_lr: true" in config  # weak scaling grows the global batch: linear lr scaling
+
+
+@pytest.mark.parametrize("script", ["scaling_polaris.sh", "scaling_slurm.sh"])
+def test_scaling_job_script_on_two_fake_nodes(tmp_path, script):
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec")
+    env = {k: v for k, v in os.environ.items() if not k.startswith((*LAUNCH_VARS, "HPC_MNIST_"))}
+    env.update(PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", STUB_LOG=str(tmp_path / "log"),
+               REAL_MPIEXEC=MPIEXEC, PYTHON=sys.executable, CONFIG="configs/smoke.yaml", RANKS_PER_NODE="1",
+               EPOCHS="1", BATCH="64", OVERRIDES="train.precision=fp32 log.tensorboard=false",
+               SWEEP_DIR=str(tmp_path / "sweep"), OMP_NUM_THREADS="1", HPC_MNIST_MASTER_DOMAIN="")
+    if script == "scaling_polaris.sh":
+        nodefile = tmp_path / "nodefile"
+        nodefile.write_text(f"{socket.gethostname()}\nsecond-node\n")
+        env.update(PBS_JOBID="77.pbs", PBS_NODEFILE=str(nodefile), PBS_O_WORKDIR=str(REPO))
+    else:
+        env.update(SLURM_JOB_ID="77", SLURM_JOB_NUM_NODES="2", SLURM_NNODES="2", SLURM_SUBMIT_DIR=str(REPO),
+                   SLURM_JOB_NODELIST="localhost")
+    result = subprocess.run(["bash", str(REPO / "jobscripts" / script)], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    with open(tmp_path / "sweep" / "scaling.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["nodes"], r["ranks"], r["status"]) for r in rows] == [("1", "1", "ok"), ("2", "2", "ok")]
+    calls = (tmp_path / "log").read_text()
+    expected = ["mpiexec -n 1 --ppn 1", "mpiexec -n 2 --ppn 1"] if script == "scaling_polaris.sh" else \
+        ["srun -N 1 -n 1", "srun -N 2 -n 2"]
+    assert all(e in calls for e in expected)
