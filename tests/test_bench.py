@@ -1,0 +1,30 @@
+"""A quick smoke run of the benchmark command: it runs end to end and writes sane figures.
+
+(Speed targets are checked by running the benchmark itself, not here: see benchmarks/RESULTS.md.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import LAUNCH_VARS, REPO
+
+
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    result = subprocess.run(
+        [sys.executable, "-m", "hpc_mnist.bench", "--models", "mlp", "--steps", "3", "--warmup", "1", "--repeats",
+         "2", "--synthetic-train", "1000", "--synthetic-test", "200", "--target", "0.3", "--seeds", "1",
+         "--max-epochs", "3", "--ranks", "1,2", "--scaling-rounds", "1", "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    (row,) = report["throughput"]
+    assert row["model"] == "mlp" and row["ours"] > 0 and row["reference"] > 0
+    assert row["ratio"] == row["ours"] / row["reference"]
+    assert row["dataset_mb"] == (1000 + 200) * 784 / 2**20  # uint8 training file (train + val) and test, once
+    assert {r["path"] for r in report["time_to_target"]} == {"ours", "reference"}
+    assert [r["ranks"] for r in report["scaling"]] == [1, 2] and report["scaling"][0]["efficiency"] == 1.0
+    assert "ours/reference" in result.stdout and "weak scaling" in result.stdout
