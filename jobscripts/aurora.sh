@@ -27,14 +27,8 @@ OVERRIDES=${OVERRIDES:-}
 RANKS_PER_NODE=${RANKS_PER_NODE:-12}      # one per tile; the CPU binding list in hpc_mnist/launch.py matches 12
 PYTHON=${PYTHON:-python}
 RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id); set it to chain jobs
-TIME_LIMIT=${TIME_LIMIT:-}                # seconds the trainer may use (default: walltime - 60 s)
-if [ -z "$TIME_LIMIT" ] && command -v qstat >/dev/null 2>&1; then
-    walltime=$(qstat -f "$PBS_JOBID" 2>/dev/null | sed -n 's/^ *Resource_List.walltime = //p')
-    if [ -n "$walltime" ]; then
-        IFS=: read -r hours minutes seconds <<< "$walltime"
-        TIME_LIMIT=$(( 10#$hours * 3600 + 10#$minutes * 60 + 10#$seconds - 60 ))
-    fi
-fi
+source launch/jobs.sh
+TIME_LIMIT=${TIME_LIMIT:-$(pbs_time_limit)}  # seconds the trainer may use (default: walltime - 60 s)
 
 # The frameworks module and the oneCCL settings: edit launch/aurora.sh, not this file.
 source launch/aurora.sh

@@ -29,21 +29,9 @@ PYTHON=${PYTHON:-python}
 # Modules and network settings: edit launch/frontier.sh, not this file.
 source launch/frontier.sh
 
-# A bash trap runs only once the foreground command returns, so the launch runs in the background
-# and this shell waits, forwarding signals to it (the launcher becomes srun, which passes them on).
+# The launch runs in the background so that Slurm's signals reach it; a stop with a checkpoint
+# (exit 75) requeues the job: see run_forwarding_signals in launch/jobs.sh.
+source launch/jobs.sh
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-"$PYTHON" -m hpc_mnist.launch --system frontier --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES &
-pid=$!
-trap 'kill -USR1 "$pid" 2>/dev/null || true' USR1
-trap 'kill -TERM "$pid" 2>/dev/null || true' TERM
-status=0
-while :; do
-    wait "$pid" && status=0 || status=$?
-    kill -0 "$pid" 2>/dev/null || break   # still running: wait was interrupted by a signal
-done
-if [ "$status" -eq 75 ] && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then
-    echo "hpc_mnist: stopped early with a checkpoint; requeueing job $SLURM_JOB_ID to continue"
-    scontrol requeue "$SLURM_JOB_ID"
-fi
-exit "$status"
+run_forwarding_signals "$PYTHON" -m hpc_mnist.launch --system frontier --ppn "$RANKS_PER_NODE" -- \
+    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES

@@ -27,14 +27,8 @@ OVERRIDES=${OVERRIDES:-}                  # extra section.key=value words
 RANKS_PER_NODE=${RANKS_PER_NODE:-4}       # one per A100
 PYTHON=${PYTHON:-python}
 RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id); set it to chain jobs
-TIME_LIMIT=${TIME_LIMIT:-}                # seconds the trainer may use (default: walltime - 60 s)
-if [ -z "$TIME_LIMIT" ] && command -v qstat >/dev/null 2>&1; then
-    walltime=$(qstat -f "$PBS_JOBID" 2>/dev/null | sed -n 's/^ *Resource_List.walltime = //p')
-    if [ -n "$walltime" ]; then
-        IFS=: read -r hours minutes seconds <<< "$walltime"
-        TIME_LIMIT=$(( 10#$hours * 3600 + 10#$minutes * 60 + 10#$seconds - 60 ))
-    fi
-fi
+source launch/jobs.sh
+TIME_LIMIT=${TIME_LIMIT:-$(pbs_time_limit)}  # seconds the trainer may use (default: walltime - 60 s)
 
 # Modules, conda and the NCCL/libfabric settings: edit launch/polaris.sh, not this file.
 source launch/polaris.sh
