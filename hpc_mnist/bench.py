@@ -36,7 +36,7 @@ from hpc_mnist import config, dist, models, optim
 from hpc_mnist.config import Config
 from hpc_mnist.data import synthetic, write_idx_split
 from hpc_mnist.signals import StopRequest
-from hpc_mnist.train import Trainer, evaluate, train_epoch
+from hpc_mnist.train import Trainer, evaluate, sum_dtype, train_epoch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_BATCH = {"linear": 128, "mlp": 128, "cnn": 512}
@@ -97,8 +97,7 @@ class Ours:
 
         def go() -> None:
             t = self.trainer
-            sums = torch.zeros(3, dtype=torch.float64 if t.rt.device.type != "mps" else torch.float32,
-                               device=t.rt.device)
+            sums = torch.zeros(3, dtype=sum_dtype(t.rt.device), device=t.rt.device)
             train_epoch(t.ddp_model, t.data, [next(it) for _ in range(n)], self.cfg, t.amp, t.optimizer,
                         t.scheduler, t.scaler, epoch=1, start_step=0, sums=sums, stop=self._stop,
                         update=lambda *a: None)
@@ -108,7 +107,7 @@ class Ours:
         t = self.trainer
         t.sampler.set_epoch(epoch)
         batches = t.data.train_batches(t.sampler, self.cfg.train.batch_size)
-        sums = torch.zeros(3, dtype=torch.float64, device=t.rt.device)
+        sums = torch.zeros(3, dtype=sum_dtype(t.rt.device), device=t.rt.device)
         train_epoch(t.ddp_model, t.data, batches, self.cfg, t.amp, t.optimizer, t.scheduler, t.scaler,
                     epoch=epoch, start_step=0, sums=sums, stop=self._stop, update=lambda *a: None)
 

@@ -290,6 +290,11 @@ def is_main() -> bool:
     return not tdist.is_initialized() or tdist.get_rank() == 0
 
 
+def rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of the running group; (0, 1) for a single process."""
+    return (tdist.get_rank(), tdist.get_world_size()) if tdist.is_initialized() else (0, 1)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum in place across ranks (a no-op for one process)."""
     if tdist.is_initialized():

@@ -34,7 +34,7 @@ EXIT_DIVERGED = 3
 CHECK_EVERY = 16  # steps between the one small all-reduce that agrees on stop requests and non-finite losses
 
 
-def _sum_dtype(device: torch.device) -> torch.dtype:
+def sum_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
@@ -46,10 +46,8 @@ def evaluate(model: nn.Module, data: DeviceData, subset: Subset, cfg: Config, am
     Also returns (positions, predictions) of up to `keep_failures` of this rank's misclassified samples.
     """
     model.eval()
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
-        if torch.distributed.is_initialized() else (0, 1)
-    positions = DeviceData.eval_positions(subset, rank, world)
-    totals = torch.zeros(3, dtype=_sum_dtype(data.device), device=data.device)  # loss sum, correct, count
+    positions = DeviceData.eval_positions(subset, *dist.rank_and_size())
+    totals = torch.zeros(3, dtype=sum_dtype(data.device), device=data.device)  # loss sum, correct, count
     failures = []
     channels_last = models.uses_channels_last(cfg.model)
     for chunk in positions.split(cfg.train.eval_batch_size):
@@ -265,7 +263,7 @@ def run(cfg: Config) -> Result:
             t.sampler.set_epoch(epoch)
             epoch_start = time.perf_counter()
             batches = t.data.train_batches(t.sampler, cfg.train.batch_size)
-            sums = torch.tensor(pos.partial or [0.0, 0.0, 0.0], dtype=_sum_dtype(rt.device), device=rt.device)
+            sums = torch.tensor(pos.partial or [0.0, 0.0, 0.0], dtype=sum_dtype(rt.device), device=rt.device)
             earlier = int(sums[2].item())  # samples this rank did before an interruption
             lr_now = t.scheduler.get_last_lr()[0]
             with log.progress(epoch, cfg.train.epochs, len(batches)) as update:
