@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from hpc_mnist import config, dist, models, optim
 from hpc_mnist.config import Config
 from hpc_mnist.data import synthetic, write_idx_split
+from hpc_mnist.logger import make_console
 from hpc_mnist.signals import StopRequest
 from hpc_mnist.train import Trainer, evaluate, sum_dtype, train_epoch
 
@@ -288,9 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args)
         return 0
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=140)
+    console = make_console()
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         args.data_root = _prepare_data(args, scratch)

@@ -32,6 +32,12 @@ EPOCH_COLUMNS = [  # (key, header, width, format spec)
 ]
 
 
+def make_console() -> Console:
+    """A rich console; in job logs (not a terminal) wide enough never to wrap or truncate paths."""
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=200)
+
+
 def default_run_name(model_name: str) -> str:
     """The batch job id when there is one (so job logs and run directories match), else torchrun's run id,
     else model-date-time."""
@@ -105,9 +111,7 @@ class RunLogger:
         self.writer = None
         if not enabled:
             return
-        self.console = Console(highlight=False)
-        if not self.console.is_terminal:  # job logs: never wrap or truncate paths and messages
-            self.console = Console(highlight=False, width=200)
+        self.console = make_console()
         self.interactive = cfg.console == "rich" or (cfg.console == "auto" and self.console.is_terminal)
         metrics = run_dir / "metrics.jsonl"
         if metrics.exists():

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from hpc_mnist.errors import UserError
+from hpc_mnist.logger import make_console
 
 COLUMNS = [  # (key, header)
     ("nodes", "nodes"), ("ranks", "ranks"), ("global_batch", "global batch"), ("samples_per_s", "samples/s"),
@@ -258,7 +258,7 @@ def report_paths(paths: list[Path], target: float, out: Path) -> int:
     rows, mode = collect(paths, target)
     table = aggregate(rows)
     written = write_outputs(table, mode, target, out)
-    console = Console(highlight=False, width=None if Console().is_terminal else 160)
+    console = make_console()
     view = Table(title=f"{mode} scaling")
     for _, header in COLUMNS:
         view.add_column(header, justify="right")

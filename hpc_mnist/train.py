@@ -290,10 +290,10 @@ def run(cfg: Config) -> Result:
                        "val_loss": val_loss, "val_acc": val_acc, "lr": lr_now,
                        "epoch_time_s": time.perf_counter() - epoch_start, "train_time_s": seconds,
                        "samples_per_s": new_samples / seconds})
-            limit = cfg.train.time_limit
-            out_of_time = limit and time.perf_counter() - started + 1.1 * longest_epoch > limit
-            if epoch < cfg.train.epochs and dist.any_rank(torch.tensor([int(bool(out_of_time))],
-                                                                       device=rt.device)).item():
+            limit = cfg.train.time_limit  # the same on every rank, so all take part in the vote or none
+            out_of_time = time.perf_counter() - started + 1.1 * longest_epoch > limit
+            if limit and epoch < cfg.train.epochs and dist.any_rank(
+                    torch.tensor([int(out_of_time)], device=rt.device)).item():
                 if not checkpointed:
                     path = t.save_checkpoint(pos)
                 return _stopped(log, summary, pos, path, "time limit", t.model)
