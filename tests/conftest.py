@@ -40,13 +40,19 @@ def mnist_root(tmp_path_factory) -> Path:
     return write_mnist_root(tmp_path_factory.mktemp("mnist"))
 
 
+def clean_env(*more_prefixes: str, **values: str) -> dict[str, str]:
+    """This environment without launcher or scheduler variables (and `more_prefixes`), plus `values`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith((*LAUNCH_VARS, *more_prefixes))}
+    env.update(values)
+    return env
+
+
 def run_train(args: list[str], *, launcher: list[str] | None = None, program: list[str] | None = None,
               env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the trainer (or `program`) in fresh processes under `launcher`, as a user would."""
     cmd = (launcher or [sys.executable]) + (program or ["-m", "hpc_mnist.train"]) + args
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
-    full_env.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=clean_env(**(env or {})),
+                          cwd=REPO)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -4,16 +4,15 @@
 """
 
 import json
-import os
 import subprocess
 import sys
 
-from conftest import LAUNCH_VARS, REPO
+from conftest import REPO, clean_env
 
 
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    env = clean_env()
     result = subprocess.run(
         [sys.executable, "-m", "hpc_mnist.bench", "--models", "mlp", "--steps", "3", "--warmup", "1", "--repeats",
          "2", "--synthetic-train", "1000", "--synthetic-test", "200", "--target", "0.3", "--seeds", "1",

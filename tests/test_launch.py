@@ -13,17 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import LAUNCH_VARS, MPIEXEC, REPO
+from conftest import MPIEXEC, REPO, clean_env
 
 STUBS = REPO / "tests" / "stubs"
 SCRIPTS = sorted((REPO / "jobscripts").glob("*.sh")) + sorted((REPO / "launch").glob("*.sh")) + [REPO / ".ci" / "run"]
 COMMAND = ["--", "python", "-m", "hpc_mnist.train"]
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith((*LAUNCH_VARS, "HPC_MNIST_", "NERSC_HOST"))}
-    env.update(extra)
-    return env
+def scheduler_free_env(**values: str) -> dict[str, str]:
+    """No launcher, scheduler or site variables: detection sees only what a test sets."""
+    return clean_env("HPC_MNIST_", "NERSC_HOST", **values)
 
 
 def launch(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -52,7 +51,7 @@ def nodefile(tmp_path):
 def test_dry_run_pbs(nodefile, system, nodes, expected):
     path = nodefile(nodes)
     result = launch(["--system", system, "--dry-run", *COMMAND],
-                    clean_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(path)))
+                    scheduler_free_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(path)))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[-1] == expected.format(nodefile=path, launch=REPO / "launch")
@@ -61,7 +60,7 @@ def test_dry_run_pbs(nodefile, system, nodes, expected):
 
 def test_dry_run_polaris_shows_site_environment(nodefile):
     result = launch(["--system", "polaris", "--dry-run", *COMMAND],
-                    clean_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(nodefile(1))))
+                    scheduler_free_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(nodefile(1))))
     assert "export NCCL_NET='AWS Libfabric'" in result.stdout
     assert "export HPC_MNIST_MASTER_DOMAIN=hsn.cm.polaris.alcf.anl.gov" in result.stdout
     assert "export FI_CXI_DEFAULT_CQ_SIZE=131072" in result.stdout
@@ -74,7 +73,7 @@ def test_dry_run_polaris_shows_site_environment(nodefile):
     ("slurm", 2, "srun -N 2 -n 8 --ntasks-per-node 4"),
 ])
 def test_dry_run_slurm(system, nodes, expected):
-    env = clean_env(SLURM_JOB_ID="9", SLURM_JOB_NUM_NODES=str(nodes), SLURM_GPUS_ON_NODE="4")
+    env = scheduler_free_env(SLURM_JOB_ID="9", SLURM_JOB_NUM_NODES=str(nodes), SLURM_GPUS_ON_NODE="4")
     result = launch(["--system", system, "--dry-run", *COMMAND], env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == expected + " python -m hpc_mnist.train"
@@ -83,7 +82,7 @@ def test_dry_run_slurm(system, nodes, expected):
 def test_dry_run_options_override(nodefile):
     path = nodefile(4)
     result = launch(["--system", "polaris", "--nodes", "2", "--ppn", "2", "--cpu-bind", "core", "--dry-run",
-                     *COMMAND], clean_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(path)))
+                     *COMMAND], scheduler_free_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(path)))
     line = result.stdout.splitlines()[-1].split()
     assert line[:9] == ["mpiexec", "-n", "4", "--ppn", "2", "--depth", "8", "--cpu-bind", "core"]
     subset = Path(line[line.index("--hostfile") + 1])
@@ -91,7 +90,7 @@ def test_dry_run_options_override(nodefile):
 
 
 def test_dry_run_workstation():
-    result = launch(["--ppn", "2", "--dry-run", *COMMAND, "train.epochs=1"], clean_env())
+    result = launch(["--ppn", "2", "--dry-run", *COMMAND, "train.epochs=1"], scheduler_free_env())
     program, *rest = result.stdout.splitlines()[-1].split()
     assert program.endswith("torchrun")
     assert rest == "--standalone --nproc_per_node=2 -m hpc_mnist.train train.epochs=1".split()
@@ -103,7 +102,7 @@ def test_dry_run_workstation():
     ({"SLURM_JOB_ID": "1", "SLURM_JOB_NUM_NODES": "2"}, "slurm", "--nodes 3 but the job has 2 node(s)"),
 ])
 def test_launcher_errors(env, system, message):
-    result = launch(["--system", system, "--nodes", "3", "--dry-run", *COMMAND], clean_env(**env))
+    result = launch(["--system", system, "--nodes", "3", "--dry-run", *COMMAND], scheduler_free_env(**env))
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -114,7 +113,8 @@ def test_system_detection_from_site_variables():
                       ({"PBS_O_HOST": "aurora-uan-0010.hostmgmt"}, "aurora"), ({"PBS_JOBID": "7"}, "pbs"),
                       ({"SLURM_JOB_ID": "7"}, "slurm"), ({}, "local")]:
         code = "from hpc_mnist.launch import detect_system; print(detect_system())"
-        out = subprocess.run([sys.executable, "-c", code], env=clean_env(**env), capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", code], env=scheduler_free_env(**env), capture_output=True,
+                             text=True)
         assert out.stdout.strip() == name, env
 
 
@@ -137,7 +137,7 @@ def test_job_script_runs_under_a_simulated_scheduler(tmp_path, script, scheduler
     if MPIEXEC is None:
         pytest.skip("no mpiexec (pip install -e '.[dev]' brings the MPICH wheel)")
     log = tmp_path / "stub.log"
-    env = clean_env(PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", STUB_LOG=str(log),
+    env = scheduler_free_env(PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", STUB_LOG=str(log),
                     REAL_MPIEXEC=MPIEXEC, CONFIG="configs/smoke.yaml", RANKS_PER_NODE="2", PYTHON=sys.executable,
                     OVERRIDES=f"log.dir={tmp_path} log.console=plain train.device=cpu", HPC_MNIST_MASTER_DOMAIN="")
     if scheduler == "pbs":
@@ -169,7 +169,7 @@ def test_slurm_early_warning_stops_with_a_checkpoint_and_requeues(tmp_path):
     log = tmp_path / "stub.log"
     slow = ("model.name=cnn optim.name=adam optim.lr=1e-3 train.batch_size=32 train.epochs=6 "
             "data.synthetic_train=1500 data.synthetic_test=200 train.precision=fp32")
-    env = clean_env(PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", STUB_LOG=str(log),
+    env = scheduler_free_env(PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", STUB_LOG=str(log),
                     CONFIG="configs/smoke.yaml", RANKS_PER_NODE="2", PYTHON=sys.executable,
                     OVERRIDES=f"log.dir={tmp_path} log.console=plain {slow}", SLURM_JOB_ID="4243",
                     SLURM_JOB_NUM_NODES="1", SLURM_NNODES="1", SLURM_SUBMIT_DIR=str(REPO),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LAUNCH_VARS, REPO, read_jsonl, run_train
+from conftest import REPO, clean_env, read_jsonl, run_train
 from hpc_mnist import checkpoint
 
 # Small but not instant: a CNN epoch takes ~1-2 s here, so signals land mid-run.
@@ -45,7 +45,7 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def popen(args: list[str], launcher: list[str]) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    env = clean_env()
     return subprocess.Popen([*launcher, "-m", "hpc_mnist.train", *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
@@ -210,7 +210,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
     args = [*BASE, "model.name=mlp", f"log.dir={tmp_path}", "log.name=r"]
     ok(run_train([*args, "train.epochs=1"]))
     before = checkpoint.existing(tmp_path / "r")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    env = clean_env()
     result = subprocess.run([sys.executable, "-m", "hpc_mnist.train", *args, "train.epochs=2"], cwd=REPO, env=env,
                             capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=120)
     assert result.returncode == 2, result.stderr

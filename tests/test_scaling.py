@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAUNCH_VARS, MPIEXEC, REPO
+from conftest import MPIEXEC, REPO, clean_env
 from hpc_mnist import scaling
 
 STUBS = REPO / "tests" / "stubs"
@@ -101,7 +101,7 @@ def test_strong_mode_needs_a_divisible_global_batch(capsys):
 
 
 def test_dry_run_prints_each_launch_line():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    env = clean_env()
     result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "run", "--ranks", "1,2", "--mode", "strong",
                              "--batch", "64", "--dry-run", "--sweep-dir", "/tmp/x", "--", "--config",
                              "configs/smoke.yaml"], capture_output=True, text=True, cwd=REPO, env=env)
@@ -114,7 +114,7 @@ def test_dry_run_prints_each_launch_line():
 
 
 def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    env = clean_env()
     result = subprocess.run(
         [sys.executable, "-m", "hpc_mnist.scaling", "run", "--ranks", "1,2", "--batch", "64", "--epochs", "2",
          "--target", "0.5", "--sweep-dir", str(tmp_path / "sweep"), "--", "--config", "configs/smoke.yaml",
@@ -136,11 +136,11 @@ def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
 def test_scaling_job_script_on_two_fake_nodes(tmp_path, script):
     if MPIEXEC is None:
         pytest.skip("no mpiexec")
-    env = {k: v for k, v in os.environ.items() if not k.startswith((*LAUNCH_VARS, "HPC_MNIST_"))}
-    env.update(PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", STUB_LOG=str(tmp_path / "log"),
-               REAL_MPIEXEC=MPIEXEC, PYTHON=sys.executable, CONFIG="configs/smoke.yaml", RANKS_PER_NODE="1",
-               EPOCHS="1", BATCH="64", OVERRIDES="train.precision=fp32 log.tensorboard=false",
-               SWEEP_DIR=str(tmp_path / "sweep"), OMP_NUM_THREADS="1", HPC_MNIST_MASTER_DOMAIN="")
+    env = clean_env("HPC_MNIST_", PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+                    STUB_LOG=str(tmp_path / "log"), REAL_MPIEXEC=MPIEXEC, PYTHON=sys.executable,
+                    CONFIG="configs/smoke.yaml", RANKS_PER_NODE="1", EPOCHS="1", BATCH="64",
+                    OVERRIDES="train.precision=fp32 log.tensorboard=false", SWEEP_DIR=str(tmp_path / "sweep"),
+                    OMP_NUM_THREADS="1", HPC_MNIST_MASTER_DOMAIN="")
     if script == "scaling_polaris.sh":
         nodefile = tmp_path / "nodefile"
         nodefile.write_text(f"{socket.gethostname()}\nsecond-node\n")
