@@ -91,27 +91,50 @@ def _mpi_env() -> Placement | None:
     )
 
 
+def tasks_per_node(layout: str) -> list[int]:
+    """Slurm's per-node task counts, e.g. '2(x3),1' -> [2, 2, 2, 1]."""
+    counts: list[int] = []
+    for part in layout.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not match:
+            raise UserError(f"cannot read the Slurm task layout {layout!r} (SLURM_STEP_TASKS_PER_NODE)")
+        counts += [int(match[1])] * int(match[2] or 1)
+    return counts
+
+
 def _slurm_env() -> Placement | None:
-    """An srun step's ranks. A batch shell exports SLURM_PROCID too, but only a step has SLURM_STEP_ID."""
+    """An srun step's ranks. A batch shell exports SLURM_PROCID too, but only a step has SLURM_STEP_ID.
+
+    The local world size comes from the step's layout and this task's node, so uneven steps such as
+    `srun -N2 -n3` (layout '2,1') work; tasks / nodes only where Slurm gives no layout.
+    """
     if "SLURM_STEP_ID" not in os.environ or "SLURM_PROCID" not in os.environ:
         return None
     world = _env_int("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") or 1
     nodes = _env_int("SLURM_STEP_NUM_NODES", "SLURM_NNODES") or 1
-    return Placement("slurm", _env_int("SLURM_PROCID"), _env_int("SLURM_LOCALID") or 0, world,
-                     max(1, world // nodes))
+    local_size = max(1, world // nodes)
+    layout = os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_TASKS_PER_NODE")
+    node = _env_int("SLURM_NODEID")
+    if layout and node is not None:
+        counts = tasks_per_node(layout)
+        if 0 <= node < len(counts):
+            local_size = counts[node]
+    return Placement("slurm", _env_int("SLURM_PROCID"), _env_int("SLURM_LOCALID") or 0, world, local_size)
 
 
 def detect(init: str = "auto") -> Placement:
     """Ranks from the launcher's environment; no communication happens here.
 
     auto: torchrun's variables win (under `mpiexec ... torchrun`, PMI_RANK is the node index); then an MPI
-    launcher's; then an srun step's; else one process. srun acting as the MPI launcher (its PMI plugin also
-    sets PMI_RANK) counts as an srun step, so no mpi4py is needed there.
+    launcher's; then an srun step's; else one process. srun acting as the MPI launcher counts as an srun
+    step, so no mpi4py is needed there: its plugins set PMI_RANK and PMI_SIZE (pmi2), or a rank without a
+    world size (PMIX_RANK for pmix, PALS_RANKID for cray_shasta), equal to SLURM_PROCID. An MPI launcher
+    started through srun (Hydra, Open MPI) has ranks that differ from the step's.
     """
     found = {"torchrun": _torchrun_env(), "mpi": _mpi_env(), "slurm": _slurm_env()}
     if init == "auto":
         mpi, slurm = found["mpi"], found["slurm"]
-        if mpi and slurm and (mpi.rank, mpi.world_size) == (slurm.rank, slurm.world_size):
+        if mpi and slurm and mpi.rank == slurm.rank and mpi.world_size in (0, slurm.world_size):
             found["mpi"] = None
         init = next((name for name, place in found.items() if place), "none")
     if init == "none":

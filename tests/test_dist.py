@@ -73,6 +73,41 @@ def test_srun_as_the_mpi_launcher_needs_no_mpi4py(env):
     assert dist.detect().launcher == "slurm"
 
 
+@pytest.mark.parametrize("plugin_vars", [
+    {"PALS_RANKID": 3},  # srun --mpi=cray_shasta, the default on HPE Cray systems (Perlmutter, Frontier)
+    {"PMIX_RANK": 3},  # srun --mpi=pmix
+    {"PALS_RANKID": 3, "PALS_LOCAL_RANKID": 1, "PMIX_RANK": 3, "PMIX_LOCAL_RANK": 1},
+])
+def test_srun_mpi_plugins_without_a_world_size_take_the_slurm_path(env, plugin_vars):
+    """Slurm's MPI plugins give each task a rank but no world size: still an srun step, no mpi4py needed."""
+    env(SLURM_STEP_ID=0, SLURM_PROCID=3, SLURM_LOCALID=1, SLURM_NODEID=1, SLURM_NTASKS=4, SLURM_NNODES=2,
+        SLURM_STEP_NUM_TASKS=4, SLURM_STEP_NUM_NODES=2, SLURM_STEP_TASKS_PER_NODE="2(x2)", **plugin_vars)
+    assert dist.detect() == Placement("slurm", 3, 1, 4, 2)
+
+
+@pytest.mark.parametrize("tasks_per_node, node, local_rank, local_size", [
+    ("2,1", 0, 1, 2), ("2,1", 1, 0, 1),  # srun -N2 -n3
+    ("3(x2),1", 1, 2, 3), ("3(x2),1", 2, 0, 1),  # srun -N3 -n7
+    ("4(x2)", 1, 3, 4),
+])
+def test_uneven_srun_layouts(env, tasks_per_node, node, local_rank, local_size):
+    """The local world size is the count for this task's node, not tasks / nodes."""
+    counts = [int(n) for part in tasks_per_node.split(",")
+              for n in [part.split("(x")[0]] * (int(part.split("(x")[1][:-1]) if "(x" in part else 1)]
+    rank = sum(counts[:node]) + local_rank
+    env(SLURM_STEP_ID=0, SLURM_PROCID=rank, SLURM_LOCALID=local_rank, SLURM_NODEID=node,
+        SLURM_STEP_NUM_TASKS=sum(counts), SLURM_STEP_NUM_NODES=len(counts), SLURM_NTASKS=sum(counts),
+        SLURM_NNODES=len(counts), SLURM_STEP_TASKS_PER_NODE=tasks_per_node, SLURM_TASKS_PER_NODE=tasks_per_node)
+    assert dist.detect() == Placement("slurm", rank, local_rank, sum(counts), local_size)
+
+
+def test_uneven_layout_from_the_job_when_the_step_does_not_say(env):
+    """Older Slurm sets only SLURM_TASKS_PER_NODE (the job's layout, which a plain srun step uses)."""
+    env(SLURM_STEP_ID=0, SLURM_PROCID=2, SLURM_LOCALID=0, SLURM_NODEID=1, SLURM_NTASKS=3, SLURM_NNODES=2,
+        SLURM_TASKS_PER_NODE="2,1")
+    assert dist.detect() == Placement("slurm", 2, 0, 3, 1)
+
+
 def test_mpirun_inside_a_slurm_step_uses_mpi_ranks(env):
     """Open MPI starts its daemons with srun: SLURM_PROCID is then the node index."""
     env(SLURM_STEP_ID=0, SLURM_PROCID=0, SLURM_NTASKS=1, SLURM_NNODES=1,
