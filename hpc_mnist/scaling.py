@@ -18,15 +18,19 @@ import argparse
 import csv
 import datetime
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.table import Table
 
+from hpc_mnist import config, launch
 from hpc_mnist.errors import UserError
 from hpc_mnist.logger import make_console
 
@@ -59,45 +63,165 @@ def _csv_ints(text: str) -> list[int]:
     return values
 
 
+@dataclass
+class Sweep:
+    """What every point trains, resolved like the trainer does (defaults < config file < words after --)."""
+
+    batch: int  # per rank (weak) or global (strong)
+    epochs: int
+    words: list[str]  # what the sweep puts before the user's words (strong mode adds the batch per size)
+    why: list[str]  # the same, explained for the user
+    notes: list[str]  # where batch and epochs came from
+
+
+def _trainer_words(words: list[str]) -> tuple[str | None, list[str]]:
+    """(--config file, overrides) from the words after --."""
+    file, overrides, it = None, [], iter(words)
+    for word in it:
+        if word == "--config":
+            file = next(it, None)
+            if file is None:
+                raise UserError("--config after -- needs a file name")
+        elif word.startswith("--config="):
+            file = word.split("=", 1)[1]
+        else:
+            overrides.append(word)
+    return file, overrides
+
+
+def resolve(args: argparse.Namespace) -> Sweep:
+    """The sweep's settings. The user's words win: the sweep's own settings go before them on the trainer's
+    command line, and --batch/--epochs (explicit) beat the config file but not the words after --."""
+    file, overrides = _trainer_words(args.trainer_args)
+    cfg = config.build(file, overrides)  # a mistake in the user's words stops here, in one line
+    mine = {w.split("=", 1)[0] for w in overrides}
+    in_file = _flat_keys(file) if file else set()
+    for key in ("log.dir", "log.name"):
+        if key in mine:
+            raise UserError(f"the sweep names each point's run directory itself; drop {key}=... after -- "
+                            "(use --sweep-dir for the folder)")
+
+    def source(key: str) -> str:
+        return "yours" if key in mine else file if key in in_file else "default"
+
+    words, why, notes = [], [], []
+    if args.mode == "strong" and "train.batch_size" in mine:
+        raise UserError("strong scaling sets train.batch_size at each size (global batch / ranks): "
+                        "give the global batch with --batch instead of train.batch_size after --")
+    if args.batch is not None and "train.batch_size" not in mine:
+        batch, where = args.batch, "--batch"
+        if args.mode == "weak":
+            words.append(f"train.batch_size={batch}")
+            why.append(f"train.batch_size={batch} (--batch)")
+    elif args.batch is not None and args.mode == "weak":
+        batch, where = cfg.train.batch_size, f"yours; --batch {args.batch} ignored"
+    else:
+        batch, where = cfg.train.batch_size, source("train.batch_size")
+    if args.epochs is not None and "train.epochs" not in mine:
+        epochs, ewhere = args.epochs, "--epochs"
+        words.append(f"train.epochs={epochs}")
+        why.append(f"train.epochs={epochs} (--epochs)")
+    else:
+        epochs = cfg.train.epochs
+        ewhere = source("train.epochs") + (f"; --epochs {args.epochs} ignored" if args.epochs is not None else "")
+    if args.mode == "weak" and "optim.scale_lr" not in mine | in_file:
+        words.append("optim.scale_lr=true")
+        why.append("optim.scale_lr=true (weak scaling grows the global batch: lr x ranks)")
+    if args.mode == "strong":
+        why.append(f"train.batch_size={batch}/ranks (strong scaling)")
+    words += ["log.console=plain", "train.resume=never"]
+    why += ["log.console=plain", "train.resume=never"]
+    what = "batch per rank" if args.mode == "weak" else "global batch"
+    notes.append(f"{what} {batch} ({where}), epochs {epochs} ({ewhere})")
+    return Sweep(batch, epochs, words, why, notes)
+
+
+def _flat_keys(file: str) -> set[str]:
+    data = yaml.safe_load(Path(file).read_text()) or {}
+    return {f"{section}.{key}" for section, values in data.items() if isinstance(values, dict) for key in values}
+
+
 def plan(args: argparse.Namespace, sweep_dir: Path) -> list[Point]:
     """The sweep's points: (nodes, ranks) per size, repeated, each with its trainer command."""
+    sweep = resolve(args)
+    file, overrides = _trainer_words(args.trainer_args)  # the trainer wants --config before any key=value
     points = []
     sizes = [(n, n * args.ppn) for n in args.nodes] if args.nodes else [(1, r) for r in args.ranks]
     for nodes, ranks in sizes:
-        if args.mode == "weak":
-            batch, extra = args.batch, ["optim.scale_lr=true"]
-        else:
-            if args.batch % ranks:
-                raise UserError(f"strong scaling splits the global batch {args.batch} across ranks, but {ranks} "
+        # The sweep's settings first, the user's words after them (last wins), then the run directory.
+        words = list(sweep.words)
+        if args.mode == "strong":
+            if sweep.batch % ranks:
+                raise UserError(f"strong scaling splits the global batch {sweep.batch} across ranks, but {ranks} "
                                 "does not divide it: choose --batch as a multiple of every rank count")
-            batch, extra = args.batch // ranks, []
+            words.insert(0, f"train.batch_size={sweep.batch // ranks}")
         for repeat in range(1, args.repeats + 1):
             name = f"{args.mode}-n{nodes}-r{ranks}-{repeat}"
             launch = [sys.executable, "-m", "hpc_mnist.launch", *(["--system", args.system] if args.system else []),
                       "--nodes", str(nodes), "--ppn", str(args.ppn if args.nodes else ranks)]
-            train = [sys.executable, "-m", "hpc_mnist.train", *args.trainer_args, *extra,  # user may override
-                     f"train.batch_size={batch}", f"train.epochs={args.epochs}", f"log.dir={sweep_dir}",
-                     f"log.name={name}", "log.console=plain", "train.resume=never"]
+            train = [sys.executable, "-m", "hpc_mnist.train", *(["--config", file] if file else []), *words,
+                     *overrides, f"log.dir={sweep_dir}", f"log.name={name}"]
             points.append(Point(nodes, ranks, repeat, str(sweep_dir / name), [*launch, "--", *train]))
     return points
 
 
+def check_nodes(args: argparse.Namespace) -> list[str] | None:
+    """With --nodes: the allocation's hosts (PBS) or None (Slurm picks hosts), after checking the sizes fit."""
+    if not args.nodes:
+        return None
+    name = args.system or launch.detect_system()
+    system = launch.SYSTEMS.get(name)
+    if system is None:
+        raise UserError(f"unknown system {name!r}; choose one of {', '.join(launch.SYSTEMS)}")
+    if system.scheduler == "local":
+        raise UserError(f"--nodes {','.join(map(str, args.nodes))} needs a batch allocation, and this shell is "
+                        "not inside a batch job (PBS or Slurm): use --ranks 1,2 on a workstation, or run inside "
+                        "qsub/sbatch")
+    hosts = launch.allocated_hosts(system)
+    if max(args.nodes) > len(hosts):
+        raise UserError(f"--nodes {','.join(map(str, args.nodes))} asks for {max(args.nodes)} nodes but the job "
+                        f"has {len(hosts)}")
+    return hosts if system.scheduler == "pbs" else None
+
+
+def _point_env(point: Point, hosts: list[str] | None, folder: Path) -> dict[str, str] | None:
+    """On part of a PBS job, a node file naming the point's first hosts, so the launcher writes no temporary
+    hostfile of its own (those were left behind in /tmp)."""
+    if hosts is None or point.nodes == len(hosts):
+        return None
+    nodefile = folder / f"hostfile-n{point.nodes}.txt"
+    nodefile.write_text("\n".join(hosts[:point.nodes]) + "\n")
+    return {**os.environ, "PBS_NODEFILE": str(nodefile)}
+
+
 def run(args: argparse.Namespace) -> int:
     sweep_dir = Path(args.sweep_dir or f"runs/scaling-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    hosts = check_nodes(args)
     points = plan(args, sweep_dir)
+    sweep = resolve(args)
+    sizes = ", ".join(dict.fromkeys(str(p.nodes if args.nodes else p.ranks) for p in points))
+    print(f"# {args.mode} scaling at {sizes} {'node(s)' if args.nodes else 'rank(s)'}: " + "; ".join(sweep.notes))
+    print("# the sweep sets: " + ", ".join(sweep.why) + f", log.dir={sweep_dir}, log.name=<mode>-n<nodes>-r<ranks>"
+          "-<repeat> (words after -- win over all but the last two)", flush=True)
     if args.dry_run:
-        for p in points:
-            dry = subprocess.run([*p.command[:p.command.index("--")], "--dry-run", *p.command[p.command.index("--"):]],
-                                 capture_output=True, text=True)
-            print(dry.stdout.strip().splitlines()[-1] if dry.returncode == 0 else dry.stderr.strip())
-        return 0
+        failed = 0
+        with tempfile.TemporaryDirectory(prefix="hpc_mnist-dry-") as folder:
+            for p in points:
+                cut = p.command.index("--")
+                dry = subprocess.run([*p.command[:cut], "--dry-run", *p.command[cut:]], capture_output=True,
+                                     text=True, env=_point_env(p, hosts, Path(folder)))
+                print(dry.stdout.strip().splitlines()[-1] if dry.returncode == 0 else dry.stderr.strip(),
+                      file=sys.stdout if dry.returncode == 0 else sys.stderr)
+                failed += dry.returncode != 0
+        return 1 if failed else 0
     sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = sweep_dir / "sweep.json"
-    meta = {"mode": args.mode, "batch": args.batch, "epochs": args.epochs, "target": args.target}
+    meta = {"mode": args.mode, "batch": sweep.batch, "epochs": sweep.epochs, "target": args.target}
     for p in points:
         print(f"[{p.ranks} rank(s) on {p.nodes} node(s), repeat {p.repeat}] {p.run_dir}", flush=True)
         with open(Path(p.run_dir + ".log"), "w") as log:
-            p.exit_code = subprocess.run(p.command, stdout=log, stderr=subprocess.STDOUT).returncode
+            p.exit_code = subprocess.run(p.command, stdout=log, stderr=subprocess.STDOUT,
+                                         env=_point_env(p, hosts, sweep_dir)).returncode
         if p.exit_code:
             print(f"  failed with exit code {p.exit_code}: see {p.run_dir}.log", flush=True)
         manifest.write_text(json.dumps({**meta, "points": [asdict(q) for q in points]}, indent=2) + "\n")
@@ -274,24 +398,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="verb", required=True)
-    r = sub.add_parser("run", help="run a sweep, then report it",
-                       usage="%(prog)s [options] [-- trainer arguments]")
+    r = sub.add_parser("run", help="run a sweep, then report it", usage="%(prog)s [options] [-- trainer arguments]",
+                       description="Train the same configuration at each size. The trainer's arguments after -- "
+                       "win over the sweep's own settings; the sweep prints what it sets.")
     sizes = r.add_mutually_exclusive_group()
-    sizes.add_argument("--ranks", type=_csv_ints, default=[1, 2], help="world sizes on this machine (default 1,2)")
-    sizes.add_argument("--nodes", type=_csv_ints, help="node counts inside a batch allocation, e.g. 1,2,4,8")
-    r.add_argument("--ppn", type=int, default=1, help="ranks per node with --nodes (default 1; GPUs per node)")
+    sizes.add_argument("--ranks", type=_csv_ints, default=[1, 2], help="world sizes on this machine (default: 1,2)")
+    sizes.add_argument("--nodes", type=_csv_ints, help="node counts inside a batch allocation, e.g. 1,2,4,8 "
+                       "(default: none; --ranks is used)")
+    r.add_argument("--ppn", type=int, default=1, help="ranks per node with --nodes, one per GPU (default: 1)")
     r.add_argument("--system", help="passed to hpc_mnist.launch (default: detected)")
-    r.add_argument("--mode", choices=["weak", "strong"], default="weak")
-    r.add_argument("--batch", type=int, default=128, help="batch per rank (weak) or global batch (strong)")
-    r.add_argument("--epochs", type=int, default=1)
-    r.add_argument("--repeats", type=int, default=1)
-    r.add_argument("--target", type=float, default=0.9, help="validation accuracy for 'time to target'")
-    r.add_argument("--sweep-dir", default="", help="default runs/scaling-<date>-<time>")
+    r.add_argument("--mode", choices=["weak", "strong"], default="weak",
+                   help="weak: fixed batch per rank; strong: fixed global batch (default: weak)")
+    r.add_argument("--batch", type=int, help="batch per rank (weak) or global batch (strong) "
+                   "(default: the configuration's train.batch_size)")
+    r.add_argument("--epochs", type=int, help="epochs per point (default: the configuration's train.epochs)")
+    r.add_argument("--repeats", type=int, default=1, help="runs per size; the report takes the median (default: 1)")
+    r.add_argument("--target", type=float, default=0.9,
+                   help="validation accuracy for 'time to target' (default: 0.9)")
+    r.add_argument("--sweep-dir", default="", help="folder of the sweep (default: runs/scaling-<date>-<time>)")
     r.add_argument("--dry-run", action="store_true", help="print each point's launch line, run nothing")
     r.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: arguments for hpc_mnist.train")
     rep = sub.add_parser("report", help="tables and plots from sweep or run directories")
     rep.add_argument("paths", nargs="+", type=Path)
-    rep.add_argument("--target", type=float, default=0.9, help="validation accuracy for 'time to target'")
+    rep.add_argument("--target", type=float, default=0.9,
+                     help="validation accuracy for 'time to target' (default: 0.9)")
     rep.add_argument("--out", type=Path, help="output folder (default: the first path)")
     args = p.parse_args(argv)
     if args.verb == "run" and args.trainer_args[:1] == ["--"]:

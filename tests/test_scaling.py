@@ -105,12 +105,13 @@ def test_dry_run_prints_each_launch_line():
     result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "run", "--ranks", "1,2", "--mode", "strong",
                              "--batch", "64", "--dry-run", "--sweep-dir", "/tmp/x", "--", "--config",
                              "configs/smoke.yaml"], capture_output=True, text=True, cwd=REPO, env=env)
-    lines = [line.split(maxsplit=1) for line in result.stdout.strip().splitlines()]
+    lines = [line.split(maxsplit=1) for line in result.stdout.strip().splitlines() if not line.startswith("#")]
+    assert result.returncode == 0 and len(lines) == 2
     assert lines[0][0].endswith("torchrun") and lines[1][0].endswith("torchrun")
-    assert lines[0][1].startswith("--standalone --nproc_per_node=1 -m hpc_mnist.train --config "
-                                  "configs/smoke.yaml train.batch_size=64 ")
-    assert lines[1][1].startswith("--standalone --nproc_per_node=2 -m hpc_mnist.train --config "
-                                  "configs/smoke.yaml train.batch_size=32 ")
+    assert lines[0][1].startswith("--standalone --nproc_per_node=1 -m hpc_mnist.train --config configs/smoke.yaml "
+                                  "train.batch_size=64 log.console=plain train.resume=never log.dir=/tmp/x ")
+    assert lines[1][1].startswith("--standalone --nproc_per_node=2 -m hpc_mnist.train --config configs/smoke.yaml "
+                                  "train.batch_size=32 ")
 
 
 def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
@@ -140,7 +141,8 @@ def test_scaling_job_script_on_two_fake_nodes(tmp_path, script):
                     STUB_LOG=str(tmp_path / "log"), REAL_MPIEXEC=MPIEXEC, PYTHON=sys.executable,
                     CONFIG="configs/smoke.yaml", RANKS_PER_NODE="1", EPOCHS="1", BATCH="64",
                     OVERRIDES="train.precision=fp32 log.tensorboard=false", SWEEP_DIR=str(tmp_path / "sweep"),
-                    OMP_NUM_THREADS="1", HPC_MNIST_MASTER_DOMAIN="")
+                    OMP_NUM_THREADS="1", HPC_MNIST_MASTER_DOMAIN="", TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     if script == "scaling_polaris.sh":
         nodefile = tmp_path / "nodefile"
         nodefile.write_text(f"{socket.gethostname()}\nsecond-node\n")
@@ -158,3 +160,92 @@ def test_scaling_job_script_on_two_fake_nodes(tmp_path, script):
     expected = ["mpiexec -n 1 --ppn 1", "mpiexec -n 2 --ppn 1"] if script == "scaling_polaris.sh" else \
         ["srun -N 1 -n 1", "srun -N 2 -n 2"]
     assert all(e in calls for e in expected)
+    assert not list((tmp_path / "tmp").glob("hostfile-*"))  # the sweep's node files live in the sweep folder
+
+
+def _trainer_sees(point: scaling.Point) -> "object":
+    """The configuration the trainer of one point resolves from its command line."""
+    from hpc_mnist import config
+
+    args = config.parser("train", "").parse_args(point.command[point.command.index("hpc_mnist.train") + 1:])
+    return config.build(args.config, args.overrides)
+
+
+def _plan(argv: list[str], tmp_path: Path) -> list[scaling.Point]:
+    args = scaling.parse_args(["run", *argv])
+    return scaling.plan(args, tmp_path / "sweep")
+
+
+def test_users_settings_win_over_the_sweeps(tmp_path):
+    """`-- train.epochs=5 train.batch_size=32 optim.scale_lr=false` and the config file's values are kept."""
+    points = _plan(["--ranks", "1,2", "--epochs", "1", "--", "--config", "configs/smoke.yaml", "train.epochs=5",
+                    "train.batch_size=32", "optim.scale_lr=false"], tmp_path)
+    for p in points:
+        cfg = _trainer_sees(p)
+        assert (cfg.train.epochs, cfg.train.batch_size, cfg.optim.scale_lr) == (5, 32, False)
+        assert cfg.log.dir == str(tmp_path / "sweep") and cfg.train.resume == "never"
+    # Without words after --, the config file's batch and epochs stand; weak scaling adds scale_lr.
+    cfg = _trainer_sees(_plan(["--", "--config", "configs/smoke.yaml"], tmp_path)[1])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.optim.scale_lr) == (2, 64, True)
+    # --batch and --epochs, given explicitly, beat the config file.
+    cfg = _trainer_sees(_plan(["--batch", "16", "--epochs", "1", "--", "--config", "configs/smoke.yaml"],
+                              tmp_path)[1])
+    assert (cfg.train.epochs, cfg.train.batch_size) == (1, 16)
+
+
+def test_strong_mode_splits_the_configured_global_batch(tmp_path):
+    points = _plan(["--mode", "strong", "--ranks", "1,2", "--", "--config", "configs/smoke.yaml"], tmp_path)
+    assert [_trainer_sees(p).train.batch_size for p in points] == [64, 32]
+    with pytest.raises(scaling.UserError, match="give the global batch with --batch"):
+        _plan(["--mode", "strong", "--", "train.batch_size=64"], tmp_path)
+
+
+def test_sweep_prints_what_it_sets(capsys):
+    env = clean_env()
+    result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "run", "--dry-run", "--sweep-dir", "/tmp/x",
+                             "--", "--config", "configs/smoke.yaml", "train.epochs=3"],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    head = [line for line in result.stdout.splitlines() if line.startswith("#")]
+    assert "# weak scaling at 1, 2 rank(s): batch per rank 64 (configs/smoke.yaml), epochs 3 (yours)" in head
+    assert any(line.startswith("# the sweep sets: optim.scale_lr=true (weak scaling") for line in head)
+
+
+def test_help_shows_the_defaults():
+    result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "run", "--help"], capture_output=True,
+                            text=True, cwd=REPO, env=clean_env(COLUMNS="200"), timeout=60)
+    text = " ".join(result.stdout.split())
+    for expected in ("(default: 1,2)", "(default: weak)", "(default: 1)", "(default: 0.9)",
+                     "(default: the configuration's train.batch_size)", "(default: the configuration's train.epochs)"):
+        assert expected in text
+
+
+def test_dry_run_with_nodes_outside_an_allocation_is_one_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "run", "--nodes", "1,2,4", "--dry-run"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env=clean_env("HPC_MNIST_", TMPDIR=str(tmp_path)))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("hpc_mnist.scaling: error: --nodes ")
+    assert "not inside a batch job" in result.stderr
+
+
+def test_dry_run_on_part_of_a_pbs_job_leaves_no_hostfile(tmp_path):
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("node-a\nnode-a\nnode-b\nnode-c\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = clean_env("HPC_MNIST_", TMPDIR=str(tmp), PBS_JOBID="7.pbs", PBS_NODEFILE=str(nodefile))
+    result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "run", "--system", "pbs", "--nodes",
+                             "1,2,3", "--dry-run", "--sweep-dir", str(tmp_path / "sweep")],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("mpiexec")]
+    assert [line.split()[2] for line in lines] == ["1", "2", "3"]
+    assert str(nodefile) in lines[2]  # the whole job: PBS's own file
+    assert not list(tmp.iterdir()) and not (tmp_path / "sweep").exists()
+    with pytest.raises(scaling.UserError, match="asks for 4 nodes but the job has 3"):
+        os.environ.update(PBS_JOBID="7.pbs", PBS_NODEFILE=str(nodefile))
+        try:
+            scaling.check_nodes(scaling.parse_args(["run", "--system", "pbs", "--nodes", "1,4"]))
+        finally:
+            del os.environ["PBS_JOBID"], os.environ["PBS_NODEFILE"]
