@@ -13,26 +13,63 @@ pbs_time_limit() {
     echo $(( 10#$hours * 3600 + 10#$minutes * 60 + 10#$seconds - 60 ))
 }
 
-# Run a command under Slurm so that the early-warning signal reaches it, then requeue on a stop.
-# A bash trap runs only once the foreground command returns, so the command runs in the background
-# while this shell waits and forwards USR1/TERM (the launcher becomes srun, which passes them to the
-# ranks). Exit code 75 means "stopped with a checkpoint": requeue the job (same id, same run
-# directory) up to MAX_REQUEUES times, and the next start resumes.
-run_forwarding_signals() {
-    local pid status=0
+# Run a Slurm batch job's launch (srun, or python -m hpc_mnist.launch) and requeue the job only when the
+# trainer stopped for the time limit; return the launch's exit status, which the job script exits with
+# (a batch script whose last command succeeds is COMPLETED even when its srun failed).
+#
+# This shell forwards no signal. Slurm delivers TERM to every task itself at a scancel, a time limit or a
+# requeue, so a forwarded copy only races the ranks' checkpoint; and the early warning
+# (--signal=B:USR1@N, sent to this shell only, up to 60 s earlier than asked and so at once in a short
+# job) would kill ranks still importing torch and torchrun agents, which do not handle USR1. The trainer
+# reads the job's end time from squeue when it starts; the warning only matters where it cannot, and there
+# it becomes the stop file every rank checks. The trainer writes why it ended to the status file:
+#   {"state": ..., "reason": "deadline" | "signal" | ..., "requeue": true | false, ...}
+# so a user's scancel (TERM, requeue false) ends the job with its checkpoint kept, for a later submission
+# with the same RUN_NAME to resume, while a deadline stop requeues the job (same id, same run directory).
+run_slurm_job() {
+    local files=${HPC_MNIST_JOB_FILES:-runs/.jobs} job pid status=0
+    job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
+    job=${job:-${SLURM_JOB_ID:?run_slurm_job runs inside a Slurm job}}
+    case $files in /*) ;; *) files=$PWD/$files ;; esac   # the ranks may start elsewhere
+    mkdir -p "$files"
+    export HPC_MNIST_STATUS_FILE=$files/$job.status.json HPC_MNIST_STOP_FILE=$files/$job.stop
+    rm -f "$HPC_MNIST_STATUS_FILE" "$HPC_MNIST_STOP_FILE"
+    trap slurm_warning USR1
+    trap : TERM   # the ranks got TERM from Slurm too: wait for their checkpoint, then report
     "$@" &
     pid=$!
-    # shellcheck disable=SC2064  # expand $pid now
-    trap "kill -USR1 $pid 2>/dev/null || true" USR1
-    # shellcheck disable=SC2064
-    trap "kill -TERM $pid 2>/dev/null || true" TERM
     while :; do
         wait "$pid" && status=0 || status=$?
-        kill -0 "$pid" 2>/dev/null || break   # still running: wait was interrupted by a signal
+        kill -0 "$pid" 2>/dev/null || break   # still running: a trapped signal interrupted wait
     done
-    if [ "$status" -eq 75 ] && [ "${SLURM_RESTART_COUNT:-0}" -lt "${MAX_REQUEUES:-10}" ]; then
-        echo "hpc_mnist: stopped early with a checkpoint; requeueing job $SLURM_JOB_ID to continue"
-        scontrol requeue "$SLURM_JOB_ID"
+    trap - USR1 TERM
+    if grep -qs '"requeue": *true' "$HPC_MNIST_STATUS_FILE"; then
+        requeue_slurm_job "$job"
     fi
     return "$status"
+}
+
+# USR1 from --signal=B:USR1@N. Where squeue answers, the trainer knows the job's end time already and
+# stops in time by itself; a stop now would end a run that still fits (the warning can come at the start).
+slurm_warning() {
+    local end
+    end=$(timeout 10 squeue -h -j "$SLURM_JOB_ID" -o %e 2>/dev/null) || end=""
+    case $end in
+        [0-9]*T*) echo "hpc_mnist: time-limit warning; the trainer stops before the job's end ($end) by itself" ;;
+        *) echo "hpc_mnist: time-limit warning; asking the ranks to stop with a checkpoint"
+           touch "$HPC_MNIST_STOP_FILE" ;;
+    esac
+}
+
+requeue_slurm_job() {
+    if [ "${SLURM_RESTART_COUNT:-0}" -ge "${MAX_REQUEUES:-10}" ]; then
+        echo "hpc_mnist: stopped for the time limit with a checkpoint; not requeueing job $1 again" \
+            "(requeued ${SLURM_RESTART_COUNT:-0} times, MAX_REQUEUES=${MAX_REQUEUES:-10}): resubmit with the same RUN_NAME"
+    elif ! command -v scontrol >/dev/null 2>&1; then
+        echo "hpc_mnist: stopped for the time limit with a checkpoint, but scontrol is not available here to" \
+            "requeue job $1: resubmit with the same RUN_NAME to continue"
+    else
+        echo "hpc_mnist: stopped for the time limit with a checkpoint; requeueing job $1 to continue"
+        scontrol requeue "$1"
+    fi
 }

@@ -1,0 +1,149 @@
+"""The lab cluster (tests/cluster/lab.sh) as a session fixture, and helpers to submit and watch jobs on it.
+
+One lab per test session: brought up on first use, taken down at the end if this session started it.
+Where the machine cannot host it (not root, no network namespaces, Slurm not installable) the tests skip
+with the reason; with CI=true any other failure to start it fails them, so a broken harness cannot hide.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, clean_env
+
+HERE = Path(__file__).resolve().parent
+LAB_SH = HERE / "lab.sh"
+ONNODE = HERE / "onnode"
+NETNS_SSH = HERE / "netns-ssh"
+LAB_DIR = Path(os.environ.get("HM_LAB_DIR", "/tmp/hm-lab"))
+PY = sys.executable
+SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32", "log.tensorboard=false"]
+_counter = itertools.count()
+
+
+@dataclass
+class Job:
+    """A finished (or given-up-on) batch job: its final state and its output file."""
+
+    id: str
+    state: str
+    restarts: int
+    exit_code: str
+    out: Path
+    info: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log(self) -> str:
+        return self.out.read_text() if self.out.exists() else ""
+
+
+@dataclass
+class Lab:
+    dir: Path
+    hosts: list[str]
+    env: dict[str, str]
+
+    def workdir(self, name: str) -> Path:
+        """A fresh folder on the lab's shared file system (the hosts' /tmp is their own)."""
+        path = self.dir / "shared" / f"{os.getpid()}-{next(_counter)}-{name}"
+        path.mkdir(parents=True)
+        return path
+
+    def job_env(self, **values: str) -> dict[str, str]:
+        return {**self.env, **values}
+
+    def run(self, cmd: list[str], *, timeout: float, env: dict[str, str] | None = None,
+            cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or self.env, cwd=cwd)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{shlex.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def onnode(self, host: str, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+        return self.run([str(ONNODE), host, *cmd], **kwargs)
+
+    def popen_onnode(self, host: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        return subprocess.Popen([str(ONNODE), host, *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env or self.env, cwd=REPO)
+
+    def sbatch(self, script: Path | str, *args: str, out: Path, env: dict[str, str] | None = None) -> str:
+        """Submit as a user would, from the repository (jobs start in the submit directory)."""
+        cmd = ["sbatch", "--parsable", "-o", str(out), *args, str(script)]
+        return self.run(cmd, timeout=30, env=env).stdout.strip().split(";")[0]
+
+    def show(self, job: str) -> dict[str, str]:
+        out = self.run(["scontrol", "-o", "show", "job", job], timeout=15, check=False).stdout
+        return dict(re.findall(r"(\w+)=(\S*)", out))
+
+    def wait_state(self, job: str, states: tuple[str, ...], timeout: float) -> dict[str, str]:
+        """Poll until the job is in one of `states`; cancel it and fail when that takes too long."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.show(job)
+            if info.get("JobState") in states:
+                return info
+            time.sleep(0.5)
+        self.run(["scancel", job], timeout=15, check=False)
+        raise AssertionError(f"job {job} not {'/'.join(states)} within {timeout:.0f} s: {self.show(job)}")
+
+    def wait(self, job: str, out: Path, timeout: float) -> Job:
+        info = self.wait_state(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"),
+                               timeout)
+        return Job(job, info["JobState"], int(info.get("Restarts", 0)), info.get("ExitCode", ""), out, info)
+
+    def submit_and_wait(self, script: Path | str, *args: str, out: Path, timeout: float,
+                        env: dict[str, str] | None = None) -> Job:
+        return self.wait(self.sbatch(script, *args, out=out, env=env), out, timeout)
+
+
+def _shared_paths() -> str:
+    """Paths under /tmp the lab hosts must see: this Python's environment and the repository (CI's
+    fresh venv lives in a temporary folder)."""
+    return " ".join(str(p) for p in {Path(sys.prefix), REPO} if str(p).startswith("/tmp/"))
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    if os.geteuid() != 0:
+        pytest.skip("cluster lab needs root (network namespaces, mounts, Slurm daemons)")
+    env = clean_env("HM_LAB_", SLURM_CONF=str(LAB_DIR / "slurm" / "slurm.conf"), HM_LAB_DIR=str(LAB_DIR),
+                    HM_LAB_SHARED=_shared_paths(), OMP_NUM_THREADS="1",
+                    PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    already = subprocess.run([str(LAB_SH), "status"], capture_output=True, text=True, env=env).returncode == 0
+    started = time.monotonic()
+    try:
+        up = subprocess.run([str(LAB_SH), "up"], capture_output=True, text=True, env=env, timeout=600)
+    except subprocess.TimeoutExpired:
+        up = subprocess.CompletedProcess([], 1, "", "lab.sh up took more than 10 minutes")
+    if up.returncode != 0:
+        reason = (up.stderr.strip().splitlines() or ["lab.sh up failed"])[-1]
+        if up.returncode == 3 or os.environ.get("CI") != "true":
+            pytest.skip(f"cluster lab unavailable: {reason}")
+        pytest.fail(f"cluster lab failed to start (CI=true): {up.stdout}\n{up.stderr}")
+    print(f"\ncluster lab up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    nodes = int(os.environ.get("HM_LAB_NODES", "2"))
+    yield Lab(LAB_DIR, [f"hm-n{i}" for i in range(1, nodes + 1)], env)
+    if not already:
+        subprocess.run([str(LAB_SH), "down"], capture_output=True, env=env, timeout=300)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_weights(a), load_weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{a} and {b} differ in {different}"

@@ -1,0 +1,136 @@
+"""The Slurm job scripts' own logic (launch/jobs.sh) with a stand-in trainer and stub scontrol: what they
+requeue, what they say, what they exit with. Fast and without a scheduler; the same behaviour on the lab's
+real Slurm is in test_stops.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, clean_env
+
+STUBS = REPO / "tests" / "stubs"
+SCRIPTS = ["slurm.sh", "perlmutter.sh", "frontier.sh"]
+DEADLINE_STOP = {"state": "stopped", "reason": "deadline", "signal": None, "requeue": True, "exit_code": 75}
+CANCELLED = {"state": "stopped", "reason": "signal", "signal": "SIGTERM", "requeue": False, "exit_code": 75}
+
+
+def fake_trainer(tmp_path: Path, status: dict | None, code: int, sleep: float = 0) -> Path:
+    """A PYTHON that records its arguments and the stop file it was given, writes `status` where the job
+    script asks for it (as rank 0 does), and exits with `code`."""
+    fake = tmp_path / "python"
+    write = f"printf '%s' '{json.dumps(status)}' > \"$HPC_MNIST_STATUS_FILE\"" if status else ":"
+    fake.write_text(f"""#!/bin/bash
+echo "python $* stop=$HPC_MNIST_STOP_FILE" >> "$STUB_LOG"
+trap 'echo "python got $1" >> "$STUB_LOG"' USR1 TERM
+for _ in $(seq {int(sleep * 20)}); do sleep 0.05; done
+{write}
+exit {code}
+""".replace("$1", "SIGNAL"))
+    fake.chmod(0o755)
+    return fake
+
+
+def job_env(tmp_path: Path, python: Path, path: str | None = None, **values: str) -> dict[str, str]:
+    return clean_env(**{"PATH": path or f"{STUBS}:{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "stub.log"),
+                        "PYTHON": str(python), "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(REPO),
+                        "SLURM_JOB_QOS": "regular", "HPC_MNIST_JOB_FILES": str(tmp_path / "jobfiles"),
+                        "SLURM_NNODES": "1", "SLURM_JOB_NUM_NODES": "1", "RANKS_PER_NODE": "1",
+                        "MIOPEN_USER_DB_PATH": str(tmp_path / "miopen"), **values})
+
+
+def run_job(script: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "jobscripts" / script)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=60)
+
+
+def stub_log(tmp_path: Path) -> str:
+    log = tmp_path / "stub.log"
+    return log.read_text() if log.exists() else ""
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_deadline_stop_requeues(tmp_path, script):
+    result = run_job(script, job_env(tmp_path, fake_trainer(tmp_path, DEADLINE_STOP, 75)), tmp_path)
+    assert result.returncode == 75, result.stderr
+    assert "scontrol requeue 4242" in stub_log(tmp_path)
+    assert "requeueing job 4242" in result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_cancelled_run_is_not_requeued(tmp_path, script):
+    """scancel stops the ranks with a checkpoint (exit 75) too; only the status file tells it apart."""
+    result = run_job(script, job_env(tmp_path, fake_trainer(tmp_path, CANCELLED, 75)), tmp_path)
+    assert result.returncode == 75, result.stderr
+    assert "scontrol" not in stub_log(tmp_path)
+
+
+def test_status_file_is_job_specific_and_cleared_at_start(tmp_path):
+    stale = tmp_path / "jobfiles" / "4242.status.json"
+    stale.parent.mkdir()
+    stale.write_text(json.dumps(DEADLINE_STOP))  # from an earlier segment of this job
+    (tmp_path / "jobfiles" / "4242.stop").touch()
+    result = run_job("slurm.sh", job_env(tmp_path, fake_trainer(tmp_path, None, 1)), tmp_path)
+    assert result.returncode == 1
+    assert "scontrol" not in stub_log(tmp_path)
+    assert not stale.exists() and not (tmp_path / "jobfiles" / "4242.stop").exists()
+
+
+def test_array_task_requeues_itself_not_the_whole_array(tmp_path):
+    env = job_env(tmp_path, fake_trainer(tmp_path, DEADLINE_STOP, 75), SLURM_JOB_ID="4245",
+                  SLURM_ARRAY_JOB_ID="4242", SLURM_ARRAY_TASK_ID="3")
+    result = run_job("slurm.sh", env, tmp_path)
+    assert result.returncode == 75, result.stderr
+    assert "scontrol requeue 4242_3" in stub_log(tmp_path)
+    assert (tmp_path / "jobfiles" / "4242_3.status.json").exists()
+
+
+def test_no_scontrol_is_one_line(tmp_path):
+    """In a container without Slurm's tools: say so in one line, keep the launch's status."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for tool in Path(folder).iterdir() if Path(folder).is_dir() else []:
+            if tool.name != "scontrol" and not (bin_dir / tool.name).exists():
+                (bin_dir / tool.name).symlink_to(tool)
+    env = job_env(tmp_path, fake_trainer(tmp_path, DEADLINE_STOP, 75), path=str(bin_dir))
+    result = run_job("slurm.sh", env, tmp_path)
+    assert result.returncode == 75, result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "scontrol" in line]
+    assert len(lines) == 1 and "scontrol is not available here" in lines[0], result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("code", [0, 1, 3])
+def test_job_script_exits_with_the_launch_status(tmp_path, script, code):
+    result = run_job(script, job_env(tmp_path, fake_trainer(tmp_path, None, code)), tmp_path)
+    assert result.returncode == code, result.stderr
+
+
+def wait_for(predicate, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_batch_shell_forwards_no_signal(tmp_path):
+    """Slurm signals the tasks itself (TERM at scancel and time limit); the early warning (USR1) goes
+    to the batch shell only and must not reach ranks, which may not handle it yet. With no end time
+    from squeue (the stub has none), the warning becomes the stop file."""
+    env = job_env(tmp_path, fake_trainer(tmp_path, None, 0, sleep=3))
+    proc = subprocess.Popen(["bash", str(REPO / "jobscripts" / "slurm.sh")], env=env, cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: "python -m hpc_mnist.train" in stub_log(tmp_path))
+    proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: (tmp_path / "jobfiles" / "4242.stop").exists(), timeout=10)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "got" not in stub_log(tmp_path), stub_log(tmp_path)
