@@ -5,7 +5,8 @@
 Detects the scheduler (PBS, Slurm, or none) and the system (Polaris, Aurora, Perlmutter, Frontier, or
 generic), loads the site settings from `launch/<system>.sh` (modules, network variables), then replaces
 itself with the launch line, so the scheduler's signals reach the launcher directly. `--dry-run` prints
-the line and the environment changes and runs nothing.
+the module loads, the environment changes and the line, and runs nothing; outside a job (on a login node or a
+laptop, before submitting) it shows the line for placeholder hosts.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from pathlib import Path
 from hpc_mnist.errors import UserError
 
 LAUNCH_DIR = Path(os.environ.get("HPC_MNIST_LAUNCH_DIR", Path(__file__).resolve().parents[1] / "launch"))
-AURORA_CPU_BIND = "list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:85-92:93-100"
+# Aurora: 2 sockets x 52 cores; ALCF reserves cores 0 and 52 for the system.
+AURORA_SOCKET_CORES = (range(1, 52), range(53, 104))
+PERLMUTTER_CORES, PERLMUTTER_GPUS = 64, 4  # one AMD Milan (2 hardware threads per core), 4 A100
+FRONTIER_GCDS = 8  # 7 usable cores per GCD's L3 region (low-noise mode keeps the 8th for the system)
+PLACEHOLDER_NODEFILE = "$PBS_NODEFILE"
 
 
 @dataclass(frozen=True)
@@ -61,15 +66,23 @@ def detect_system() -> str:
     return "local"
 
 
+def in_allocation(system: System) -> bool:
+    if system.scheduler == "pbs":
+        return bool(os.environ.get("PBS_NODEFILE"))
+    return system.scheduler != "slurm" or "SLURM_JOB_ID" in os.environ
+
+
 def allocated_hosts(system: System) -> list[str]:
     if system.scheduler == "pbs":
         nodefile = os.environ.get("PBS_NODEFILE")
         if not nodefile or not Path(nodefile).exists():
-            raise UserError("a PBS system but PBS_NODEFILE is not set or missing: run inside a PBS job (qsub)")
+            raise UserError("a PBS system but PBS_NODEFILE is not set or missing: run inside a PBS job (qsub), "
+                            "or add --dry-run to preview the line")
         return list(dict.fromkeys(line.strip() for line in Path(nodefile).read_text().splitlines() if line.strip()))
     if system.scheduler == "slurm":
         if "SLURM_JOB_ID" not in os.environ:
-            raise UserError("a Slurm system but no SLURM_JOB_ID: run inside an allocation (sbatch or salloc)")
+            raise UserError("a Slurm system but no SLURM_JOB_ID: run inside an allocation (sbatch or salloc), "
+                            "or add --dry-run to preview the line")
         count = int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
         return [f"node{i}" for i in range(count)]  # srun -N picks the hosts itself
     return [socket.gethostname()]
@@ -78,33 +91,70 @@ def allocated_hosts(system: System) -> list[str]:
 def _hostfile(hosts: list[str], nodes: int) -> str:
     """PBS_NODEFILE itself, or a file naming its first `nodes` hosts (scaling runs on part of a job)."""
     if nodes == len(hosts):
-        return os.environ["PBS_NODEFILE"]
+        return os.environ.get("PBS_NODEFILE", PLACEHOLDER_NODEFILE)
     with tempfile.NamedTemporaryFile("w", prefix="hostfile-", suffix=".txt", delete=False) as f:
         f.write("\n".join(hosts[:nodes]) + "\n")
         return f.name
+
+
+def aurora_cpu_bind(ppn: int) -> str:
+    """ALCF's `--cpu-bind list:` for `ppn` ranks: half the ranks on each socket, equal blocks of its free cores.
+
+    For 12 ranks this is ALCF's documented list (8 cores each, 1-8 ... 93-100)."""
+    free = sum(len(cores) for cores in AURORA_SOCKET_CORES)
+    if not 1 <= ppn <= free:
+        raise UserError(f"--ppn {ppn}: an Aurora node has {free} cores for ranks (0 and 52 are reserved)")
+    blocks = []
+    for cores, count in zip(AURORA_SOCKET_CORES, ((ppn + 1) // 2, ppn // 2), strict=True):
+        width = len(cores) // count if count else 0
+        for i in range(count):
+            first, last = cores[i * width], cores[i * width + width - 1]
+            blocks.append(str(first) if first == last else f"{first}-{last}")
+    return "list:" + ":".join(blocks)
+
+
+def mpi_flavour() -> str:
+    """'openmpi', or 'mpich' for the `--ppn` family (MPICH, Cray PALS, Intel MPI), from HPC_MNIST_MPI or mpiexec."""
+    if os.environ.get("HPC_MNIST_MPI"):
+        return os.environ["HPC_MNIST_MPI"]
+    try:
+        out = subprocess.run(["mpiexec", "--version"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return "mpich"
+    return "openmpi" if "open mpi" in (out.stdout + out.stderr).lower() or "openrte" in out.stdout.lower() \
+        else "mpich"
 
 
 def launch_line(name: str, nodes: int, ppn: int, cpu_bind: str | None, hosts: list[str],
                 command: list[str]) -> list[str]:
     n = str(nodes * ppn)
     if name in ("polaris", "aurora", "pbs"):
-        line = ["mpiexec", "-n", n, "--ppn", str(ppn)]
+        if name == "pbs" and mpi_flavour() == "openmpi":  # Open MPI has no --ppn
+            line = ["mpiexec", "-n", n, "--map-by", f"ppr:{ppn}:node"]
+        else:
+            line = ["mpiexec", "-n", n, "--ppn", str(ppn)]
         if name == "polaris":
             line += ["--depth", "8", "--cpu-bind", cpu_bind or "depth"]
         elif name == "aurora":
-            line += ["--cpu-bind", cpu_bind or AURORA_CPU_BIND]
+            line += ["--cpu-bind", cpu_bind or aurora_cpu_bind(ppn)]
         elif cpu_bind:
             line += ["--cpu-bind", cpu_bind]
         line += ["--hostfile", _hostfile(hosts, nodes)]
         if name == "polaris":  # Cray MPICH does not bind GPUs; the helper sets CUDA_VISIBLE_DEVICES per rank
             line.append(str(LAUNCH_DIR / "gpu_affinity_polaris.sh"))
         return line + command
-    if name == "perlmutter":
-        line = ["srun", "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn), "--gpus-per-node", "4",
-                "--cpus-per-task", "32", "--cpu-bind", cpu_bind or "cores"]
+    if name == "perlmutter":  # all 4 GPUs visible to every task; CPUs shared out as NERSC's 2 x floor(64 / ppn)
+        if ppn > PERLMUTTER_CORES:
+            raise UserError(f"--ppn {ppn}: a Perlmutter GPU node has {PERLMUTTER_CORES} cores")
+        line = ["srun", "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn), "--gpus-per-node",
+                str(min(ppn, PERLMUTTER_GPUS)), "--cpus-per-task", str(2 * (PERLMUTTER_CORES // ppn)),
+                "--cpu-bind", cpu_bind or "cores"]
         return line + command
-    if name == "frontier":  # each task sees one GCD as device 0
-        line = ["srun", "-N", str(nodes), "-n", n, "-c", "7", "--gpus-per-task", "1", "--gpu-bind", "closest"]
+    if name == "frontier":  # each task sees one GCD as device 0; 7 cores (one L3 region) per GCD it stands for
+        if ppn > FRONTIER_GCDS:
+            raise UserError(f"--ppn {ppn}: a Frontier node has {FRONTIER_GCDS} GCDs (one per task)")
+        line = ["srun", "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn), "-c", str(7 * (FRONTIER_GCDS // ppn)),
+                "--gpus-per-task", "1", "--gpu-bind", "closest", "--network=disable_rdzv_get"]
         return line + (["--cpu-bind", cpu_bind] if cpu_bind else []) + command
     if name == "slurm":
         line = ["srun", "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn)]
@@ -124,15 +174,20 @@ def site_file(name: str) -> Path:
     return LAUNCH_DIR / f"{name}.sh"
 
 
-def site_environment(name: str) -> dict[str, str]:
-    """What sourcing launch/<system>.sh adds or changes in the environment."""
+def site_preview(name: str) -> tuple[list[str], dict[str, str]]:
+    """The module commands launch/<system>.sh would run, and what it adds or changes in the environment.
+
+    The file is sourced with HPC_MNIST_DRY_RUN set: it then prints its module commands (to fd 3) instead of
+    running them, so this works on a laptop as well as on a login node."""
     path = site_file(name)
     if not path.exists() or os.environ.get("HPC_MNIST_SITE") == name:
-        return {}
-    out = subprocess.run(["bash", "-c", 'source "$1" >/dev/null 2>&1; env -0', "bash", str(path)],
-                         capture_output=True, check=True).stdout.decode()
-    after = dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
-    return {k: v for k, v in after.items() if os.environ.get(k) != v and k not in ("SHLVL", "_", "PWD", "OLDPWD")}
+        return [], {}
+    result = subprocess.run(["bash", "-c", 'source "$1" 3>&2 >/dev/null 2>&1; env -0', "bash", str(path)],
+                            capture_output=True, check=True, env={**os.environ, "HPC_MNIST_DRY_RUN": "1"})
+    after = dict(item.split("=", 1) for item in result.stdout.decode().split("\0") if "=" in item)
+    skip = ("SHLVL", "_", "PWD", "OLDPWD", "HPC_MNIST_DRY_RUN")
+    changed = {k: v for k, v in after.items() if os.environ.get(k) != v and k not in skip}
+    return result.stderr.decode().splitlines(), changed
 
 
 def default_ranks_per_node(name: str) -> int:
@@ -157,6 +212,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.command[:1] == ["--"]:
         args.command = args.command[1:]
+    if not args.command and args.dry_run:
+        args.command = ["python", "-m", "hpc_mnist.train"]
     if not args.command:
         p.error("no COMMAND given; put it after --, e.g. -- python -m hpc_mnist.train")
     return args
@@ -168,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         name = args.system or detect_system()
         if name not in SYSTEMS:
             raise UserError(f"unknown system {name!r} (HPC_MNIST_SYSTEM); choose one of {', '.join(SYSTEMS)}")
-        hosts = allocated_hosts(SYSTEMS[name])
+        preview = args.dry_run and not in_allocation(SYSTEMS[name])
+        if preview:  # before submitting: the line a job of --nodes nodes would run
+            hosts = [f"<node{i}>" for i in range(args.nodes or 1)]
+        else:
+            hosts = allocated_hosts(SYSTEMS[name])
         nodes = args.nodes or len(hosts)
         if not 1 <= nodes <= len(hosts):
             raise UserError(f"--nodes {nodes} but the job has {len(hosts)} node(s)")
@@ -180,8 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpc_mnist.launch: error: {e}", file=sys.stderr)
         return e.exit_code
     if args.dry_run:
-        print(f"# system {name}, {nodes} node(s) x {ppn} rank(s); site settings {site_file(name)}")
-        for key, value in sorted(site_environment(name).items()):
+        site = f"site settings {site_file(name)}" if site_file(name).exists() else "no site settings"
+        where = "; outside a job: placeholder hosts" if preview else ""
+        print(f"# system {name}, {nodes} node(s) x {ppn} rank(s); {site}{where}")
+        modules, changed = site_preview(name)
+        for command in modules:
+            print(command)
+        for key, value in sorted(changed.items()):
             print(f"export {key}={shlex.quote(value)}")
         print(shlex.join(line))
         return 0

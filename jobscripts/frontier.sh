@@ -3,12 +3,15 @@
 # ROCm PyTorch with RCCL as the nccl backend.
 #   sbatch jobscripts/frontier.sh
 #   sbatch --export=ALL,CONFIG=configs/mlp.yaml,OVERRIDES="train.epochs=10" jobscripts/frontier.sh
-# Edit below: -A (your project), -p batch (add -q debug for the debug QOS), -N (nodes), -t (time limit).
-# Set HPC_MNIST_VENV to your ROCm PyTorch environment (see launch/frontier.sh).
+# Edit below: -A (your project), -p batch (add -q debug for the debug QOS: first jobs, up to 2 h), -N (nodes),
+# -t (time limit). Set HPC_MNIST_VENV to your ROCm PyTorch environment, and keep the rocm module in
+# launch/frontier.sh matched to its wheel. Submit from a clone on Orion ($MEMBERWORK or $PROJWORK), where
+# runs/ and data/ are written, not from $HOME.
 #SBATCH -A YOUR_PROJECT
 #SBATCH -p batch
 #SBATCH -N 2
 #SBATCH -t 00:30:00
+#SBATCH --network=disable_rdzv_get
 #SBATCH -J hpc_mnist
 #SBATCH -o hpc_mnist-%j.out
 #SBATCH --signal=B:USR1@120
@@ -26,10 +29,14 @@ MAX_REQUEUES=${MAX_REQUEUES:-10}
 RANKS_PER_NODE=${RANKS_PER_NODE:-8}
 PYTHON=${PYTHON:-python}
 
-# Modules and network settings: edit launch/frontier.sh, not this file.
+# Modules and network settings: edit launch/frontier.sh, not this file. It loads the modules with nounset off
+# and stops with one line if a load fails.
 source launch/frontier.sh
 
 # The launch runs in the background so that Slurm's signals reach it; a stop with a checkpoint
+# --network=disable_rdzv_get (above) goes with the FI_CXI_RDZV_PROTO=alt_read that rccl-net-plugin sets (OLCF).
+# MIOpen's cache folder is node-local (launch/frontier.sh): create it on every node.
+srun --ntasks-per-node=1 mkdir -p "$MIOPEN_USER_DB_PATH"
 # (exit 75) requeues the job: see run_forwarding_signals in launch/jobs.sh.
 source launch/jobs.sh
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose

@@ -2,7 +2,12 @@
 # hpc_mnist on NERSC Perlmutter (Slurm): 4 A100 per node, one task per GPU, NCCL.
 #   sbatch jobscripts/perlmutter.sh
 #   sbatch --export=ALL,CONFIG=configs/mlp.yaml,OVERRIDES="train.epochs=10" jobscripts/perlmutter.sh
-# Edit below: -A (your account), -q (debug or regular), -N (nodes), -t (time limit).
+# Edit below: -A (your account), -q, -N (nodes), -t (time limit). QOS (NERSC): debug for first, short jobs
+# (30 min; no automatic requeue there: MAX_REQUEUES defaults to 0 in debug); regular for real runs, which may
+# stop with a checkpoint and requeue themselves; preempt for cheap, checkpointed runs. Submit from $PSCRATCH
+# (a clone there: runs/ and data/ are written next to the scripts), not from $HOME or CFS.
+# Ranks per node other than 4 (RANKS_PER_NODE): set --ntasks-per-node to it and --cpus-per-task to
+# 2 x floor(64 / ranks); hpc_mnist/launch.py derives the srun line the same way.
 #SBATCH -A YOUR_ACCOUNT
 #SBATCH -C gpu
 #SBATCH -q debug
@@ -24,11 +29,12 @@ cd "${SLURM_SUBMIT_DIR:-.}"
 CONFIG=${CONFIG:-configs/cnn.yaml}        # the run's YAML
 OVERRIDES=${OVERRIDES:-}                  # extra section.key=value words
 RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id, kept on requeue)
-MAX_REQUEUES=${MAX_REQUEUES:-10}
+MAX_REQUEUES=${MAX_REQUEUES:-$([ "${SLURM_JOB_QOS:-}" = debug ] && echo 0 || echo 10)}   # none in debug
 RANKS_PER_NODE=${RANKS_PER_NODE:-4}
 PYTHON=${PYTHON:-python}
 
-# Modules and network settings: edit launch/perlmutter.sh, not this file.
+# Modules and network settings: edit launch/perlmutter.sh, not this file. It loads the modules with nounset
+# off (the pytorch module activates a conda environment) and stops with one line if a load fails.
 source launch/perlmutter.sh
 
 # The launch runs in the background so that Slurm's signals reach it; a stop with a checkpoint

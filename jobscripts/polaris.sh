@@ -2,8 +2,13 @@
 # hpc_mnist on ALCF Polaris (PBS Pro): 4 A100 per node, one rank per GPU, NCCL over Slingshot.
 #   qsub jobscripts/polaris.sh
 #   qsub -v CONFIG=configs/mlp.yaml,OVERRIDES="train.epochs=10 optim.lr=0.1" jobscripts/polaris.sh
-# Edit below: -A (your project, required), -q (debug: 1-2 nodes; debug-scaling: <= 10; prod: >= 10),
-# select=N (nodes), walltime. Output: runs/<job id>/ (metrics, TensorBoard, summary) and the job log.
+# Edit below: -A (your project, required), -q, select=N (nodes), walltime. Queues (ALCF): debug 1-2 nodes, 1 h
+# (first jobs); debug-scaling 1-10 nodes, 1 h; preemptable 1-10 nodes, 72 h, may be killed at any time (fine
+# for checkpointed runs: add `#PBS -r y` and resubmit with the same RUN_NAME); capacity 1-4 nodes, 168 h;
+# prod 10-496 nodes (routed by size and walltime: a job that fits no execution queue, e.g. 10 nodes for more
+# than 3 h, is dropped without an error: check `qstat -u $USER` after qsub). Submit from a folder on the
+# project's file system (/lus/eagle/projects/<project>/...), where runs/ and data/ are written.
+# Output: runs/<job id>/ (metrics, TensorBoard, summary) and the job log.
 #
 # PBS sends SIGTERM at the walltime, and no earlier warning: the trainer stops with a checkpoint before
 # an epoch that would not fit (train.time_limit, from this job's walltime via qstat) or on SIGTERM.
@@ -30,7 +35,8 @@ RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job
 source launch/jobs.sh
 TIME_LIMIT=${TIME_LIMIT:-$(pbs_time_limit)}  # seconds the trainer may use (default: walltime - 60 s)
 
-# Modules, conda and the NCCL/libfabric settings: edit launch/polaris.sh, not this file.
+# Modules, conda and the NCCL/libfabric settings: edit launch/polaris.sh, not this file. It loads the modules
+# with nounset off (conda's activate scripts read unset variables) and stops with one line if a load fails.
 source launch/polaris.sh
 
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose

@@ -15,6 +15,10 @@
 #PBS -j oe
 #PBS -N hpc_mnist_scaling
 set -euo pipefail
+if [ -z "${PBS_JOBID:-}" ] || [ -z "${PBS_NODEFILE:-}" ]; then
+    echo "hpc_mnist: $0 runs inside a PBS job: submit it with qsub (no PBS_JOBID/PBS_NODEFILE here)" >&2
+    exit 2
+fi
 cd "${PBS_O_WORKDIR:-.}"
 
 CONFIG=${CONFIG:-configs/cnn.yaml}        # the training every point runs

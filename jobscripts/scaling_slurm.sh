@@ -5,6 +5,8 @@
 #   sbatch jobscripts/scaling_slurm.sh
 #   sbatch --export=ALL,SYSTEM=perlmutter,MODE=strong,BATCH=4096 jobscripts/scaling_slurm.sh
 # Edit below: account, partition (or -C gpu -q regular on Perlmutter), nodes, GPUs per node, time.
+# Frontier (SYSTEM=frontier): -p batch, --ntasks-per-node=8 and no --gpus-per-node (8 GCDs per node, whole
+# nodes), and --network=disable_rdzv_get; the sweep then uses 8 ranks per node.
 #SBATCH -A YOUR_ACCOUNT
 #SBATCH -p YOUR_PARTITION
 #SBATCH -N 8
@@ -23,12 +25,17 @@ MODE=${MODE:-weak}                        # weak: BATCH per rank; strong: BATCH 
 BATCH=${BATCH:-128}
 EPOCHS=${EPOCHS:-2}
 REPEATS=${REPEATS:-1}
-RANKS_PER_NODE=${RANKS_PER_NODE:-${SLURM_NTASKS_PER_NODE:-1}}
+case "$SYSTEM" in                         # ranks per node: one per GPU (GCD on Frontier)
+    frontier) RANKS_PER_NODE=${RANKS_PER_NODE:-8} ;;
+    perlmutter) RANKS_PER_NODE=${RANKS_PER_NODE:-4} ;;
+    *) RANKS_PER_NODE=${RANKS_PER_NODE:-${SLURM_NTASKS_PER_NODE:-1}} ;;
+esac
 PYTHON=${PYTHON:-python}
 SWEEP_DIR=${SWEEP_DIR:-runs/scaling-${SLURM_JOB_ID:-local}}   # one folder per job: points, logs, report
 
 # shellcheck source=/dev/null
 source "launch/$SYSTEM.sh"
+if [ "$SYSTEM" = frontier ]; then srun --ntasks-per-node=1 mkdir -p "$MIOPEN_USER_DB_PATH"; fi  # node-local
 
 allocated=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
 if [ -z "${NODES:-}" ]; then              # powers of two up to the allocation, and the allocation itself

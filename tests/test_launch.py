@@ -16,6 +16,7 @@ import yaml
 from conftest import MPIEXEC, REPO, clean_env
 
 STUBS = REPO / "tests" / "stubs"
+LMOD = STUBS / "lmod.bash"  # `module`/`conda` shell functions whose activate step reads an unset variable
 SCRIPTS = sorted((REPO / "jobscripts").glob("*.sh")) + sorted((REPO / "launch").glob("*.sh")) + [REPO / ".ci" / "run"]
 COMMAND = ["--", "python", "-m", "hpc_mnist.train"]
 
@@ -51,7 +52,7 @@ def nodefile(tmp_path):
 def test_dry_run_pbs(nodefile, system, nodes, expected):
     path = nodefile(nodes)
     result = launch(["--system", system, "--dry-run", *COMMAND],
-                    scheduler_free_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(path)))
+                    scheduler_free_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(path), HPC_MNIST_MPI="mpich"))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[-1] == expected.format(nodefile=path, launch=REPO / "launch")
@@ -66,17 +67,136 @@ def test_dry_run_polaris_shows_site_environment(nodefile):
     assert "export FI_CXI_DEFAULT_CQ_SIZE=131072" in result.stdout
 
 
-@pytest.mark.parametrize("system, nodes, expected", [
-    ("perlmutter", 1, "srun -N 1 -n 4 --ntasks-per-node 4 --gpus-per-node 4 --cpus-per-task 32 --cpu-bind cores"),
-    ("perlmutter", 2, "srun -N 2 -n 8 --ntasks-per-node 4 --gpus-per-node 4 --cpus-per-task 32 --cpu-bind cores"),
-    ("frontier", 2, "srun -N 2 -n 16 -c 7 --gpus-per-task 1 --gpu-bind closest"),
-    ("slurm", 2, "srun -N 2 -n 8 --ntasks-per-node 4"),
+@pytest.mark.parametrize("ppn, cpu_bind", [
+    # ALCF's documented list for 12 ranks; 6 and 24 split the same free cores (0 and 52 are the system's)
+    # into equal blocks, half the ranks on each socket.
+    (12, "list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:85-92:93-100"),
+    (6, "list:1-17:18-34:35-51:53-69:70-86:87-103"),
+    (24, "list:1-4:5-8:9-12:13-16:17-20:21-24:25-28:29-32:33-36:37-40:41-44:45-48:"
+         "53-56:57-60:61-64:65-68:69-72:73-76:77-80:81-84:85-88:89-92:93-96:97-100"),
 ])
-def test_dry_run_slurm(system, nodes, expected):
+def test_dry_run_aurora_cpu_binding_follows_ppn(nodefile, ppn, cpu_bind):
+    path = nodefile(2)
+    result = launch(["--system", "aurora", "--ppn", str(ppn), "--dry-run", *COMMAND],
+                    scheduler_free_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(path)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (f"mpiexec -n {2 * ppn} --ppn {ppn} --cpu-bind {cpu_bind} "
+                                              f"--hostfile {path} python -m hpc_mnist.train")
+
+
+@pytest.mark.parametrize("system, nodes, ppn, expected", [
+    ("perlmutter", 1, None, "srun -N 1 -n 4 --ntasks-per-node 4 --gpus-per-node 4 --cpus-per-task 32 --cpu-bind cores"),
+    ("perlmutter", 2, None, "srun -N 2 -n 8 --ntasks-per-node 4 --gpus-per-node 4 --cpus-per-task 32 --cpu-bind cores"),
+    # 8 ranks share the 4 GPUs and get 16 of the node's 128 hardware threads each (not 8 x 32 = 256)
+    ("perlmutter", 2, 8, "srun -N 2 -n 16 --ntasks-per-node 8 --gpus-per-node 4 --cpus-per-task 16 --cpu-bind cores"),
+    ("frontier", 2, None, "srun -N 2 -n 16 --ntasks-per-node 8 -c 7 --gpus-per-task 1 --gpu-bind closest "
+                          "--network=disable_rdzv_get"),
+    ("frontier", 2, 4, "srun -N 2 -n 8 --ntasks-per-node 4 -c 14 --gpus-per-task 1 --gpu-bind closest "
+                       "--network=disable_rdzv_get"),
+    ("slurm", 2, None, "srun -N 2 -n 8 --ntasks-per-node 4"),
+])
+def test_dry_run_slurm(system, nodes, ppn, expected):
     env = scheduler_free_env(SLURM_JOB_ID="9", SLURM_JOB_NUM_NODES=str(nodes), SLURM_GPUS_ON_NODE="4")
-    result = launch(["--system", system, "--dry-run", *COMMAND], env)
+    result = launch(["--system", system, *(["--ppn", str(ppn)] if ppn else []), "--dry-run", *COMMAND], env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == expected + " python -m hpc_mnist.train"
+
+
+@pytest.mark.parametrize("system, ppn, message", [
+    ("frontier", 16, "a Frontier node has 8 GCDs"), ("perlmutter", 65, "a Perlmutter GPU node has 64 cores"),
+    ("aurora", 103, "an Aurora node has 102 cores"),
+])
+def test_ppn_beyond_a_node_is_refused_in_one_line(system, ppn, message):
+    result = launch(["--system", system, "--ppn", str(ppn), "--dry-run", *COMMAND], scheduler_free_env())
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dry_run_outside_a_job_shows_modules_and_placeholder_hosts():
+    """What a user previews on a login node before qsub: no PBS variables, no `module` command at all."""
+    result = launch(["--system", "polaris", "--nodes", "2", "--dry-run"], scheduler_free_env())
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "outside a job: placeholder hosts" in lines[0]
+    assert lines[1:4] == ["module use /soft/modulefiles", "module load conda", "conda activate base"]
+    assert "export NCCL_NET='AWS Libfabric'" in lines
+    assert lines[-1] == (f"mpiexec -n 8 --ppn 4 --depth 8 --cpu-bind depth --hostfile '$PBS_NODEFILE' "
+                         f"{REPO / 'launch'}/gpu_affinity_polaris.sh python -m hpc_mnist.train")
+
+
+@pytest.mark.parametrize("system, modules, line", [
+    ("aurora", ["module load frameworks"], "mpiexec -n 12 --ppn 12 --cpu-bind list:1-8:"),
+    ("perlmutter", ["module load pytorch"], "srun -N 3 -n 12 --ntasks-per-node 4 "),
+    ("frontier", ["module load PrgEnv-gnu/8.7.0 cpe/26.03",
+                  "module load rocm/7.1.1 craype-accel-amd-gfx90a rccl-net-plugin"], "srun -N 3 -n 24 "),
+])
+def test_dry_run_outside_a_job_on_every_site(tmp_path, system, modules, line):
+    """The same preview under the module stand-in: nothing is loaded (the log stays empty), nothing created."""
+    log = tmp_path / "stub.log"
+    nodes = "3" if system != "aurora" else "1"
+    result = launch(["--system", system, "--nodes", nodes, "--dry-run"],
+                    scheduler_free_env(BASH_ENV=str(LMOD), STUB_LOG=str(log), MIOPEN_USER_DB_PATH=str(tmp_path / "m")))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1:1 + len(modules)] == modules and lines[-1].startswith(line)
+    assert not log.exists() and not (tmp_path / "m").exists()
+
+
+def test_generic_pbs_uses_open_mpis_syntax_under_open_mpi(tmp_path, nodefile):
+    """Open MPI's mpiexec has no --ppn: the launcher asks `mpiexec --version` and uses --map-by ppr:P:node."""
+    fake = tmp_path / "bin" / "mpiexec"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'mpiexec (Open MPI) 5.0.3'\n")
+    fake.chmod(0o755)
+    path = nodefile(2)
+    env = scheduler_free_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(path), PATH=f"{fake.parent}:{os.environ['PATH']}")
+    result = launch(["--system", "pbs", "--ppn", "4", "--dry-run", *COMMAND], env)
+    assert result.stdout.splitlines()[-1] == \
+        f"mpiexec -n 8 --map-by ppr:4:node --hostfile {path} python -m hpc_mnist.train"
+    fake.write_text("#!/bin/sh\necho 'HYDRA build details:'\n")  # MPICH (and Cray PALS, Intel MPI): --ppn
+    result = launch(["--system", "pbs", "--ppn", "4", "--dry-run", *COMMAND], env)
+    assert result.stdout.splitlines()[-1] == f"mpiexec -n 8 --ppn 4 --hostfile {path} python -m hpc_mnist.train"
+
+
+def site_setup(site: str, tmp_path: Path, **values: str) -> subprocess.CompletedProcess:
+    """Source launch/<site>.sh the way a job script does (set -euo pipefail) under the module stand-in."""
+    check = 'set -euo pipefail; source "launch/$1.sh"; [[ $- == *u* ]]; echo "set-up finished: $HPC_MNIST_SITE"'
+    env = scheduler_free_env(BASH_ENV=str(LMOD), STUB_LOG=str(tmp_path / "stub.log"),
+                             MIOPEN_USER_DB_PATH=str(tmp_path / "miopen"), **values)
+    return subprocess.run(["bash", "-c", check, "bash", site], capture_output=True, text=True, env=env, cwd=REPO)
+
+
+@pytest.mark.parametrize("site, loads", [
+    ("polaris", ["module use /soft/modulefiles", "module load conda", "conda activate base"]),
+    ("aurora", ["module load frameworks"]),
+    ("perlmutter", ["module load pytorch"]),
+    ("frontier", ["module load PrgEnv-gnu/8.7.0 cpe/26.03", "module load rocm/7.1.1 craype-accel-amd-gfx90a "
+                  "rccl-net-plugin"]),
+])
+def test_site_modules_load_under_nounset(tmp_path, site, loads):
+    """conda's activate step reads an unset variable: the site file loads with nounset off, then turns it on."""
+    result = site_setup(site, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"set-up finished: {site}"
+    assert (tmp_path / "stub.log").read_text().splitlines() == loads
+
+
+@pytest.mark.parametrize("site, missing", [("polaris", "conda"), ("perlmutter", "pytorch"), ("frontier", "rocm/7.1.1")])
+def test_a_missing_module_stops_the_set_up_in_one_line(tmp_path, site, missing):
+    result = site_setup(site, tmp_path, STUB_MISSING_MODULE=missing)
+    assert result.returncode != 0 and "set-up finished" not in result.stdout
+    ours = [line for line in result.stderr.splitlines() if line.startswith("hpc_mnist:")]
+    assert len(ours) == 1 and f"launch/{site}.sh" in ours[0], result.stderr
+
+
+@pytest.mark.parametrize("version, ok", [("2025.3.1", True), ("2025.2.0", True), ("2025.0.5", False),
+                                         ("2024.2.1", False)])
+def test_aurora_needs_frameworks_2025_2_for_xccl(tmp_path, version, ok):
+    result = site_setup("aurora", tmp_path, STUB_FRAMEWORKS_VERSION=version)
+    assert (result.returncode == 0) == ok, result.stderr
+    if not ok:
+        assert result.stderr.strip().splitlines() == [
+            f"hpc_mnist: frameworks/{version.rsplit('.', 1)[0]} is loaded but the xccl backend needs frameworks 2025.2 "
+            "or later: set HPC_MNIST_FRAMEWORKS=frameworks/<newer> (see 'module avail frameworks')"]
 
 
 def test_dry_run_options_override(nodefile):
@@ -91,6 +211,7 @@ def test_dry_run_options_override(nodefile):
 
 def test_dry_run_workstation():
     result = launch(["--ppn", "2", "--dry-run", *COMMAND, "train.epochs=1"], scheduler_free_env())
+    assert "no site settings" in result.stdout and "local.sh" not in result.stdout  # there is no launch/local.sh
     program, *rest = result.stdout.splitlines()[-1].split()
     assert program.endswith("torchrun")
     assert rest == "--standalone --nproc_per_node=2 -m hpc_mnist.train train.epochs=1".split()
@@ -102,7 +223,7 @@ def test_dry_run_workstation():
     ({"SLURM_JOB_ID": "1", "SLURM_JOB_NUM_NODES": "2"}, "slurm", "--nodes 3 but the job has 2 node(s)"),
 ])
 def test_launcher_errors(env, system, message):
-    result = launch(["--system", system, "--nodes", "3", "--dry-run", *COMMAND], scheduler_free_env(**env))
+    result = launch(["--system", system, "--nodes", "3", *COMMAND], scheduler_free_env(**env))
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -130,14 +251,17 @@ def test_shell_scripts_parse_and_pass_shellcheck(script):
 
 @pytest.mark.parametrize("script, scheduler", [
     ("polaris.sh", "pbs"), ("aurora.sh", "pbs"), ("perlmutter.sh", "slurm"), ("frontier.sh", "slurm"),
-    ("slurm.sh", "slurm"),
+    ("slurm.sh", "slurm"), ("pbs.sh", "pbs"),
 ])
 def test_job_script_runs_under_a_simulated_scheduler(tmp_path, script, scheduler):
-    """Stub srun/mpiexec/module first on PATH translate to local processes; 2 CPU ranks, smoke config."""
+    """Stub srun/mpiexec first on PATH translate to local processes; 2 CPU ranks, smoke config. `module` and
+    `conda` are shell functions (BASH_ENV) whose activate step reads an unset variable, as conda's does: the
+    job scripts run under `set -u` and must still finish their set-up."""
     if MPIEXEC is None:
         pytest.skip("no mpiexec (pip install -e '.[dev]' brings the MPICH wheel)")
     log = tmp_path / "stub.log"
     env = scheduler_free_env(PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", STUB_LOG=str(log),
+                    BASH_ENV=str(LMOD), MIOPEN_USER_DB_PATH=str(tmp_path / "miopen"),
                     REAL_MPIEXEC=MPIEXEC, CONFIG="configs/smoke.yaml", RANKS_PER_NODE="2", PYTHON=sys.executable,
                     OVERRIDES=f"log.dir={tmp_path} log.console=plain train.device=cpu", HPC_MNIST_MASTER_DOMAIN="")
     if scheduler == "pbs":
@@ -155,11 +279,58 @@ def test_job_script_runs_under_a_simulated_scheduler(tmp_path, script, scheduler
     assert summary["launcher"] == ("mpi" if scheduler == "pbs" else "slurm")
     calls = log.read_text()
     assert ("mpiexec -n 2 --ppn 2" if scheduler == "pbs" else "srun -N 1 -n 2") in calls
-    if script in ("polaris.sh", "aurora.sh", "perlmutter.sh", "frontier.sh"):
-        assert "module " in calls  # the site file loaded its modules
+    expected_loads = {"polaris.sh": "conda activate base", "aurora.sh": "module load frameworks",
+                      "perlmutter.sh": "module load pytorch", "frontier.sh": "module load rocm/7.1.1"}
+    if script in expected_loads:
+        assert expected_loads[script] in calls  # the site file loaded its modules
+    if script == "frontier.sh":
+        assert (tmp_path / "miopen").is_dir()  # MIOpen's node-local cache folder, made on every node
     if scheduler == "pbs":  # walltime 00:30:00 from qstat, less 60 s: PBS gives no early warning
         saved = yaml.safe_load((tmp_path / "4242" / "config.yaml").read_text())
         assert saved["train"]["time_limit"] == 1740.0
+
+
+def test_scaling_script_outside_pbs_says_so_in_one_line(tmp_path):
+    result = subprocess.run(["bash", str(REPO / "jobscripts" / "scaling_polaris.sh")], capture_output=True, text=True,
+                            env=scheduler_free_env(BASH_ENV=str(LMOD)), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"hpc_mnist: {REPO}/jobscripts/scaling_polaris.sh runs inside a PBS job: "
+                                          "submit it with qsub (no PBS_JOBID/PBS_NODEFILE here)"]
+
+
+def fake_python(tmp_path: Path, status: int = 0) -> Path:
+    """A PYTHON that records its arguments and exits with `status`: the job script's own logic, no training."""
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "python $*" >> "$STUB_LOG"\nexit {status}\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def test_scaling_slurm_uses_every_frontier_gcd(tmp_path):
+    log = tmp_path / "stub.log"
+    env = scheduler_free_env(PATH=f"{STUBS}:{os.environ['PATH']}", BASH_ENV=str(LMOD), STUB_LOG=str(log),
+                             PYTHON=str(fake_python(tmp_path)), SYSTEM="frontier", SLURM_JOB_ID="77",
+                             SLURM_NTASKS_PER_NODE="4", SLURM_JOB_NUM_NODES="2", SLURM_SUBMIT_DIR=str(REPO),
+                             MIOPEN_USER_DB_PATH=str(tmp_path / "miopen"))
+    result = subprocess.run(["bash", str(REPO / "jobscripts" / "scaling_slurm.sh")], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    run = [line for line in log.read_text().splitlines() if line.startswith("python -m hpc_mnist.scaling")]
+    assert len(run) == 1 and "--system frontier --nodes 1,2 --ppn 8 " in run[0]
+    assert (tmp_path / "miopen").is_dir()
+
+
+@pytest.mark.parametrize("qos, requeued", [("debug", False), ("regular", True)])
+def test_perlmutter_requeues_automatically_only_outside_debug(tmp_path, qos, requeued):
+    """A stop with a checkpoint (exit 75) requeues the job in regular, not in the debug QOS."""
+    log = tmp_path / "stub.log"
+    env = scheduler_free_env(PATH=f"{STUBS}:{os.environ['PATH']}", BASH_ENV=str(LMOD), STUB_LOG=str(log),
+                             PYTHON=str(fake_python(tmp_path, 75)), SLURM_JOB_ID="78", SLURM_JOB_QOS=qos,
+                             SLURM_SUBMIT_DIR=str(REPO))
+    result = subprocess.run(["bash", str(REPO / "jobscripts" / "perlmutter.sh")], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 75, result.stderr
+    assert ("scontrol requeue 78" in log.read_text()) == requeued
 
 
 def test_slurm_early_warning_stops_with_a_checkpoint_and_requeues(tmp_path):
