@@ -16,9 +16,11 @@
 #SBATCH -o hpc_mnist-%j.out
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
-# --signal: Slurm sends USR1 to this shell 120 s before the time limit; it is forwarded to the ranks,
-# which stop at the same step, write a checkpoint and exit 75. This script then requeues the job
-# (same job id, so the same run directory) and the next start resumes from that checkpoint.
+#SBATCH --open-mode=append
+# The trainer reads the job's end time when it starts and stops with a checkpoint a minute before it;
+# this script then requeues the job (same job id, so the same run directory, and with --open-mode=append
+# the same log) and the next start resumes. --signal is only a fallback for where the ranks cannot ask
+# squeue. A scancel stops the ranks with a checkpoint and ends the job: resubmit with RUN_NAME to resume.
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
 
@@ -32,13 +34,14 @@ PYTHON=${PYTHON:-python}
 # Modules and network settings: edit launch/frontier.sh, not this file. It loads the modules with nounset off
 # and stops with one line if a load fails.
 source launch/frontier.sh
-
-# The launch runs in the background so that Slurm's signals reach it; a stop with a checkpoint
 # --network=disable_rdzv_get (above) goes with the FI_CXI_RDZV_PROTO=alt_read that rccl-net-plugin sets (OLCF).
 # MIOpen's cache folder is node-local (launch/frontier.sh): create it on every node.
 srun --ntasks-per-node=1 mkdir -p "$MIOPEN_USER_DB_PATH"
-# (exit 75) requeues the job: see run_forwarding_signals in launch/jobs.sh.
+
+# Requeue after a time-limit stop, and the job's exit status: see run_slurm_job in launch/jobs.sh.
 source launch/jobs.sh
+status=0
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-run_forwarding_signals "$PYTHON" -m hpc_mnist.launch --system frontier --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES
+run_slurm_job "$PYTHON" -m hpc_mnist.launch --system frontier --ppn "$RANKS_PER_NODE" -- \
+    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES || status=$?
+exit "$status"

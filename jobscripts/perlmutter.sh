@@ -20,9 +20,11 @@
 #SBATCH -o hpc_mnist-%j.out
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
-# --signal: Slurm sends USR1 to this shell 120 s before the time limit; it is forwarded to the ranks,
-# which stop at the same step, write a checkpoint and exit 75. This script then requeues the job
-# (same job id, so the same run directory) and the next start resumes from that checkpoint.
+#SBATCH --open-mode=append
+# The trainer reads the job's end time when it starts and stops with a checkpoint a minute before it;
+# this script then requeues the job (same job id, so the same run directory, and with --open-mode=append
+# the same log) and the next start resumes. --signal is only a fallback for where the ranks cannot ask
+# squeue. A scancel stops the ranks with a checkpoint and ends the job: resubmit with RUN_NAME to resume.
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
 
@@ -37,9 +39,10 @@ PYTHON=${PYTHON:-python}
 # off (the pytorch module activates a conda environment) and stops with one line if a load fails.
 source launch/perlmutter.sh
 
-# The launch runs in the background so that Slurm's signals reach it; a stop with a checkpoint
-# (exit 75) requeues the job: see run_forwarding_signals in launch/jobs.sh.
+# Requeue after a time-limit stop, and the job's exit status: see run_slurm_job in launch/jobs.sh.
 source launch/jobs.sh
+status=0
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-run_forwarding_signals "$PYTHON" -m hpc_mnist.launch --system perlmutter --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES
+run_slurm_job "$PYTHON" -m hpc_mnist.launch --system perlmutter --ppn "$RANKS_PER_NODE" -- \
+    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES || status=$?
+exit "$status"
