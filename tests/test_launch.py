@@ -299,9 +299,12 @@ def test_scaling_script_outside_pbs_says_so_in_one_line(tmp_path):
 
 
 def fake_python(tmp_path: Path, status: int = 0) -> Path:
-    """A PYTHON that records its arguments and exits with `status`: the job script's own logic, no training."""
+    """A PYTHON that records its arguments and exits with `status`: the job script's own logic, no training.
+    Exit 75 stands for a time-limit stop with a checkpoint, which the trainer also writes to the status file."""
     fake = tmp_path / "python"
-    fake.write_text(f'#!/bin/sh\necho "python $*" >> "$STUB_LOG"\nexit {status}\n')
+    stop = ('[ -z "$HPC_MNIST_STATUS_FILE" ] || '
+            'echo \'{"reason": "deadline", "requeue": true}\' > "$HPC_MNIST_STATUS_FILE"')
+    fake.write_text(f'#!/bin/sh\necho "python $*" >> "$STUB_LOG"\n{stop if status == 75 else ""}\nexit {status}\n')
     fake.chmod(0o755)
     return fake
 
@@ -320,13 +323,27 @@ def test_scaling_slurm_uses_every_frontier_gcd(tmp_path):
     assert (tmp_path / "miopen").is_dir()
 
 
+@pytest.mark.parametrize("home, warned", [(REPO.parent, True), (Path("/nonexistent-home"), False)])
+def test_aurora_warns_when_submitted_from_home(tmp_path, home, warned):
+    """ALCF asks for Aurora jobs to be submitted from the project directory, not $HOME."""
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("x4000c0s0b0n0\n")
+    env = scheduler_free_env(PATH=f"{STUBS}:{os.environ['PATH']}", BASH_ENV=str(LMOD), STUB_LOG=str(tmp_path / "log"),
+                             PYTHON=str(fake_python(tmp_path)), PBS_JOBID="79.aurora", PBS_NODEFILE=str(nodefile),
+                             PBS_O_WORKDIR=str(REPO), HOME=str(home))
+    result = subprocess.run(["bash", str(REPO / "jobscripts" / "aurora.sh")], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert ("ALCF asks for jobs to be submitted from the project directory" in result.stderr) == warned
+
+
 @pytest.mark.parametrize("qos, requeued", [("debug", False), ("regular", True)])
 def test_perlmutter_requeues_automatically_only_outside_debug(tmp_path, qos, requeued):
     """A stop with a checkpoint (exit 75) requeues the job in regular, not in the debug QOS."""
     log = tmp_path / "stub.log"
     env = scheduler_free_env(PATH=f"{STUBS}:{os.environ['PATH']}", BASH_ENV=str(LMOD), STUB_LOG=str(log),
                              PYTHON=str(fake_python(tmp_path, 75)), SLURM_JOB_ID="78", SLURM_JOB_QOS=qos,
-                             SLURM_SUBMIT_DIR=str(REPO))
+                             SLURM_SUBMIT_DIR=str(REPO), HPC_MNIST_JOB_FILES=str(tmp_path / "jobs"))
     result = subprocess.run(["bash", str(REPO / "jobscripts" / "perlmutter.sh")], capture_output=True, text=True,
                             env=env, cwd=tmp_path, timeout=60)
     assert result.returncode == 75, result.stderr
