@@ -39,6 +39,8 @@ COLUMNS = [  # (key, header)
     ("speedup", "speedup"), ("efficiency", "efficiency"), ("epoch_time_s", "epoch time s"),
     ("time_to_target_s", "time to target s"), ("test_acc", "test accuracy"), ("status", "status"),
 ]
+PREDICTED = [("predicted_samples_per_s", "predicted samples/s"),
+             ("predicted_overlap_samples_per_s", "predicted with overlap"), ("model_error", "model error")]
 
 
 @dataclass
@@ -317,23 +319,32 @@ def _cell(row: dict[str, Any], key: str) -> str:
         return f"{value:.2%}"
     if key in ("speedup", "efficiency"):
         return f"{value:.2f}"
-    if key == "samples_per_s":
+    if key == "model_error":
+        return f"{value:+.1%}"
+    if key in ("samples_per_s", "predicted_samples_per_s", "predicted_overlap_samples_per_s"):
         return f"{value:,.0f}"
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
 
 
-def write_outputs(table: list[dict[str, Any]], mode: str, target: float, out: Path) -> list[Path]:
+def _columns(table: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The report's columns; the model's predictions when `report --comm` made them."""
+    return COLUMNS + (PREDICTED if any("predicted_samples_per_s" in r for r in table) else [])
+
+
+def write_outputs(table: list[dict[str, Any]], mode: str, target: float, out: Path, note: str = "") -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
+    columns = _columns(table)
     with open(out / "scaling.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k, _ in COLUMNS], extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=[k for k, _ in columns], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
     lines = [f"{mode.capitalize()} scaling; time to target = training time until validation accuracy >= "
-             f"{target:.1%}.", "", "| " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row, k) for k, _ in COLUMNS) + " |" for row in table]
+             f"{target:.1%}.", "", "| " + " | ".join(h for _, h in columns) + " |",
+             "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in table]
+    lines += ["", note] if note else []
     (out / "scaling.md").write_text("\n".join(lines) + "\n")
     return [out / "scaling.csv", out / "scaling.md", *plot(table, mode, out)]
 
@@ -363,6 +374,8 @@ def plot(table: list[dict[str, Any]], mode: str, out: Path) -> list[Path]:
     for name, (label, values, ideal) in figures.items():
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
         ax.plot(ranks, values, "o-", label="measured")
+        if name == "throughput.png" and "predicted_samples_per_s" in base:
+            ax.plot(ranks, [r["predicted_samples_per_s"] for r in ok], "s:", label="predicted (model)")
         if ideal:
             ax.plot(ranks, ideal, "--", color="gray", label="ideal")
             ax.legend()
@@ -378,17 +391,48 @@ def plot(table: list[dict[str, Any]], mode: str, out: Path) -> list[Path]:
     return written
 
 
-def report_paths(paths: list[Path], target: float, out: Path) -> int:
+def _model_name(table: list[dict[str, Any]], given: str | None) -> str:
+    if given:
+        return given
+    for row in table:
+        saved = Path(row.get("run_dir", "")) / "config.yaml"
+        if saved.exists():
+            return yaml.safe_load(saved.read_text())["model"]["name"]
+    raise UserError("report --comm needs the model: no config.yaml in the run directories, so give --model")
+
+
+def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None) -> str:
+    """The scaling model's samples/s beside the measured ones, from an all-reduce benchmark's fit."""
+    from hpc_mnist import scaling_model
+    from hpc_mnist.comm import gradient_bytes
+
+    try:
+        fit = json.loads(comm_json.read_text())["fit"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{comm_json} is not an all-reduce benchmark's JSON (python -m hpc_mnist.scaling comm "
+                        "--json FILE)") from None
+    name = _model_name(table, model)
+    return scaling_model.annotate_measured(table, scaling_model.network_from_dict(fit), gradient_bytes()[name])
+
+
+def report_paths(paths: list[Path], target: float, out: Path, comm_json: Path | None = None,
+                 model: str | None = None) -> int:
     rows, mode = collect(paths, target)
     table = aggregate(rows)
-    written = write_outputs(table, mode, target, out)
+    for row in table:  # the run directory of the median's first repeat, for its saved config
+        row.setdefault("run_dir", next((r["run_dir"] for r in rows if r["ranks"] == row["ranks"]), ""))
+    note = predictions(table, comm_json, model) if comm_json else ""
+    written = write_outputs(table, mode, target, out, note)
     console = make_console()
     view = Table(title=f"{mode} scaling")
-    for _, header in COLUMNS:
+    columns = _columns(table)
+    for _, header in columns:
         view.add_column(header, justify="right")
     for row in table:
-        view.add_row(*(_cell(row, k) for k, _ in COLUMNS))
+        view.add_row(*(_cell(row, k) for k, _ in columns))
     console.print(view)
+    if note:
+        console.print(note)
     console.print("written: " + ", ".join(str(p) for p in written))
     return 0 if all(r["status"] == "ok" for r in table) else 1
 
@@ -423,6 +467,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rep.add_argument("--target", type=float, default=0.9,
                      help="validation accuracy for 'time to target' (default: 0.9)")
     rep.add_argument("--out", type=Path, help="output folder (default: the first path)")
+    rep.add_argument("--comm", type=Path, help="an all-reduce benchmark's JSON (scaling comm --json): add the "
+                     "scaling model's predicted samples/s and its error on each measured point (default: none)")
+    rep.add_argument("--model", choices=["linear", "mlp", "cnn"],
+                     help="the model trained, for --comm (default: read from the runs' config.yaml)")
+    sub.add_parser("comm", help="all-reduce benchmark under a launcher; options: scaling comm --help",
+                   add_help=False)
     args = p.parse_args(argv)
     if args.verb == "run" and args.trainer_args[:1] == ["--"]:
         args.trainer_args = args.trainer_args[1:]
@@ -430,11 +480,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["comm"]:  # the benchmark has its own options and runs on every rank
+        from hpc_mnist import comm
+
+        return comm.main(argv[1:])
     args = parse_args(argv)
     try:
         if args.verb == "run":
             return run(args)
-        return report_paths(args.paths, args.target, args.out or args.paths[0])
+        return report_paths(args.paths, args.target, args.out or args.paths[0], args.comm, args.model)
     except UserError as e:
         print(f"hpc_mnist.scaling: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -1,0 +1,180 @@
+"""All-reduce benchmark: latency and bandwidth of the collective DDP runs every step, as nccl-tests reports them.
+
+    torchrun --standalone --nproc_per_node=2 -m hpc_mnist.scaling comm --json comm.json
+    mpiexec -n 8 --ppn 4 ... python -m hpc_mnist.comm                 # any launcher the trainer accepts
+
+Times a float32 all-reduce over a size sweep (4 B to 64 MiB, x2 steps) and at each model's gradient size
+(its parameter count x 4 bytes, what DDP reduces per step). For each size: time per operation (the slowest
+rank's mean over the timed iterations), algorithm bandwidth algbw = bytes / time and bus bandwidth
+busbw = algbw x 2(n-1)/n (nccl-tests' definitions: busbw is comparable across rank counts, and approaches
+the link bandwidth for large messages). Prints ALCF's published Polaris figures beside the table, and the
+alpha-beta fit that `hpc_mnist.scaling_model` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+from hpc_mnist import dist, scaling_model
+from hpc_mnist.config import DistConfig, ModelConfig
+from hpc_mnist.errors import UserError
+from hpc_mnist.models import build, parameter_count
+
+MODELS = ("linear", "mlp", "cnn")
+# argonne-lcf/alcf-nccl-tests, NCCL 2.18 with ALCF's tuned environment (aws-ofi-nccl, FI_CXI_* settings):
+# all_reduce_perf on Polaris, 2 nodes x 4 A100 (8 ranks).
+POLARIS_REFERENCE = {
+    "system": "ALCF Polaris, 2 nodes x 4 A100, NCCL 2.18 (argonne-lcf/alcf-nccl-tests, tuned environment)",
+    "ranks": 8,
+    "points": [{"bytes": 8, "time_us": 22.0, "note": "tiny messages"},
+               {"bytes": 4 * 2**20, "time_us": 368.0, "note": "4 MB"}],
+    "large_busbw_gbs": 36.0,
+}
+
+
+def sweep_sizes(smallest: int = 4, largest: int = 64 * 2**20) -> list[int]:
+    sizes, size = [], smallest
+    while size <= largest:
+        sizes.append(size)
+        size *= 2
+    return sizes
+
+
+def gradient_bytes() -> dict[str, int]:
+    """Bytes DDP all-reduces per step for each shipped model (fp32 gradients, default hyper-parameters)."""
+    return {name: 4 * parameter_count(build(ModelConfig(name=name))) for name in MODELS}
+
+
+def bus_factor(ranks: int) -> float:
+    """nccl-tests' all-reduce factor: busbw = algbw x 2(n-1)/n (a ring moves 2(n-1)/n of the data per rank)."""
+    return 2 * (ranks - 1) / ranks
+
+
+def time_allreduce(nbytes: int, device: torch.device, ranks: int, budget_s: float, blocks: int = 5) -> float:
+    """Seconds per all-reduce of `nbytes`: the median over `blocks` blocks of the slowest rank's mean per
+    operation (a median, because the machines here are shared and a neighbour's burst inflates one block).
+    Iterations are sized so that all blocks take about `budget_s`."""
+    x = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def block(iters: int) -> float:
+        tdist.barrier()
+        sync()
+        start = time.perf_counter()
+        for _ in range(iters):
+            tdist.all_reduce(x)
+        sync()
+        mean = torch.tensor([(time.perf_counter() - start) / iters], dtype=torch.float64, device=device)
+        tdist.all_reduce(mean, op=tdist.ReduceOp.MAX)  # every rank then agrees on the iteration count
+        return float(mean)
+
+    block(2)  # warm-up: connections, buffers
+    iters = int(min(1000, max(3, budget_s / blocks / block(1))))
+    return statistics.median(block(iters) for _ in range(blocks))
+
+
+def row(nbytes: int, seconds: float, ranks: int, what: str) -> dict[str, Any]:
+    algbw = nbytes / seconds / 1e9
+    return {"what": what, "bytes": nbytes, "time_us": seconds * 1e6, "algbw_gbs": algbw,
+            "busbw_gbs": algbw * bus_factor(ranks)}
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
+    rt = dist.setup(DistConfig(timeout=args.timeout), args.device)
+    try:
+        if rt.world_size < 2:
+            raise UserError("the all-reduce benchmark needs 2 or more ranks: torchrun --standalone "
+                            "--nproc_per_node=2 -m hpc_mnist.scaling comm (or any launcher)")
+        rows = [row(s, time_allreduce(s, rt.device, rt.world_size, args.budget), rt.world_size, "sweep")
+                for s in sweep_sizes(args.min_bytes, args.max_bytes)]
+        rows += [row(s, time_allreduce(s, rt.device, rt.world_size, args.budget), rt.world_size, f"{name} gradients")
+                 for name, s in gradient_bytes().items()]
+        hosts = dist.all_gather_object(socket.gethostname())
+    finally:
+        dist.shutdown()
+    if not rt.is_main:
+        return None
+    net = scaling_model.fit([r for r in rows if r["what"] == "sweep"], rt.world_size)
+    return {"ranks": rt.world_size, "hosts": len(set(hosts)), "ranks_per_host": rt.local_world_size,
+            "backend": rt.backend, "device": rt.device.type, "threads_per_rank": rt.threads,
+            "torch": torch.__version__, "python": platform.python_version(), "rows": rows,
+            "fit": scaling_model.network_dict(net), "reference": POLARIS_REFERENCE,
+            "command": " ".join(["python -m hpc_mnist.comm", *sys.argv[1:]])}
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.4g} {unit}"
+    return f"{nbytes} B"
+
+
+def show(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from hpc_mnist.logger import make_console
+
+    console = make_console()
+    ref = {p["bytes"]: p for p in report["reference"]["points"]}
+    table = Table(title=f"all-reduce, {report['ranks']} ranks on {report['hosts']} host(s), {report['backend']} "
+                  f"({report['device']})")
+    for header in ("size", "what", "time us", "algbw GB/s", "busbw GB/s", "Polaris 8 ranks time us"):
+        table.add_column(header, justify="left" if header == "what" else "right")
+    for r in report["rows"]:
+        near = ref.get(r["bytes"]) or (ref.get(8) if r["bytes"] <= 8 else None)
+        table.add_row(_size(r["bytes"]), r["what"], f"{r['time_us']:,.1f}", f"{r['algbw_gbs']:.3f}",
+                      f"{r['busbw_gbs']:.3f}", f"{near['time_us']:.0f}" if near else "")
+    console.print(table)
+    fit = report["fit"]
+    console.print(f"alpha-beta fit: latency {fit['alpha_s'] * 1e6:.1f} us, bus bandwidth {fit['busbw_gbs']:.3f} GB/s "
+                  f"(t = alpha + bytes x 2(n-1)/n / busbw; largest error on the sweep {fit['max_rel_error']:.0%})")
+    console.print(f"reference: {report['reference']['system']}: 22 us tiny, 368 us at 4 MB, "
+                  f"~{report['reference']['large_busbw_gbs']:.0f} GB/s bus bandwidth for large messages")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m hpc_mnist.comm", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--min-bytes", type=int, default=4, help="smallest message (default: 4)")
+    p.add_argument("--max-bytes", type=int, default=64 * 2**20, help="largest message (default: 64 MiB)")
+    p.add_argument("--budget", type=float, default=0.2, help="seconds of timed iterations per size (default: 0.2)")
+    p.add_argument("--device", default="auto", help="as train.device (default: auto)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a collective may wait (default: 60)")
+    p.add_argument("--json", type=Path, help="write the results as JSON (rank 0)")
+    args = p.parse_args(argv)
+    if not 1 <= args.min_bytes <= args.max_bytes:
+        p.error("need 1 <= --min-bytes <= --max-bytes")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = benchmark(args)
+    except UserError as e:
+        dist.report_error(e)
+        return e.exit_code
+    if report is not None:
+        show(report)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

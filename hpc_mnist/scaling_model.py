@@ -1,0 +1,275 @@
+"""A performance model of data-parallel training: predict step time, samples/s and efficiency at any size.
+
+    python -m hpc_mnist.scaling_model                          # Polaris-like figures, 1 to 1,024 nodes
+    python -m hpc_mnist.scaling_model --comm comm.json --compute-ms cnn:128=40.1 --ranks-per-node 1
+
+A weak-scaling step on n ranks takes the rank's own compute t_c(b) (forward, backward, optimizer at per-rank
+batch b) plus the gradient all-reduce of S bytes that DDP adds:
+
+    t_allreduce(S, n) = alpha(n) + S x 2(n-1)/n / busbw        (alpha-beta; ring bandwidth term)
+    alpha(n) = alpha_ref x log2(n) / log2(n_ref)              (tree latency: NCCL's small-message algorithm)
+    no overlap:   t_step = t_c + t_allreduce
+    with overlap: t_step = t_c + max(0, t_allreduce - backward share x t_c)   (DDP buckets during backward)
+
+Efficiency is t_c / t_step: throughput against n x one rank without communication. The bandwidth term
+levels off at 2 S / busbw as n grows (each rank sends and receives about twice its gradients whatever n), so
+weak scaling of a fixed model loses a constant share to bandwidth and a slowly (log n) growing share to
+latency. The latency term grows with log2(n), not n, because NCCL switches to its tree algorithm for
+latency-bound messages across nodes; a ring's latency would grow as 2(n-1) hops (`latency="ring"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+TRAIN_SPLIT = 48_000  # MNIST's 60,000 training digits less the 20% validation split
+
+
+@dataclass(frozen=True)
+class Network:
+    """Alpha-beta all-reduce cost: latency `alpha_s` at `ref_ranks` ranks and bus bandwidth (bytes/s)."""
+
+    alpha_s: float
+    busbw: float
+    ref_ranks: int
+    latency: str = "tree"  # tree: alpha grows as log2(n); ring: as n - 1
+    max_rel_error: float = 0.0  # of the fit on the points it came from
+
+    def latency_s(self, ranks: int) -> float:
+        if ranks < 2:
+            return 0.0
+        if self.latency == "ring":
+            return self.alpha_s * (ranks - 1) / max(1, self.ref_ranks - 1)
+        return self.alpha_s * math.log2(ranks) / math.log2(max(2, self.ref_ranks))
+
+    def bandwidth_s(self, nbytes: float, ranks: int) -> float:
+        return 0.0 if ranks < 2 else nbytes * 2 * (ranks - 1) / ranks / self.busbw
+
+    def allreduce_s(self, nbytes: float, ranks: int) -> float:
+        return self.latency_s(ranks) + self.bandwidth_s(nbytes, ranks)
+
+
+def fit(rows: list[dict[str, Any]], ranks: int) -> Network:
+    """Least-squares alpha and 1/busbw from measured (bytes, time_us) rows, weighted by 1/time so small and
+    large messages count alike (their times span four orders of magnitude)."""
+    if ranks < 2 or len(rows) < 2:
+        raise ValueError("an alpha-beta fit needs 2 or more ranks and 2 or more message sizes")
+    xs = [r["bytes"] * 2 * (ranks - 1) / ranks for r in rows]
+    ts = [r["time_us"] * 1e-6 for r in rows]
+    ws = [1 / t**2 for t in ts]
+    points = list(zip(ws, xs, ts, strict=True))
+    sw, sx, st = sum(ws), sum(w * x for w, x, _ in points), sum(w * t for w, _, t in points)
+    sxx, sxt = sum(w * x * x for w, x, _ in points), sum(w * x * t for w, x, t in points)
+    slope = (sw * sxt - sx * st) / (sw * sxx - sx * sx)
+    alpha = (st - slope * sx) / sw
+    if alpha < 0:  # latency cannot be negative: refit the slope through the origin
+        alpha, slope = 0.0, sxt / sxx
+    net = Network(alpha, 1 / slope, ranks)
+    error = max(abs(net.allreduce_s(r["bytes"], ranks) - t) / t for r, t in zip(rows, ts, strict=True))
+    return Network(alpha, 1 / slope, ranks, max_rel_error=error)
+
+
+def network_dict(net: Network) -> dict[str, Any]:
+    return {**asdict(net), "busbw_gbs": net.busbw / 1e9}
+
+
+POLARIS_LARGE_BUSBW = 36e9
+
+
+def polaris() -> Network:
+    """ALCF's published Polaris all-reduce (2 nodes x 4 A100 = 8 ranks, NCCL 2.18, tuned environment): 22 us
+    for tiny messages and 368 us at 4 MB, fitted exactly. These two bracket the models' gradients (31 kB to
+    4.8 MB); the fit's 21 GB/s bus bandwidth then understates the ~36 GB/s published for large messages,
+    which these models never send (mid-size messages do not reach the asymptotic bandwidth)."""
+    return fit([{"bytes": 8, "time_us": 22.0}, {"bytes": 4 * 2**20, "time_us": 368.0}], 8)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A rank's own work per step at batch b: a fixed floor (kernel launches, optimizer) plus per-sample work."""
+
+    floor_s: float
+    per_sample_s: float
+    backward_share: float = 2 / 3  # backward is about twice the forward; DDP overlaps the all-reduce with it
+    source: str = ""
+
+    def step_s(self, batch: int) -> float:
+        return self.floor_s + batch * self.per_sample_s
+
+
+def train_flops_per_sample(model: nn.Module) -> float:
+    """Forward multiply-adds x 2 of the Linear and Conv2d layers, x 3 for forward + backward."""
+    flops = 0.0
+
+    def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal flops
+        if isinstance(module, nn.Linear):
+            flops += 2 * module.in_features * module.out_features
+        elif isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            flops += 2 * module.in_channels // module.groups * k * output[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 1, 28, 28))
+    for h in handles:
+        h.remove()
+    return 3 * flops
+
+
+# An A100 running these small models in eager PyTorch: ASSUMED, not measured here (no GPU was lent).
+# Floor: ~40-60 kernel launches and the optimizer at ~8 us each; achieved 20 TFLOP/s on small TF32/bf16 kernels.
+A100_FLOOR_S = 0.4e-3
+A100_FLOPS = 20e12
+
+
+def a100_compute(model: nn.Module) -> Compute:
+    return Compute(A100_FLOOR_S, train_flops_per_sample(model) / A100_FLOPS,
+                   source=f"assumed A100: {A100_FLOOR_S * 1e3:g} ms floor + FLOPs / {A100_FLOPS / 1e12:g} TFLOP/s")
+
+
+def predict(compute: Compute, net: Network, grad_bytes: int, batch: int, ranks: int) -> dict[str, Any]:
+    t_c = compute.step_s(batch)
+    latency, bandwidth = net.latency_s(ranks), net.bandwidth_s(grad_bytes, ranks)
+    t_ar = latency + bandwidth
+    plain = t_c + t_ar
+    overlap = t_c + max(0.0, t_ar - compute.backward_share * t_c)
+    return {"ranks": ranks, "batch": batch, "global_batch": batch * ranks, "compute_s": t_c,
+            "latency_s": latency, "bandwidth_s": bandwidth, "step_s": plain, "step_overlap_s": overlap,
+            "samples_per_s": ranks * batch / plain, "samples_per_s_overlap": ranks * batch / overlap,
+            "efficiency": t_c / plain, "efficiency_overlap": t_c / overlap,
+            "steps_per_epoch": TRAIN_SPLIT / (batch * ranks)}
+
+
+def where_it_stops(rows: list[dict[str, Any]], nodes: list[int], threshold: float) -> str:
+    """The first node count whose efficiency (no overlap) falls below `threshold`, and the term to blame."""
+    for n, r in zip(nodes, rows, strict=True):
+        if r["efficiency"] < threshold:
+            term = "latency" if r["latency_s"] > r["bandwidth_s"] else "bandwidth"
+            return (f"{n} node(s) ({term}: {r[term + '_s'] * 1e6:.0f} us of all-reduce vs "
+                    f"{r['compute_s'] * 1e6:.0f} us compute)")
+    return f"not within {nodes[-1]} nodes"
+
+
+def sweep(compute: Compute, net: Network, grad_bytes: int, batch: int, nodes: list[int],
+          ranks_per_node: int) -> list[dict[str, Any]]:
+    return [{"nodes": n, **predict(compute, net, grad_bytes, batch, n * ranks_per_node)} for n in nodes]
+
+
+def polaris_report(batches: list[int], nodes: list[int], ranks_per_node: int = 4) -> dict[str, Any]:
+    """Predictions for each shipped model on a Polaris-like machine."""
+    from hpc_mnist.config import ModelConfig
+    from hpc_mnist.models import build, parameter_count
+
+    net = polaris()
+    out: dict[str, Any] = {"network": network_dict(net), "ranks_per_node": ranks_per_node, "models": {}}
+    for name in ("linear", "mlp", "cnn"):
+        model = build(ModelConfig(name=name))
+        compute, grad = a100_compute(model), 4 * parameter_count(model)
+        entry: dict[str, Any] = {"gradient_bytes": grad, "compute": asdict(compute), "batches": {}}
+        for b in batches:
+            rows = sweep(compute, net, grad, b, nodes, ranks_per_node)
+            data_limit = next((n for n, r in zip(nodes, rows, strict=True) if r["steps_per_epoch"] < 1), None)
+            entry["batches"][b] = {"rows": rows, "below_90": where_it_stops(rows, nodes, 0.9),
+                                   "below_50": where_it_stops(rows, nodes, 0.5),
+                                   "global_batch_exceeds_data_at": data_limit}
+        out["models"][name] = entry
+    return out
+
+
+def markdown(report: dict[str, Any], nodes_shown: list[int]) -> str:
+    net = report["network"]
+    lines = [f"Network: alpha {net['alpha_s'] * 1e6:.1f} us at {net['ref_ranks']} ranks (log2 growth), bus bandwidth "
+             f"{net['busbw_gbs']:.1f} GB/s (fit to ALCF's published points, largest error "
+             f"{net['max_rel_error']:.0%}); {report['ranks_per_node']} ranks per node.", ""]
+    for name, entry in report["models"].items():
+        lines += [f"**{name}** ({entry['gradient_bytes'] / 1e6:.3f} MB of gradients; compute "
+                  f"{entry['compute']['source']})", "",
+                  "| batch/rank | nodes | compute us | all-reduce us (latency + bandwidth) | efficiency | "
+                  "with overlap | samples/s | steps/epoch |", "|" + " --- |" * 8]
+        for b, data in entry["batches"].items():
+            for r in data["rows"]:
+                if r["nodes"] not in nodes_shown:
+                    continue
+                lines.append(f"| {b} | {r['nodes']} | {r['compute_s'] * 1e6:.0f} | "
+                             f"{(r['latency_s'] + r['bandwidth_s']) * 1e6:.0f} ({r['latency_s'] * 1e6:.0f} + "
+                             f"{r['bandwidth_s'] * 1e6:.0f}) | {r['efficiency']:.2f} | {r['efficiency_overlap']:.2f} | "
+                             f"{r['samples_per_s']:,.0f} | {r['steps_per_epoch']:.2f} |")
+        lines.append("")
+        for b, data in entry["batches"].items():
+            limit = data["global_batch_exceeds_data_at"]
+            lines.append(f"- batch {b}: efficiency below 0.9 at {data['below_90']}; below 0.5 at {data['below_50']}; "
+                         + (f"the global batch exceeds the 48,000 training digits from {limit} nodes" if limit
+                            else "the data lasts"))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m hpc_mnist.scaling_model", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", default="32,128,512", help="per-rank batches (default: 32,128,512)")
+    p.add_argument("--ranks-per-node", type=int, default=4, help="(default: 4, Polaris' A100s)")
+    p.add_argument("--max-nodes", type=int, default=1024, help="(default: 1024)")
+    p.add_argument("--json", type=Path, help="write all predictions as JSON")
+    p.add_argument("--markdown", type=Path, help="write the tables as Markdown")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    nodes = [2**k for k in range(int(math.log2(args.max_nodes)) + 1)]
+    report = polaris_report([int(b) for b in args.batches.split(",")], nodes, args.ranks_per_node)
+    text = markdown(report, [n for n in nodes if n in (1, 2, 8, 32, 128, 512, 1024)])
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def network_from_dict(data: dict[str, Any]) -> Network:
+    return Network(data["alpha_s"], data["busbw"], data["ref_ranks"], data.get("latency", "tree"),
+                   data.get("max_rel_error", 0.0))
+
+
+def annotate_measured(table: list[dict[str, Any]], net: Network, grad_bytes: int) -> str:
+    """Add the model's samples/s (no overlap and with overlap) and its error to each measured row of a scaling
+    report. The compute per sample comes from the smallest measured point, so the error there is zero by
+    construction; the other points test the all-reduce model. Returns a sentence for the report."""
+    ok = [r for r in table if "samples_per_s" in r]
+    if not ok:
+        return ""
+    base = ok[0]
+    base_batch = base["global_batch"] / base["ranks"]
+    base_step = base["global_batch"] / base["samples_per_s"]
+    per_sample = max(1e-12, base_step - net.allreduce_s(grad_bytes, base["ranks"])) / base_batch
+    compute = Compute(0.0, per_sample)
+    errors = []
+    for r in ok:
+        p = predict(compute, net, grad_bytes, round(r["global_batch"] / r["ranks"]), r["ranks"])
+        r["predicted_samples_per_s"] = p["samples_per_s"]
+        r["predicted_overlap_samples_per_s"] = p["samples_per_s_overlap"]
+        r["model_error"] = p["samples_per_s"] / r["samples_per_s"] - 1
+        if r is not base:
+            errors.append(f"{r['ranks']} ranks {r['model_error']:+.1%}")
+    return (f"Model (hpc_mnist.scaling_model): step = compute + all-reduce of {grad_bytes:,} bytes with latency "
+            f"{net.alpha_s * 1e6:.0f} us at {net.ref_ranks} ranks (log2 growth) and bus bandwidth "
+            f"{net.busbw / 1e9:.3g} GB/s; compute per sample {per_sample * 1e6:.1f} us from the {base['ranks']}-rank "
+            f"point (error 0 there by construction). Error of the predicted samples/s (no overlap) on the other "
+            f"measured points: {', '.join(errors) or 'none measured'}.")

@@ -1,0 +1,63 @@
+"""The all-reduce benchmark under a real launcher, and its use in the scaling report."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from test_scaling import fake_run
+
+from conftest import REPO, clean_env
+from hpc_mnist import comm, scaling
+
+TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+
+
+def test_bus_bandwidth_factor_and_gradient_sizes():
+    assert comm.bus_factor(2) == 1.0 and comm.bus_factor(8) == pytest.approx(1.75)
+    assert comm.gradient_bytes() == {"linear": 4 * 7850, "mlp": 4 * 44860, "cnn": 4 * 1199882}
+    assert comm.sweep_sizes()[0] == 4 and comm.sweep_sizes()[-1] == 64 * 2**20 and len(comm.sweep_sizes()) == 25
+
+
+def test_allreduce_benchmark_on_two_ranks(tmp_path):
+    out = tmp_path / "comm.json"
+    result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "hpc_mnist.scaling", "comm",
+                             "--max-bytes", "4096", "--budget", "0.02", "--json", str(out)], capture_output=True,
+                            text=True, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1", COLUMNS="160"), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["ranks"] == 2 and report["backend"] == "gloo"
+    sweep = [r for r in report["rows"] if r["what"] == "sweep"]
+    assert [r["bytes"] for r in sweep] == [4 * 2**k for k in range(11)]
+    assert [r["what"] for r in report["rows"][11:]] == ["linear gradients", "mlp gradients", "cnn gradients"]
+    for r in report["rows"]:
+        assert r["time_us"] > 0
+        assert r["algbw_gbs"] == pytest.approx(r["bytes"] / (r["time_us"] * 1e-6) / 1e9)
+        assert r["busbw_gbs"] == pytest.approx(r["algbw_gbs"])  # 2(n-1)/n = 1 for two ranks
+    assert report["fit"]["alpha_s"] >= 0 and report["fit"]["busbw"] > 0
+    assert "Polaris" in result.stdout and "busbw GB/s" in result.stdout and "alpha-beta fit" in result.stdout
+
+
+def test_allreduce_benchmark_needs_peers():
+    result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "comm"], capture_output=True, text=True,
+                            cwd=REPO, env=clean_env(), timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("hpc_mnist: error: the all-reduce benchmark needs 2")
+    assert result.stderr.count("\n") == 1
+
+
+def test_report_shows_predicted_beside_measured(tmp_path):
+    a = fake_run(tmp_path, "r1", 1, 1000.0, [(4.0, 0.9)])  # global batch 64: 64 ms per step
+    b = fake_run(tmp_path, "r2", 2, 1800.0, [(2.2, 0.9)])
+    fit = {"alpha_s": 1e-3, "busbw": 1e8, "ref_ranks": 2, "latency": "tree", "max_rel_error": 0.1}
+    (tmp_path / "comm.json").write_text(json.dumps({"fit": fit}))
+    assert scaling.main(["report", str(a), str(b), "--out", str(tmp_path / "out"), "--comm",
+                         str(tmp_path / "comm.json"), "--model", "mlp"]) == 0
+    md = (tmp_path / "out" / "scaling.md").read_text()
+    # 2 ranks: 64 ms compute + 1 ms + 179,440 B / 0.1 GB/s = 66.79 ms per step -> 1,916/s, +6.5%; overlap hides it
+    assert "| predicted samples/s | predicted with overlap | model error |" in md
+    assert "| 1,916 | 2,000 | +6.5% |" in md and "Error of the predicted samples/s (no overlap) on the other " \
+        "measured points: 2 ranks +6.5%." in md
+    with pytest.raises(scaling.UserError, match="give --model"):
+        scaling.report_paths([a, b], 0.9, tmp_path / "o2", tmp_path / "comm.json")

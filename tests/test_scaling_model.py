@@ -1,0 +1,78 @@
+"""The scaling model's arithmetic: the alpha-beta fit, latency growth, overlap, and the report's error."""
+
+import math
+
+import pytest
+
+from hpc_mnist import scaling_model as sm
+from hpc_mnist.config import ModelConfig
+from hpc_mnist.models import build
+
+
+def test_fit_recovers_alpha_and_bus_bandwidth():
+    alpha, busbw, n = 50e-6, 10e9, 4
+    rows = [{"bytes": s, "time_us": (alpha + s * 2 * (n - 1) / n / busbw) * 1e6} for s in (8, 4096, 2**20, 2**26)]
+    net = sm.fit(rows, n)
+    assert net.alpha_s == pytest.approx(alpha, rel=1e-6) and net.busbw == pytest.approx(busbw, rel=1e-6)
+    assert net.max_rel_error < 1e-6
+    with pytest.raises(ValueError):
+        sm.fit(rows[:1], n)
+
+
+def test_latency_grows_with_log2_of_ranks_or_linearly_for_a_ring():
+    tree = sm.Network(20e-6, 1e9, ref_ranks=2)
+    assert tree.latency_s(1) == 0.0 and tree.allreduce_s(10**6, 1) == 0.0  # one rank: no communication
+    assert tree.latency_s(2) == pytest.approx(20e-6) and tree.latency_s(1024) == pytest.approx(200e-6)
+    ring = sm.Network(20e-6, 1e9, ref_ranks=2, latency="ring")
+    assert ring.latency_s(1024) == pytest.approx(20e-6 * 1023)
+    # The bandwidth term levels off at 2 S / busbw.
+    assert tree.bandwidth_s(10**6, 2) == pytest.approx(1e-3) and tree.bandwidth_s(10**6, 4096) < 2e-3
+
+
+def test_polaris_fit_reproduces_the_published_points():
+    net = sm.polaris()
+    assert net.allreduce_s(8, 8) * 1e6 == pytest.approx(22.0, rel=1e-3)
+    assert net.allreduce_s(4 * 2**20, 8) * 1e6 == pytest.approx(368.0, rel=1e-3)
+
+
+def test_overlap_hides_the_all_reduce_behind_backward():
+    compute, net = sm.Compute(0.0, 1e-6), sm.Network(0.0, 1e9, ref_ranks=2)
+    # 1000 samples: 1 ms compute; 2e5 bytes at 2 ranks: 0.2 ms of all-reduce, hidden under 0.67 ms of backward.
+    p = sm.predict(compute, net, 200_000, 1000, 2)
+    assert p["step_s"] == pytest.approx(1.2e-3) and p["step_overlap_s"] == pytest.approx(1e-3)
+    assert p["efficiency"] == pytest.approx(1 / 1.2) and p["samples_per_s"] == pytest.approx(2000 / 1.2e-3)
+    big = sm.predict(compute, net, 2_000_000, 1000, 2)  # 2 ms of all-reduce: only 2/3 ms hidden
+    assert big["step_overlap_s"] == pytest.approx(1e-3 + 2e-3 - 2e-3 / 3)
+
+
+def test_flops_of_the_linear_model():
+    assert sm.train_flops_per_sample(build(ModelConfig(name="linear"))) == 3 * 2 * 784 * 10
+    cnn = sm.train_flops_per_sample(build(ModelConfig(name="cnn")))
+    assert 60e6 < cnn < 80e6  # two 3x3 convolutions dominate: about 24 MFLOPs forward
+
+
+def test_where_scaling_stops_names_the_term():
+    net = sm.Network(100e-6, 1e12, ref_ranks=2)
+    nodes = [1, 2, 4, 8]
+    rows = sm.sweep(sm.Compute(100e-6, 0.0), net, 1000, 1, nodes, 1)
+    assert rows[0]["efficiency"] == 1.0 and rows[1]["efficiency"] == pytest.approx(0.5, rel=1e-3)
+    assert sm.where_it_stops(rows, nodes, 0.9).startswith("2 node(s) (latency: 100 us")
+
+
+def test_annotate_measured_states_the_error():
+    net = sm.Network(1e-3, 1e9, ref_ranks=2)
+    table = [{"ranks": 1, "global_batch": 100, "samples_per_s": 1000.0},  # 0.1 s per step
+             {"ranks": 2, "global_batch": 200, "samples_per_s": 1900.0}]
+    note = sm.annotate_measured(table, net, grad_bytes=10**6)
+    # predicted at 2 ranks: 0.1 s compute + 1 ms + 1 ms all-reduce -> 200 / 0.102 = 1960.8 samples/s
+    assert table[1]["predicted_samples_per_s"] == pytest.approx(200 / 0.102)
+    assert table[1]["model_error"] == pytest.approx(200 / 0.102 / 1900 - 1)
+    assert table[0]["model_error"] == pytest.approx(0.0)
+    assert "2 ranks +3.2%" in note and "error 0 there by construction" in note
+
+
+def test_polaris_report_finds_the_data_limit():
+    report = sm.polaris_report([128], [1, 64, 128], ranks_per_node=4)
+    cnn = report["models"]["cnn"]["batches"][128]
+    assert cnn["global_batch_exceeds_data_at"] == 128  # 128 x 4 x 128 = 65,536 > 48,000 digits
+    assert math.isclose(cnn["rows"][0]["steps_per_epoch"], 48_000 / 512)
