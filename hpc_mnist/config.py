@@ -32,9 +32,12 @@ def opt(default: Any, help: str, **bounds: float) -> Any:
 class DataConfig:
     name: Literal["mnist", "fashion_mnist", "kmnist", "synthetic"] = opt(
         "mnist", "dataset; synthetic needs no files (offline smoke runs, benchmarks)")
-    root: str = opt("", "dataset folder; empty means $HPC_MNIST_DATA, else ./data")
+    root: str = opt("", "dataset folder (must exist); empty: $HPC_MNIST_DATA, else the bundled MNIST (others ./data)")
     download: bool = opt(True, "download missing files on rank 0 (compute nodes often have no internet)")
-    val_fraction: float = opt(0.2, "share of the training split held out for validation", gt=0, lt=1)
+    val_fraction: float = opt(0.2, "share of the training split held out for validation; 0: train on all of "
+                              "it, the test set stands in for validation", ge=0, lt=1)
+    normalize: bool = opt(True, "standardise inputs by the dataset's mean and std; false: [0, 1] (ToTensor)")
+    shuffle: bool = opt(True, "reshuffle the training split every epoch; false: its fixed order (the lessons)")
     split_seed: int = opt(55, "seed of the train/validation split (55, as in the tutorials)")
     resident: bool = opt(True, "keep each split as one uint8 tensor on the training device")
     synthetic_train: int = opt(60000, "synthetic training-split size (before validation split)", ge=2)
@@ -47,6 +50,19 @@ class ModelConfig:
     hidden: list[int] = opt([50, 50, 50], "mlp hidden layer sizes", ge=1)
     activation: Literal["relu", "sigmoid", "tanh", "gelu"] = opt("relu", "mlp activation")
     dropout: float = opt(0.2, "mlp dropout after the first hidden layer", ge=0, lt=1)
+    channels: list[int] = opt([32, 64], "cnn: output channels of each convolution (default: the tutorial's)", ge=1)
+    kernels: list[int] = opt([3, 3], "cnn: kernel size of each convolution", ge=1)
+    pools: list[int] = opt([1, 2], "cnn: max-pool factor after each convolution (1: none)", ge=1)
+    padding: Literal["valid", "same"] = opt("valid", "cnn: convolution padding (valid: none, as the tutorial)")
+    batch_norm: bool = opt(False, "cnn: batch normalisation after each convolution")
+    fc: int = opt(128, "cnn: width of the hidden dense layer (0: none, convolutions straight to the 10 logits)",
+                  ge=0)
+    conv_dropout: float = opt(0.25, "cnn: dropout after the convolutions", ge=0, lt=1)
+    fc_dropout: float = opt(0.5, "cnn: dropout after the hidden dense layer", ge=0, lt=1)
+    init: Literal["default", "normal"] = opt("default", "weights: PyTorch's default, or N(0, 1) (a lesson's)")
+    softmax_before_loss: bool = opt(
+        False, "lesson fidelity only: output softmax probabilities, so cross-entropy applies a second softmax "
+        "(the CNN tutorial's bug)")
     channels_last: bool = opt(True, "cnn: channels_last memory format (faster with bf16/tensor cores)")
 
 
@@ -238,8 +254,24 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 
 def _cross_checks(cfg: Config) -> None:
+    _check_cnn(cfg.model)
     if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum <= 0):
         raise UserError("config key optim.nesterov=true needs optim.name=sgd and optim.momentum > 0")
+
+
+def _check_cnn(m: ModelConfig) -> None:
+    """The per-convolution lists agree in length and leave at least a 1x1 feature map."""
+    if m.name != "cnn":
+        return
+    if not len(m.channels) == len(m.kernels) == len(m.pools):
+        raise UserError(f"config keys model.channels, model.kernels and model.pools need one entry per convolution "
+                        f"(got {len(m.channels)}, {len(m.kernels)} and {len(m.pools)})")
+    size = 28
+    for i, (k, p) in enumerate(zip(m.kernels, m.pools, strict=True), 1):
+        size = (size if m.padding == "same" else size - k + 1) // p
+        if size < 1:
+            raise UserError(f"cnn convolution {i} (kernel {k}, pool {p}) leaves no feature map of the 28x28 digit: "
+                            "use smaller kernels or pools, fewer convolutions, or model.padding=same")
 
 
 def help_text() -> str:

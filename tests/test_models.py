@@ -53,3 +53,57 @@ def test_channels_last_cnn_matches_contiguous():
     ref = cnn(x)
     cl = cnn.to(memory_format=torch.channels_last)
     torch.testing.assert_close(cl(x.contiguous(memory_format=torch.channels_last)), ref, rtol=1e-4, atol=1e-5)
+
+
+LEAN = dict(channels=[16, 32], kernels=[5, 3], pools=[2, 2], padding="same", batch_norm=True, fc=0,
+            conv_dropout=0.0, fc_dropout=0.0)
+
+
+def test_default_cnn_is_the_tutorial_and_its_cost():
+    cnn = models.build(ModelConfig(name="cnn"))
+    assert models.flops_per_sample(cnn) == 6 * (26 * 26 * 32 * 9 + 24 * 24 * 64 * 32 * 9 + 9216 * 128 + 1280)
+
+
+def test_configurable_cnn_layers_and_shape():
+    cnn = models.build(ModelConfig(name="cnn", **LEAN))
+    kinds = [type(m).__name__ for m in cnn.features]
+    assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] * 2
+    convs = [m for m in cnn.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.bias is None) for c in convs] == [(16, (5, 5), True), (32, (3, 3), True)]
+    assert [(d.in_features, d.out_features) for d in cnn.modules() if isinstance(d, nn.Linear)] == [(32 * 7 * 7, 10)]
+    assert not any(isinstance(m, nn.Dropout) for m in cnn.modules())
+    assert cnn(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert models.flops_per_sample(cnn) < models.flops_per_sample(models.build(ModelConfig(name="cnn"))) / 5
+
+
+def test_cnn_lists_must_agree_and_fit_the_digit():
+    from hpc_mnist import config
+    from hpc_mnist.errors import UserError
+
+    with pytest.raises(UserError, match="one entry per convolution"):
+        config.build(None, ["model.name=cnn", "model.channels=[8,16,32]"])
+    with pytest.raises(UserError, match="convolution 3 .* leaves no feature map"):
+        config.build(None, ["model.name=cnn", "model.channels=[8,8,8]", "model.kernels=[5,5,5]", "model.pools=[2,2,2]"])
+    config.build(None, ["model.name=cnn", "model.channels=[8,8,8]", "model.kernels=[5,5,5]", "model.pools=[2,2,2]",
+                        "model.padding=same"])
+
+
+def test_double_softmax_only_behind_its_flag():
+    torch.manual_seed(0)
+    plain = models.build(ModelConfig(name="cnn"))
+    torch.manual_seed(0)
+    flagged = models.build(ModelConfig(name="cnn", softmax_before_loss=True)).eval()
+    x = torch.randn(4, 1, 28, 28)
+    probs = flagged(x)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(4))
+    torch.testing.assert_close(probs, torch.softmax(plain.eval()(x), dim=1))
+    # Cross-entropy on probabilities: the loss can never fall below log(10) - log(1 + 9/e) ~ 1.46.
+    perfect = torch.nn.functional.cross_entropy(torch.eye(10), torch.arange(10))
+    assert perfect.item() > 1.46
+
+
+def test_normal_init_draws_every_parameter_from_a_unit_normal():
+    torch.manual_seed(0)
+    model = models.build(ModelConfig(name="mlp", hidden=[500], dropout=0.0, init="normal"))
+    weights = torch.cat([p.flatten() for p in model.parameters()])
+    assert abs(weights.mean().item()) < 0.01 and abs(weights.std().item() - 1) < 0.01
