@@ -17,7 +17,8 @@ from conftest import MPIEXEC, REPO, clean_env
 
 STUBS = REPO / "tests" / "stubs"
 LMOD = STUBS / "lmod.bash"  # `module`/`conda` shell functions whose activate step reads an unset variable
-SCRIPTS = sorted((REPO / "jobscripts").glob("*.sh")) + sorted((REPO / "launch").glob("*.sh")) + [REPO / ".ci" / "run"]
+SCRIPTS = [*sorted((REPO / "jobscripts").glob("*.sh")), *sorted((REPO / "launch").glob("*.sh")), REPO / ".ci" / "run",
+           *sorted((REPO / "tests" / "stubs").iterdir())]
 COMMAND = ["--", "python", "-m", "hpc_mnist.train"]
 
 
@@ -139,6 +140,8 @@ def test_dry_run_outside_a_job_on_every_site(tmp_path, system, modules, line):
     lines = result.stdout.splitlines()
     assert lines[1:1 + len(modules)] == modules and lines[-1].startswith(line)
     assert not log.exists() and not (tmp_path / "m").exists()
+    if system == "perlmutter":  # NCCL named to the OFI plugin: a missing plugin fails, no silent TCP fallback
+        assert "export NCCL_NET='AWS Libfabric'" in lines
 
 
 def test_generic_pbs_uses_open_mpis_syntax_under_open_mpi(tmp_path, nodefile):

@@ -23,7 +23,9 @@ module() {
             return 1
         fi
         case "$name" in
-            conda) conda() { echo "conda $*" >> "${STUB_LOG:-/dev/null}"; [ "$1" != activate ] || _stub_activate; } ;;
+            conda)
+                # shellcheck disable=SC2329  # called by the site files
+                conda() { echo "conda $*" >> "${STUB_LOG:-/dev/null}"; [ "$1" != activate ] || _stub_activate; } ;;
             frameworks) name=frameworks/${STUB_FRAMEWORKS_VERSION:-2025.3.1}; _stub_activate ;;
             pytorch) name=pytorch/2.6.0; _stub_activate ;;
         esac
