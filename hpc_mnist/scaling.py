@@ -405,6 +405,8 @@ def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None)
     """The scaling model's samples/s beside the measured ones, from an all-reduce benchmark's fit."""
     from hpc_mnist import scaling_model
     from hpc_mnist.comm import gradient_bytes
+    from hpc_mnist.config import ModelConfig
+    from hpc_mnist.models import build
 
     try:
         fit = json.loads(comm_json.read_text())["fit"]
@@ -412,7 +414,9 @@ def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None)
         raise UserError(f"{comm_json} is not an all-reduce benchmark's JSON (python -m hpc_mnist.scaling comm "
                         "--json FILE)") from None
     name = _model_name(table, model)
-    return scaling_model.annotate_measured(table, scaling_model.network_from_dict(fit), gradient_bytes()[name])
+    buckets = scaling_model.ddp_buckets(build(ModelConfig(name=name)))
+    return scaling_model.annotate_measured(table, scaling_model.network_from_dict(fit), gradient_bytes()[name],
+                                           buckets)
 
 
 def report_paths(paths: list[Path], target: float, out: Path, comm_json: Path | None = None,

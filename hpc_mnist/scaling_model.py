@@ -137,12 +137,35 @@ def a100_compute(model: nn.Module) -> Compute:
                    source=f"assumed A100: {A100_FLOOR_S * 1e3:g} ms floor + FLOPs / {A100_FLOPS / 1e12:g} TFLOP/s")
 
 
-def predict(compute: Compute, net: Network, grad_bytes: int, batch: int, ranks: int) -> dict[str, Any]:
+def ddp_buckets(model: nn.Module, first_cap: int = 2**20, cap: int = 25 * 2**20) -> list[int]:
+    """Gradient bytes per DDP bucket, in the order backward fills them (parameters in reverse; a bucket closes
+    once it holds `cap` bytes, the first one at 1 MiB: DDP's defaults, approximately). The last bucket holds
+    the first layers' gradients, ready only when backward ends: its all-reduce cannot overlap."""
+    buckets, current, limit = [], 0, first_cap
+    for param in reversed(list(model.parameters())):
+        current += param.numel() * param.element_size()
+        if current >= limit:
+            buckets.append(current)
+            current, limit = 0, cap
+    if current or not buckets:
+        buckets.append(current)
+    return buckets
+
+
+def predict(compute: Compute, net: Network, grad_bytes: int, batch: int, ranks: int,
+            buckets: list[int] | None = None) -> dict[str, Any]:
+    """One step on `ranks` ranks. With overlap, every bucket but the last is reduced during the rest of
+    backward (`buckets=None`: every byte may overlap, the bound for many small buckets)."""
     t_c = compute.step_s(batch)
     latency, bandwidth = net.latency_s(ranks), net.bandwidth_s(grad_bytes, ranks)
     t_ar = latency + bandwidth
     plain = t_c + t_ar
-    overlap = t_c + max(0.0, t_ar - compute.backward_share * t_c)
+    if buckets is None:
+        hidden, tail = t_ar, 0.0
+    else:
+        hidden = sum(net.allreduce_s(b, ranks) for b in buckets[:-1])
+        tail = net.allreduce_s(buckets[-1], ranks)
+    overlap = t_c + max(0.0, hidden - compute.backward_share * t_c) + tail
     return {"ranks": ranks, "batch": batch, "global_batch": batch * ranks, "compute_s": t_c,
             "latency_s": latency, "bandwidth_s": bandwidth, "step_s": plain, "step_overlap_s": overlap,
             "samples_per_s": ranks * batch / plain, "samples_per_s_overlap": ranks * batch / overlap,
@@ -161,8 +184,8 @@ def where_it_stops(rows: list[dict[str, Any]], nodes: list[int], threshold: floa
 
 
 def sweep(compute: Compute, net: Network, grad_bytes: int, batch: int, nodes: list[int],
-          ranks_per_node: int) -> list[dict[str, Any]]:
-    return [{"nodes": n, **predict(compute, net, grad_bytes, batch, n * ranks_per_node)} for n in nodes]
+          ranks_per_node: int, buckets: list[int] | None = None) -> list[dict[str, Any]]:
+    return [{"nodes": n, **predict(compute, net, grad_bytes, batch, n * ranks_per_node, buckets)} for n in nodes]
 
 
 def polaris_report(batches: list[int], nodes: list[int], ranks_per_node: int = 4) -> dict[str, Any]:
@@ -174,10 +197,11 @@ def polaris_report(batches: list[int], nodes: list[int], ranks_per_node: int = 4
     out: dict[str, Any] = {"network": network_dict(net), "ranks_per_node": ranks_per_node, "models": {}}
     for name in ("linear", "mlp", "cnn"):
         model = build(ModelConfig(name=name))
-        compute, grad = a100_compute(model), 4 * parameter_count(model)
-        entry: dict[str, Any] = {"gradient_bytes": grad, "compute": asdict(compute), "batches": {}}
+        compute, grad, buckets = a100_compute(model), 4 * parameter_count(model), ddp_buckets(model)
+        entry: dict[str, Any] = {"gradient_bytes": grad, "ddp_buckets": buckets, "compute": asdict(compute),
+                                 "batches": {}}
         for b in batches:
-            rows = sweep(compute, net, grad, b, nodes, ranks_per_node)
+            rows = sweep(compute, net, grad, b, nodes, ranks_per_node, buckets)
             data_limit = next((n for n, r in zip(nodes, rows, strict=True) if r["steps_per_epoch"] < 1), None)
             entry["batches"][b] = {"rows": rows, "below_90": where_it_stops(rows, nodes, 0.9),
                                    "below_50": where_it_stops(rows, nodes, 0.5),
@@ -192,8 +216,9 @@ def markdown(report: dict[str, Any], nodes_shown: list[int]) -> str:
              f"{net['busbw_gbs']:.1f} GB/s (fit to ALCF's published points, largest error "
              f"{net['max_rel_error']:.0%}); {report['ranks_per_node']} ranks per node.", ""]
     for name, entry in report["models"].items():
-        lines += [f"**{name}** ({entry['gradient_bytes'] / 1e6:.3f} MB of gradients; compute "
-                  f"{entry['compute']['source']})", "",
+        buckets = " + ".join(f"{b / 1e6:.3f}" for b in entry["ddp_buckets"])
+        lines += [f"**{name}** ({entry['gradient_bytes'] / 1e6:.3f} MB of gradients in DDP buckets of {buckets} MB, "
+                  f"the last not overlappable; compute {entry['compute']['source']})", "",
                   "| batch/rank | nodes | compute us | all-reduce us (latency + bandwidth) | efficiency | "
                   "with overlap | samples/s | steps/epoch |", "|" + " --- |" * 8]
         for b, data in entry["batches"].items():
@@ -248,7 +273,8 @@ def network_from_dict(data: dict[str, Any]) -> Network:
                    data.get("max_rel_error", 0.0))
 
 
-def annotate_measured(table: list[dict[str, Any]], net: Network, grad_bytes: int) -> str:
+def annotate_measured(table: list[dict[str, Any]], net: Network, grad_bytes: int,
+                      buckets: list[int] | None = None) -> str:
     """Add the model's samples/s (no overlap and with overlap) and its error to each measured row of a scaling
     report. The compute per sample comes from the smallest measured point, so the error there is zero by
     construction; the other points test the all-reduce model. Returns a sentence for the report."""
@@ -262,7 +288,7 @@ def annotate_measured(table: list[dict[str, Any]], net: Network, grad_bytes: int
     compute = Compute(0.0, per_sample)
     errors = []
     for r in ok:
-        p = predict(compute, net, grad_bytes, round(r["global_batch"] / r["ranks"]), r["ranks"])
+        p = predict(compute, net, grad_bytes, round(r["global_batch"] / r["ranks"]), r["ranks"], buckets)
         r["predicted_samples_per_s"] = p["samples_per_s"]
         r["predicted_overlap_samples_per_s"] = p["samples_per_s_overlap"]
         r["model_error"] = p["samples_per_s"] / r["samples_per_s"] - 1

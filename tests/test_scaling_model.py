@@ -76,3 +76,29 @@ def test_polaris_report_finds_the_data_limit():
     cnn = report["models"]["cnn"]["batches"][128]
     assert cnn["global_batch_exceeds_data_at"] == 128  # 128 x 4 x 128 = 65,536 > 48,000 digits
     assert math.isclose(cnn["rows"][0]["steps_per_epoch"], 48_000 / 512)
+
+
+def test_the_last_bucket_is_not_overlapped():
+    compute, net = sm.Compute(0.0, 1e-6), sm.Network(0.0, 1e9, ref_ranks=2)
+    # One bucket (the MLP's case): its gradients are ready only when backward ends, so nothing hides.
+    one = sm.predict(compute, net, 200_000, 1000, 2, buckets=[200_000])
+    assert one["step_overlap_s"] == pytest.approx(one["step_s"])
+    two = sm.predict(compute, net, 200_000, 1000, 2, buckets=[150_000, 50_000])
+    assert two["step_overlap_s"] == pytest.approx(1e-3 + 0.05e-3)
+
+
+def test_ddp_buckets_match_what_ddp_builds():
+    import torch
+    import torch.distributed as tdist
+    from torch.nn.parallel import DistributedDataParallel
+
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    try:
+        for name in ("mlp", "cnn"):
+            model = DistributedDataParallel(build(ModelConfig(name=name)))
+            for _ in range(3):  # DDP rebuilds its buckets in gradient-ready order at the second step
+                model(torch.zeros(2, 1, 28, 28)).sum().backward()
+            built = model._get_ddp_logging_data()["rebuilt_bucket_sizes"]
+            assert [int(b) for b in built.split(",")] == sm.ddp_buckets(build(ModelConfig(name=name)))
+    finally:
+        tdist.destroy_process_group()
