@@ -6,7 +6,7 @@
 # then:  export SLURM_CONF=/tmp/hm-lab/slurm/slurm.conf;  sbatch ... ;  tests/cluster/onnode hm-n1 CMD
 # Hosts are network namespaces hm-n1..hm-nN (10.78.0.1..N) and hm-head (10.78.0.100, the controller),
 # each with its own hostname, /etc/hosts and /tmp, on bridge hm-br0 (10.78.0.254). Needs root.
-# Environment: HM_LAB_DIR (/tmp/hm-lab), HM_LAB_NODES (2), HM_LAB_CPUS (4 per host), HM_LAB_KILLWAIT (5 s),
+# Environment: HM_LAB_DIR (/tmp/hm-lab), HM_LAB_NODES (2), HM_LAB_CPUS (4 per host), HM_LAB_KILLWAIT (30 s, as Slurm's default: SIGKILL that long after TERM),
 # HM_LAB_CRED_EXPIRE (10 s: also the delay before a requeued job starts again), HM_LAB_SHARED (more
 # paths under /tmp the hosts must see, such as a virtual environment). Exit status 3: the machine does not
 # permit a lab (not root, no network namespaces, packages not installable); 1: anything else failed.
@@ -15,7 +15,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 LAB_DIR=${HM_LAB_DIR:-/tmp/hm-lab}
 NODES=${HM_LAB_NODES:-2}
 CPUS=${HM_LAB_CPUS:-4}
-KILLWAIT=${HM_LAB_KILLWAIT:-5}
+KILLWAIT=${HM_LAB_KILLWAIT:-30}
 CRED_EXPIRE=${HM_LAB_CRED_EXPIRE:-10}
 NET=10.78.0
 BRIDGE=hm-br0

@@ -8,33 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.conftest import PY, SMOKE, Lab, assert_same_weights
-from conftest import REPO
+from cluster.conftest import PY, SMOKE, Lab, assert_same_weights, job_env, user_edited_job_script
 
 pytestmark = pytest.mark.cluster
-
-
-def user_edited_job_script(dest: Path, nodes: int = 2, tasks_per_node: int = 2, time: str = "00:05:00",
-                           name: str = "slurm.sh") -> Path:
-    """jobscripts/slurm.sh changed only where its header tells a user to: account, partition, nodes,
-    tasks per node, time limit; no GPUs on the lab."""
-    text = (REPO / "jobscripts" / "slurm.sh").read_text()
-    edits = [(r"#SBATCH -A \S+", "#SBATCH -A lab"), (r"#SBATCH -p \S+", "#SBATCH -p debug"),
-             (r"#SBATCH -N \d+", f"#SBATCH -N {nodes}"),
-             (r"#SBATCH --ntasks-per-node=\d+", f"#SBATCH --ntasks-per-node={tasks_per_node}"),
-             (r"#SBATCH --gpus-per-node=\d+\n", ""), (r"#SBATCH -t \S+", f"#SBATCH -t {time}")]
-    for pattern, replacement in edits:
-        text, count = re.subn(pattern, replacement, text)
-        assert count == 1, f"jobscripts/slurm.sh no longer has one line matching {pattern!r}"
-    path = dest / name
-    path.write_text(text)
-    return path
-
-
-def job_env(lab: Lab, work: Path, overrides: str, **more: str) -> dict[str, str]:
-    return lab.job_env(CONFIG="configs/smoke.yaml", PYTHON=PY, HPC_MNIST_JOB_FILES=str(work / "jobfiles"),
-                       OVERRIDES=f"log.console=plain train.precision=fp32 log.tensorboard=false "
-                                 f"log.dir={work / 'runs'} {overrides}", **more)
 
 
 def test_job_script_two_nodes_equals_torchrun_standalone(lab: Lab):
@@ -53,9 +29,6 @@ def test_job_script_two_nodes_equals_torchrun_standalone(lab: Lab):
     assert_same_weights(work / "runs" / "cluster" / "model.pt", work / "runs" / "standalone" / "model.pt")
 
 
-HOSTS_AND_RANKS = "import os, socket; print('task', os.environ['SLURM_PROCID'], socket.gethostname())"
-
-
 def test_uneven_srun_step_trains(lab: Lab):
     """srun -N2 -n3: two ranks on the first host, one on the second."""
     work = lab.workdir("uneven")
@@ -69,6 +42,9 @@ srun -N2 -n3 {PY} -m hpc_mnist.train {' '.join(SMOKE)} log.dir={work / 'runs'} l
     assert (summary["world_size"], summary["launcher"], summary["status"]) == (3, "slurm", "completed"), summary
 
 
+RANK_VARS = "^(PMI_RANK|PMIX_RANK|PALS_RANKID)="
+
+
 @pytest.mark.parametrize("mpi", ["pmi2", "pmix", "cray_shasta"])
 def test_srun_mpi_plugins_take_the_slurm_path_without_mpi4py(lab: Lab, mpi: str):
     """Each plugin gives the tasks its own rank variables (PMI_RANK, PMIX_RANK, PALS_RANKID); with mpi4py
@@ -79,7 +55,7 @@ def test_srun_mpi_plugins_take_the_slurm_path_without_mpi4py(lab: Lab, mpi: str)
     (blocker / "mpi4py.py").write_text("raise ImportError('mpi4py is blocked in this test')\n")
     script = work / "job.sh"
     script.write_text(f"""#!/bin/bash
-srun --mpi={mpi} bash -c 'echo "vars $SLURM_PROCID $(env | grep -oE "^(PMI_RANK|PMIX_RANK|PALS_RANKID)=" | sort | tr -d "\\n")"'
+srun --mpi={mpi} bash -c 'echo "vars $SLURM_PROCID $(env | grep -oE "{RANK_VARS}" | sort | tr -d "\\n")"'
 PYTHONPATH={blocker} srun --mpi={mpi} {PY} -m hpc_mnist.train {' '.join(SMOKE)} train.epochs=1 \\
     log.dir={work / 'runs'} log.name=run
 """)

@@ -1,0 +1,184 @@
+"""Stops on the lab's real Slurm, with jobscripts/slurm.sh as a user edits it (2 nodes x 2 tasks): the time
+limit (stop, requeue, resume), scancel (ends, no requeue; a resubmission resumes), scontrol requeue, a
+time-limit kill the trainer did not see coming, and two TERMs half a second apart. Nothing may be lost:
+resumed runs end with the weights of an uninterrupted run, bit for bit, and each epoch in metrics.jsonl once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.conftest import PY, SMOKE, Job, Lab, assert_same_weights, job_env, load_weights, user_edited_job_script
+
+pytestmark = pytest.mark.cluster
+# The smoke MLP on more synthetic digits: about 5 s an epoch for 4 ranks on the lab (190 steps of ~25 ms, so
+# the ranks look at stop requests every ~0.4 s), so a stop lands mid-run.
+SLOW = "train.batch_size=32 data.synthetic_train=30000 data.synthetic_test=256"
+EPOCHS = 4
+LIMIT_EPOCHS = 7  # more than fits the 30 s a 2-minute job leaves with train.deadline_margin=90
+
+
+def reference(lab: Lab, work: Path, epochs: int) -> Path:
+    """The uninterrupted run on 4 ranks (same global sharding and batch as 2 nodes x 2 tasks)."""
+    lab.run([str(Path(PY).parent / "torchrun"), "--standalone", "--nproc_per_node=4", "-m", "hpc_mnist.train",
+             *SMOKE, *SLOW.split(), f"train.epochs={epochs}", f"log.dir={work}", "log.name=reference"], timeout=300)
+    return work / "reference" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(lab: Lab) -> Path:
+    return reference(lab, lab.workdir("reference"), EPOCHS)
+
+
+def submit(lab: Lab, work: Path, name: str, epochs: int = EPOCHS, time_limit: str = "00:05:00",
+           extra: str = "", sbatch: tuple[str, ...] = ()) -> tuple[str, Path]:
+    script = user_edited_job_script(work, time=time_limit, name=f"{name}.sh")
+    out = work / f"{name}.out"
+    env = job_env(lab, work, f"{SLOW} train.epochs={epochs} {extra}", RUN_NAME=name)
+    return lab.sbatch(script, *sbatch, out=out, env=env), out
+
+
+def epochs_logged(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for_epoch(lab: Lab, job: str, run_dir: Path, epoch: int = 1, timeout: float = 150) -> None:
+    """Until the run has logged `epoch` (training is under way on every rank)."""
+    deadline = time.monotonic() + timeout
+    while len(epochs_logged(run_dir)) < epoch:
+        state = lab.show(job).get("JobState")
+        assert state in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} is {state} before epoch {epoch}"
+        assert time.monotonic() < deadline, f"job {job} logged no epoch {epoch} within {timeout} s"
+        time.sleep(0.2)
+
+
+def wait_gone(lab: Lab, job: str, timeout: float = 60) -> None:
+    """Until Slurm has finished the job's clean-up (no longer COMPLETING): the ranks are gone."""
+    deadline = time.monotonic() + timeout
+    while lab.run(["squeue", "-h", "-j", job, "-o", "%t"], timeout=15, check=False).stdout.strip():
+        assert time.monotonic() < deadline, f"job {job} still listed after {timeout} s"
+        time.sleep(0.5)
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def assert_whole_checkpoint(run_dir: Path, st: dict) -> None:
+    assert st["checkpoint"] and Path(st["checkpoint"]).exists(), st
+    assert Path(st["checkpoint"]).parent == run_dir
+    state = load_weights(Path(st["checkpoint"]))  # a torn file would not load
+    assert state, st
+
+
+def segments(job: Job) -> int:
+    """Trainer starts in the job's log (--open-mode=append keeps every segment)."""
+    return len(re.findall(r"4 on 2 node", job.log))
+
+
+def finished(lab: Lab, job: str, out: Path, timeout: float) -> Job:
+    result = lab.wait(job, out, timeout)
+    wait_gone(lab, job)
+    return result
+
+
+def test_time_limit_stops_requeues_and_resumes(lab: Lab):
+    """A run longer than its 2-minute job: the trainer knows the job's end time from its start, stops
+    train.deadline_margin (90 s here) before it with a checkpoint, the job script requeues the job and the
+    next segment resumes; the end result is the uninterrupted run's, bit for bit. (Once requeued, the job
+    gets a longer limit, as `scontrol update` allows, so the test needs two segments on any machine.)"""
+    work = lab.workdir("time-limit")
+    expected = reference(lab, work, LIMIT_EPOCHS)
+    run_dir = work / "runs" / "limit"
+    job, out = submit(lab, work, "limit", epochs=LIMIT_EPOCHS, time_limit="00:02:00",
+                      extra="train.deadline_margin=90")
+    deadline = time.monotonic() + 240
+    while lab.show(job).get("Restarts", "0") == "0":
+        assert lab.show(job).get("JobState") in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED"), \
+            Job(job, "", 0, "", out).log
+        assert time.monotonic() < deadline, "the job was not requeued within 4 minutes"
+        time.sleep(0.5)
+    st = status(run_dir)
+    assert (st["state"], st["reason"], st["requeue"]) == ("stopped", "deadline", True), st
+    assert_whole_checkpoint(run_dir, st)
+    lab.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], timeout=15)
+    result = finished(lab, job, out, timeout=300)
+    assert (result.state, result.restarts) == ("COMPLETED", 1), result.log
+    assert segments(result) == 2, result.log
+    assert "requeueing job" in result.log
+    assert epochs_logged(run_dir) == list(range(1, LIMIT_EPOCHS + 1))
+    assert (status(run_dir)["state"], status(run_dir)["requeue"]) == ("completed", False)
+    assert_same_weights(run_dir / "model.pt", expected)
+
+
+def test_scancel_ends_the_job_and_a_resubmission_resumes(lab: Lab, uninterrupted: Path):
+    work = lab.workdir("scancel")
+    run_dir = work / "runs" / "cancelled"
+    job, out = submit(lab, work, "cancelled")
+    wait_for_epoch(lab, job, run_dir)
+    lab.run(["scancel", job], timeout=15)
+    result = finished(lab, job, out, timeout=60)
+    assert (result.state, result.restarts) == ("CANCELLED", 0), result.info
+    time.sleep(3)  # a requeue (the bug) would show by now
+    assert lab.show(job)["JobState"] == "CANCELLED" and lab.show(job).get("Restarts") == "0"
+    st = status(run_dir)
+    assert (st["state"], st["reason"], st["signal"], st["requeue"]) == ("stopped", "signal", "SIGTERM", False), st
+    assert_whole_checkpoint(run_dir, st)
+
+    again, out = submit(lab, work, "cancelled")
+    result = finished(lab, again, out, timeout=180)
+    assert result.state == "COMPLETED", result.log
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)
+
+
+def test_scontrol_requeue_loses_nothing(lab: Lab, uninterrupted: Path):
+    """scontrol requeue: TERM to every task (and CONT/KILL after KillWait), then Slurm starts the job again."""
+    work = lab.workdir("requeue")
+    run_dir = work / "runs" / "requeued"
+    job, out = submit(lab, work, "requeued")
+    wait_for_epoch(lab, job, run_dir)
+    lab.run(["scontrol", "requeue", job], timeout=15)
+    result = finished(lab, job, out, timeout=240)
+    assert (result.state, result.restarts) == ("COMPLETED", 1), result.log
+    assert segments(result) == 2, result.log
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)
+
+
+def test_two_terms_half_a_second_apart_keep_the_checkpoint(lab: Lab):
+    """Copies of TERM arrive apart (Slurm's own, srun's, the CONT+TERM before the kill): the second must
+    not end a rank before the checkpoint is written."""
+    work = lab.workdir("two-terms")
+    run_dir = work / "runs" / "twice"
+    job, out = submit(lab, work, "twice")
+    wait_for_epoch(lab, job, run_dir)
+    for _ in range(2):
+        lab.run(["scancel", "--signal=TERM", job], timeout=15)  # to every task of the job's steps
+        time.sleep(0.5)
+    result = finished(lab, job, out, timeout=90)
+    st = status(run_dir)
+    assert (st["state"], st["reason"], st["signal"], st["requeue"]) == ("stopped", "signal", "SIGTERM", False), \
+        (st, result.log)
+    assert_whole_checkpoint(run_dir, st)
+    assert result.restarts == 0
+    assert "Terminated" not in result.log and "exit code 143" not in result.log, result.log
+
+
+def test_time_limit_kill_the_trainer_did_not_foresee(lab: Lab):
+    """No deadline known (train.job_deadline=false) and no warning: Slurm's TERM at the limit, then KILL
+    after KillWait. The ranks stop with a whole checkpoint within KillWait."""
+    work = lab.workdir("timeout")
+    run_dir = work / "runs" / "killed"
+    job, out = submit(lab, work, "killed", epochs=50, time_limit="00:01:00", extra="train.job_deadline=false")
+    result = finished(lab, job, out, timeout=200)
+    assert result.state == "TIMEOUT", result.info
+    st = status(run_dir)
+    assert st["state"] == "stopped" and st["epochs_done"] >= 1, (st, result.log)
+    assert_whole_checkpoint(run_dir, st)
