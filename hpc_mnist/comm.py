@@ -14,6 +14,7 @@ alpha-beta fit that `hpc_mnist.scaling_model` uses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import socket
@@ -93,6 +94,64 @@ def row(nbytes: int, seconds: float, ranks: int, what: str) -> dict[str, Any]:
             "busbw_gbs": algbw * bus_factor(ranks)}
 
 
+def _step_times(model_name: str, batch: int, device: torch.device, rounds: int, budget_s: float) -> dict[str, float]:
+    """A DDP training step, timed with its all-reduce (plain steps) and without it (`no_sync`), interleaved in
+    rounds so that a shared machine's drifting load hits both alike; medians of the slowest rank's means."""
+    from torch.nn import functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = build(ModelConfig(name=model_name)).to(device)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.SGD(ddp.parameters(), lr=1e-3)
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step(reduce: bool) -> None:
+        opt.zero_grad(set_to_none=True)
+        with contextlib.nullcontext() if reduce else ddp.no_sync():
+            F.cross_entropy(ddp(x), y).backward()
+        opt.step()
+
+    def timed(reduce: bool) -> float:
+        tdist.barrier()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(reduce)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        mean = torch.tensor([(time.perf_counter() - start) / steps], dtype=torch.float64, device=device)
+        tdist.all_reduce(mean, op=tdist.ReduceOp.MAX)
+        return float(mean)
+
+    steps = 1
+    for _ in range(3):  # warm-up; DDP rebuilds its buckets at the second step
+        step(True)
+    steps = int(min(20, max(2, budget_s / rounds / 2 / timed(True))))
+    compute, full = [], []
+    for _ in range(rounds):
+        compute.append(timed(False))
+        full.append(timed(True))
+    return {"compute_s": statistics.median(compute), "step_s": statistics.median(full)}
+
+
+def validate(models: list[str], batch: int, device: torch.device, ranks: int, net: scaling_model.Network,
+             rounds: int = 5, budget_s: float = 10.0) -> list[dict[str, Any]]:
+    """The scaling model's step time (measured compute + the fitted all-reduce) against the measured step."""
+    out = []
+    for name in models:
+        measured = _step_times(name, batch, device, rounds, budget_s)
+        model = build(ModelConfig(name=name))
+        p = scaling_model.predict(scaling_model.Compute(measured["compute_s"], 0.0), net,
+                                  4 * parameter_count(model), batch, ranks, scaling_model.ddp_buckets(model))
+        out.append({"model": name, "batch": batch, **measured, "allreduce_s": p["latency_s"] + p["bandwidth_s"],
+                    "predicted_step_s": p["step_s"], "predicted_overlap_step_s": p["step_overlap_s"],
+                    "error": p["step_s"] / measured["step_s"] - 1,
+                    "error_overlap": p["step_overlap_s"] / measured["step_s"] - 1})
+    return out
+
+
 def benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
     rt = dist.setup(DistConfig(timeout=args.timeout), args.device)
     try:
@@ -103,16 +162,17 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
                 for s in sweep_sizes(args.min_bytes, args.max_bytes)]
         rows += [row(s, time_allreduce(s, rt.device, rt.world_size, args.budget), rt.world_size, f"{name} gradients")
                  for name, s in gradient_bytes().items()]
+        net = scaling_model.fit([r for r in rows if r["what"] == "sweep"], rt.world_size)
+        checks = validate(args.validate, args.batch, rt.device, rt.world_size, net) if args.validate else []
         hosts = dist.all_gather_object(socket.gethostname())
     finally:
         dist.shutdown()
     if not rt.is_main:
         return None
-    net = scaling_model.fit([r for r in rows if r["what"] == "sweep"], rt.world_size)
     return {"ranks": rt.world_size, "hosts": len(set(hosts)), "ranks_per_host": rt.local_world_size,
             "backend": rt.backend, "device": rt.device.type, "threads_per_rank": rt.threads,
             "torch": torch.__version__, "python": platform.python_version(), "rows": rows,
-            "fit": scaling_model.network_dict(net), "reference": POLARIS_REFERENCE,
+            "fit": scaling_model.network_dict(net), "validation": checks, "reference": POLARIS_REFERENCE,
             "command": " ".join(["python -m hpc_mnist.comm", *sys.argv[1:]])}
 
 
@@ -142,6 +202,16 @@ def show(report: dict[str, Any]) -> None:
     fit = report["fit"]
     console.print(f"alpha-beta fit: latency {fit['alpha_s'] * 1e6:.1f} us, bus bandwidth {fit['busbw_gbs']:.3f} GB/s "
                   f"(t = alpha + bytes x 2(n-1)/n / busbw; largest error on the sweep {fit['max_rel_error']:.0%})")
+    if report.get("validation"):
+        check = Table(title="scaling model against measured DDP steps (interleaved, medians)")
+        for header in ("model", "batch/rank", "compute ms", "all-reduce ms (fit)", "predicted step ms",
+                       "with overlap ms", "measured step ms", "error", "error with overlap"):
+            check.add_column(header, justify="right")
+        for v in report["validation"]:
+            check.add_row(v["model"], str(v["batch"]), *(f"{v[k] * 1e3:.2f}" for k in (
+                "compute_s", "allreduce_s", "predicted_step_s", "predicted_overlap_step_s", "step_s")),
+                f"{v['error']:+.1%}", f"{v['error_overlap']:+.1%}")
+        console.print(check)
     console.print(f"reference: {report['reference']['system']}: 22 us tiny, 368 us at 4 MB, "
                   f"~{report['reference']['large_busbw_gbs']:.0f} GB/s bus bandwidth for large messages")
 
@@ -155,8 +225,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0.2, help="seconds of timed iterations per size (default: 0.2)")
     p.add_argument("--device", default="auto", help="as train.device (default: auto)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a collective may wait (default: 60)")
+    p.add_argument("--validate", type=lambda t: [m for m in t.split(",") if m], default=[],
+                   help="models (e.g. mlp,cnn) whose DDP step to time against the scaling model's prediction "
+                   "(default: none)")
+    p.add_argument("--batch", type=int, default=128, help="per-rank batch for --validate (default: 128)")
     p.add_argument("--json", type=Path, help="write the results as JSON (rank 0)")
     args = p.parse_args(argv)
+    if set(args.validate) - set(MODELS):
+        p.error(f"--validate takes models from {', '.join(MODELS)}")
     if not 1 <= args.min_bytes <= args.max_bytes:
         p.error("need 1 <= --min-bytes <= --max-bytes")
     return args
