@@ -24,7 +24,8 @@ def test_bus_bandwidth_factor_and_gradient_sizes():
 def test_allreduce_benchmark_on_two_ranks(tmp_path):
     out = tmp_path / "comm.json"
     result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "hpc_mnist.scaling", "comm",
-                             "--max-bytes", "4096", "--budget", "0.02", "--json", str(out)], capture_output=True,
+                             "--max-bytes", "4096", "--budget", "0.02", "--validate", "mlp", "--batch", "16",
+                             "--json", str(out)], capture_output=True,
                             text=True, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1", COLUMNS="160"), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
@@ -37,6 +38,11 @@ def test_allreduce_benchmark_on_two_ranks(tmp_path):
         assert r["algbw_gbs"] == pytest.approx(r["bytes"] / (r["time_us"] * 1e-6) / 1e9)
         assert r["busbw_gbs"] == pytest.approx(r["algbw_gbs"])  # 2(n-1)/n = 1 for two ranks
     assert report["fit"]["alpha_s"] >= 0 and report["fit"]["busbw"] > 0
+    [check] = report["validation"]
+    assert check["model"] == "mlp" and check["compute_s"] > 0 and check["step_s"] > 0
+    assert check["predicted_step_s"] == pytest.approx(check["compute_s"] + check["allreduce_s"])
+    assert check["predicted_overlap_step_s"] == pytest.approx(check["predicted_step_s"])  # one bucket
+    assert check["error"] == pytest.approx(check["predicted_step_s"] / check["step_s"] - 1)
     assert "Polaris" in result.stdout and "busbw GB/s" in result.stdout and "alpha-beta fit" in result.stdout
 
 
