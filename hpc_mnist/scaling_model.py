@@ -58,14 +58,8 @@ class Network:
         return self.latency_s(ranks) + self.bandwidth_s(nbytes, ranks)
 
 
-def fit(rows: list[dict[str, Any]], ranks: int) -> Network:
-    """Least-squares alpha and 1/busbw from measured (bytes, time_us) rows, weighted by 1/time so small and
-    large messages count alike (their times span four orders of magnitude)."""
-    if ranks < 2 or len(rows) < 2:
-        raise ValueError("an alpha-beta fit needs 2 or more ranks and 2 or more message sizes")
-    xs = [r["bytes"] * 2 * (ranks - 1) / ranks for r in rows]
-    ts = [r["time_us"] * 1e-6 for r in rows]
-    ws = [1 / t**2 for t in ts]
+def _weighted_line(xs: list[float], ts: list[float], ws: list[float]) -> tuple[float, float]:
+    """(alpha, slope) of t = alpha + slope x by weighted least squares."""
     points = list(zip(ws, xs, ts, strict=True))
     sw, sx, st = sum(ws), sum(w * x for w, x, _ in points), sum(w * t for w, _, t in points)
     sxx, sxt = sum(w * x * x for w, x, _ in points), sum(w * x * t for w, x, t in points)
@@ -73,6 +67,21 @@ def fit(rows: list[dict[str, Any]], ranks: int) -> Network:
     alpha = (st - slope * sx) / sw
     if alpha < 0:  # latency cannot be negative: refit the slope through the origin
         alpha, slope = 0.0, sxt / sxx
+    return alpha, slope
+
+
+def fit(rows: list[dict[str, Any]], ranks: int) -> Network:
+    """Alpha and 1/busbw from measured (bytes, time_us) rows, minimising the sum of relative errors (times span
+    four orders of magnitude; absolute, not squared, errors so that one size that caught a neighbour's burst
+    or a quiet moment on a shared machine does not drag the fit): iteratively reweighted least squares."""
+    if ranks < 2 or len(rows) < 2:
+        raise ValueError("an alpha-beta fit needs 2 or more ranks and 2 or more message sizes")
+    xs = [r["bytes"] * 2 * (ranks - 1) / ranks for r in rows]
+    ts = [r["time_us"] * 1e-6 for r in rows]
+    ws = [1 / t**2 for t in ts]
+    for _ in range(50):
+        alpha, slope = _weighted_line(xs, ts, ws)
+        ws = [1 / (t**2 * max(abs(alpha + slope * x - t) / t, 1e-4)) for x, t in zip(xs, ts, strict=True)]
     net = Network(alpha, 1 / slope, ranks)
     error = max(abs(net.allreduce_s(r["bytes"], ranks) - t) / t for r, t in zip(rows, ts, strict=True))
     return Network(alpha, 1 / slope, ranks, max_rel_error=error)

@@ -102,3 +102,12 @@ def test_ddp_buckets_match_what_ddp_builds():
             assert [int(b) for b in built.split(",")] == sm.ddp_buckets(build(ModelConfig(name=name)))
     finally:
         tdist.destroy_process_group()
+
+
+def test_fit_ignores_one_outlier():
+    alpha, busbw, n = 2e-3, 0.3e9, 2
+    rows = [{"bytes": s, "time_us": (alpha + s / busbw) * 1e6 * (1 + 0.02 * (-1) ** i)}
+            for i, s in enumerate(4 * 2**k for k in range(25))]
+    rows[0]["time_us"] = 300.0  # one size measured in a quiet moment
+    net = sm.fit(rows, n)
+    assert net.alpha_s == pytest.approx(alpha, rel=0.05) and net.busbw == pytest.approx(busbw, rel=0.05)
