@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import platform
+import shlex
 import socket
 import statistics
 import sys
@@ -173,7 +174,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
             "backend": rt.backend, "device": rt.device.type, "threads_per_rank": rt.threads,
             "torch": torch.__version__, "python": platform.python_version(), "rows": rows,
             "fit": scaling_model.network_dict(net), "validation": checks, "reference": POLARIS_REFERENCE,
-            "command": " ".join(["python -m hpc_mnist.comm", *sys.argv[1:]])}
+            "command": shlex.join(["python", "-m", "hpc_mnist.comm", *args.argv])}
 
 
 def _size(nbytes: int) -> str:
@@ -231,6 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=128, help="per-rank batch for --validate (default: 128)")
     p.add_argument("--json", type=Path, help="write the results as JSON (rank 0)")
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     if set(args.validate) - set(MODELS):
         p.error(f"--validate takes models from {', '.join(MODELS)}")
     if not 1 <= args.min_bytes <= args.max_bytes:

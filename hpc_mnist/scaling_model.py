@@ -187,9 +187,9 @@ def where_it_stops(rows: list[dict[str, Any]], nodes: list[int], threshold: floa
     for n, r in zip(nodes, rows, strict=True):
         if r["efficiency"] < threshold:
             term = "latency" if r["latency_s"] > r["bandwidth_s"] else "bandwidth"
-            return (f"{n} node(s) ({term}: {r[term + '_s'] * 1e6:.0f} us of all-reduce vs "
+            return (f"from {n} node(s) ({term}: {r[term + '_s'] * 1e6:.0f} us of all-reduce vs "
                     f"{r['compute_s'] * 1e6:.0f} us compute)")
-    return f"not within {nodes[-1]} nodes"
+    return f"never up to {nodes[-1]} nodes"
 
 
 def sweep(compute: Compute, net: Network, grad_bytes: int, batch: int, nodes: list[int],
@@ -241,7 +241,7 @@ def markdown(report: dict[str, Any], nodes_shown: list[int]) -> str:
         lines.append("")
         for b, data in entry["batches"].items():
             limit = data["global_batch_exceeds_data_at"]
-            lines.append(f"- batch {b}: efficiency below 0.9 at {data['below_90']}; below 0.5 at {data['below_50']}; "
+            lines.append(f"- batch {b}: efficiency below 0.9 {data['below_90']}; below 0.5 {data['below_50']}; "
                          + (f"the global batch exceeds the 48,000 training digits from {limit} nodes" if limit
                             else "the data lasts"))
         lines.append("")

@@ -56,7 +56,8 @@ def test_where_scaling_stops_names_the_term():
     nodes = [1, 2, 4, 8]
     rows = sm.sweep(sm.Compute(100e-6, 0.0), net, 1000, 1, nodes, 1)
     assert rows[0]["efficiency"] == 1.0 and rows[1]["efficiency"] == pytest.approx(0.5, rel=1e-3)
-    assert sm.where_it_stops(rows, nodes, 0.9).startswith("2 node(s) (latency: 100 us")
+    assert sm.where_it_stops(rows, nodes, 0.9).startswith("from 2 node(s) (latency: 100 us")
+    assert sm.where_it_stops(rows, nodes, 0.1) == "never up to 8 nodes"
 
 
 def test_annotate_measured_states_the_error():
