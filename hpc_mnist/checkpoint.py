@@ -1,13 +1,15 @@
 """Checkpoint files: written atomically, loaded with weights-only unpickling, the newest sound one found.
 
-Names sort in training order: `checkpoint-<epochs done>-<steps into the next epoch>.pt`, so a
-mid-epoch (preemption) checkpoint sorts after the epoch boundary before it.
+A name holds the training position, `checkpoint-<epochs done>-<steps into the next epoch>.pt`, and files
+are ordered by that position (never by time or by name), so a mid-epoch (stop) checkpoint comes after the
+epoch boundary before it. A run directory holds one run's checkpoints (see rundir.py).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,15 @@ def name(epochs_done: int, step: int) -> str:
     return f"checkpoint-{epochs_done:04d}-{step:06d}.pt"
 
 
+def position(path: Path) -> tuple[int, int]:
+    """(epochs done, steps into the next epoch) from a checkpoint's name."""
+    match = re.fullmatch(r"checkpoint-(\d+)-(\d+)\.pt", path.name)
+    return (int(match[1]), int(match[2])) if match else (-1, -1)
+
+
 def existing(run_dir: Path) -> list[Path]:
-    """Checkpoints in the run directory, oldest first."""
-    return sorted(run_dir.glob(PATTERN))
+    """Checkpoints in the run directory, earliest training position first."""
+    return sorted((p for p in run_dir.glob(PATTERN) if position(p) >= (0, 0)), key=position)
 
 
 def save(state: dict[str, Any], run_dir: Path, filename: str, keep: int) -> Path:
@@ -70,18 +78,13 @@ def load(path: Path) -> dict[str, Any]:
     return state
 
 
-def find(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
-    """The checkpoint to resume from (None: start fresh) and warnings about unusable newer ones."""
-    if resume == "never":
-        return None, []
-    if resume != "auto":
-        load(Path(resume))  # a named checkpoint must be usable: fail loudly rather than start over
-        return Path(resume), []
-    warnings = []
+def newest_sound(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The latest checkpoint that loads, and what was wrong with any later ones."""
+    problems = []
     for path in reversed(existing(run_dir)):
         try:
             load(path)
-            return path, warnings
+            return path, problems
         except UserError as e:
-            warnings.append(f"{e}; using an older checkpoint")
-    return None, warnings
+            problems.append(str(e))
+    return None, problems

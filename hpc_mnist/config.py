@@ -90,8 +90,13 @@ class TrainConfig:
         "auto", "auto: bf16 on GPUs that have it (else fp16), bf16 cnn on CPUs with native bf16, else fp32")
     checkpoint_every: int = opt(1, "epochs between checkpoints (0: only at the end and when stopped)", ge=0)
     keep_checkpoints: int = opt(3, "newest checkpoints kept in the run directory", ge=1)
-    resume: str = opt("auto", "auto: newest sound checkpoint in the run directory; never; or a checkpoint path")
-    time_limit: float = opt(0.0, "seconds; stop with a checkpoint before an epoch that would not fit (0: none)", ge=0)
+    resume: str = opt("auto", "auto: continue the run in the run directory if there is one; never: a new run "
+                               "only (refused where a run exists); or a checkpoint path to start a new run from")
+    time_limit: float = opt(0.0, "seconds after the process started at which to stop with a checkpoint (0: none)",
+                            ge=0)
+    deadline: float = opt(0.0, "unix time by which to have stopped with a checkpoint (0: none)", ge=0)
+    deadline_margin: float = opt(60.0, "seconds before train.deadline or the job's end time to stop", ge=0)
+    job_deadline: bool = opt(True, "read the batch job's end time from the scheduler (squeue/scontrol, qstat)")
 
 
 @dataclass
@@ -105,7 +110,7 @@ class DistConfig:
 @dataclass
 class LogConfig:
     dir: str = opt("runs", "parent folder of run directories")
-    name: str = opt("", "run directory name; empty: the batch job id, else <model>-<date>-<time>")
+    name: str = opt("", "run directory name; empty: the batch job id, else the config file's name, else the model")
     console: Literal["auto", "rich", "plain"] = opt(
         "auto", "auto: progress bars on a terminal, plain lines in job logs")
     tensorboard: bool = opt(True, "write TensorBoard event files into the run directory")

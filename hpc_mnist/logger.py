@@ -7,10 +7,7 @@ training loop never asks which rank it is on.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import fcntl
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +18,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hpc_mnist import config
-from hpc_mnist.config import Config, LogConfig
-from hpc_mnist.errors import UserError
+from hpc_mnist.config import LogConfig
 
 EPOCH_COLUMNS = [  # (key, header, width, format spec)
     ("epoch", "epoch", 5, "d"), ("train_loss", "train loss", 10, ".4f"), ("train_acc", "train acc", 9, ".2%"),
@@ -36,49 +31,6 @@ def make_console() -> Console:
     """A rich console; in job logs (not a terminal) wide enough never to wrap or truncate paths."""
     console = Console(highlight=False)
     return console if console.is_terminal else Console(highlight=False, width=200)
-
-
-def default_run_name(model_name: str) -> str:
-    """The batch job id when there is one (so job logs and run directories match), else torchrun's run id,
-    else model-date-time."""
-    job = os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")
-    if job:
-        array = os.environ.get("PBS_ARRAY_INDEX") or os.environ.get("SLURM_ARRAY_TASK_ID")
-        return job.split(".")[0] + (f"-{array}" if array else "")
-    elastic = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if elastic != "none":  # stable across torchrun's restarts, so they resume
-        return f"{model_name}-torchrun-{elastic[:12]}"
-    return f"{model_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-
-
-_LOCKS: list[int] = []  # lock files held for the life of the process
-
-
-def _lock(run_dir: Path) -> None:
-    """One run per directory at a time: a second one would interleave metrics and checkpoints."""
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UserError(f"run directory {run_dir} is in use by another run; wait for it to end or choose "
-                        "another log.name") from None
-    except OSError:
-        pass  # a file system without flock (some parallel file systems): run unlocked
-    _LOCKS.append(fd)
-
-
-def make_run_dir(cfg: Config) -> Path:
-    """Create and lock the run directory, and save the resolved configuration in it."""
-    run_dir = Path(cfg.log.dir) / (cfg.log.name or default_run_name(cfg.model.name))
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _lock(run_dir)
-        config.save(cfg, run_dir / "config.yaml")
-    except OSError as e:
-        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}; "
-                        "set log.dir to a writable folder") from None
-    return run_dir
 
 
 def failure_grid(images: torch.Tensor, predicted: torch.Tensor, true: torch.Tensor, columns: int = 6) -> torch.Tensor:
@@ -124,9 +76,12 @@ class RunLogger:
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=epochs_done + 1 if epochs_done else None)
         self._header_printed = False
 
-    def start(self, facts: dict[str, Any], notes: list[str] = ()) -> None:
+    def start(self, headline: str, facts: dict[str, Any], notes: list[str] = ()) -> None:
+        """The first line says what this command does with its run (starts, continues: from where, what
+        changed); then the facts of the run."""
         if not self.enabled:
             return
+        self.console.print(f"hpc_mnist: {headline}", soft_wrap=True)
         grid = Table.grid(padding=(0, 2))
         for key, value in facts.items():
             grid.add_row(f"[bold]{key}[/]", str(value))
@@ -169,7 +124,8 @@ class RunLogger:
         if not self.enabled:
             return
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        self.console.print(f"[yellow]stopped[/] ({summary['reason']}) after {summary['epochs_done']} epoch(s) and "
+        why = summary["signal"] or summary["reason"]
+        self.console.print(f"[yellow]stopped[/] ({why}) after {summary['epochs_done']} epoch(s) and "
                            f"{summary['step']} step(s): checkpoint {summary['checkpoint']}; run the same command again "
                            "to continue", soft_wrap=True)
         if self.writer:

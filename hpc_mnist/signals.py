@@ -1,30 +1,41 @@
-"""Stop requests from the scheduler: SIGTERM (walltime, preemption), SIGINT (Ctrl-C), SIGUSR1 (Slurm's
-early warning from `--signal=B:USR1@120`).
+"""Stop requests: SIGTERM (scancel, walltime, preemption), SIGINT (Ctrl-C), SIGUSR1 (a scheduler's warning).
 
-The handler only records the first signal; the training loop polls it, agrees with the other ranks
-(a signal may reach only one of them) and stops at the same step everywhere, after a checkpoint. A
-second signal ends the process at once: checkpoints are written atomically, so the last one stays whole.
+The handler only records the first request; the training loop polls it, agrees with the other ranks (a
+signal may reach only one of them), stops at the same step everywhere and writes a checkpoint. Copies
+that arrive while that stop is under way are absorbed: a scheduler signals every task and launchers
+forward the signal again (srun, torchrun's agent turning Ctrl-C into SIGTERM), and none of those copies
+may cost the checkpoint. Only a deliberate second Ctrl-C, some seconds after the first, aborts at once;
+checkpoints are written atomically, so the last one stays whole.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early with a checkpoint written; run again to continue
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint written; run the same command again to continue
+EXIT_ABORTED = 128 + signal.SIGINT  # a second Ctrl-C: stop now, as a shell would report it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+ABORT_AFTER = 3.0  # seconds: a Ctrl-C this long after the first request is deliberate, not a copy
 
 
 class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None  # the first signal this process received
         self.agreed = 0  # the signal all ranks agreed to stop for (it may have reached another rank)
+        self._first_at = 0.0
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is not None:
-            os._exit(128 + signum)
-        self.signum = signum
+        now = time.monotonic()
+        if self.signum is None:
+            self.signum, self._first_at = signum, now
+        elif signum == signal.SIGINT and now - self._first_at >= ABORT_AFTER:
+            print("hpc_mnist: second Ctrl-C: stopping now; the last checkpoint written is intact", file=sys.stderr,
+                  flush=True)
+            os._exit(EXIT_ABORTED)
 
     def __enter__(self) -> StopRequest:
         for sig in STOP_SIGNALS:
@@ -35,5 +46,5 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def reason(self) -> str:
-        return signal.Signals(self.agreed).name if self.agreed else "time limit"
+    def name(self) -> str | None:
+        return signal.Signals(self.agreed).name if self.agreed else None

@@ -1,0 +1,115 @@
+"""When training must stop: known from the start, so that start-up costs count and the stop is planned.
+
+Sources, earliest wins: `train.time_limit` seconds after this process started (not after imports and
+data loading), `train.deadline` (unix time), and the batch job's end time read from the scheduler
+(Slurm: squeue/scontrol; PBS: qstat start time + walltime). Absolute end times are met early by
+`train.deadline_margin`, enough to write a checkpoint before the scheduler's kill.
+A scheduler's warning signal stays a fallback: a batch shell that gets one touches $HPC_MNIST_STOP_FILE.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpc_mnist.config import TrainConfig
+
+STOP_FILE_VAR = "HPC_MNIST_STOP_FILE"
+
+
+def process_start_time() -> float:
+    """Unix time at which this process started (from /proc where there is one)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=15).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _local_time(text: str) -> float | None:
+    try:
+        return datetime.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        return None
+
+
+def slurm_end_time(job_id: str) -> float | None:
+    """The job's EndTime (Slurm prints local time, e.g. 2026-11-23T12:30:00)."""
+    end = _local_time(_run(["squeue", "-h", "-j", job_id, "-o", "%e"]))
+    if end is None:
+        match = re.search(r"EndTime=(\S+)", _run(["scontrol", "show", "job", job_id]))
+        end = _local_time(match[1]) if match else None
+    return end
+
+
+def pbs_end_time(job_id: str) -> float | None:
+    """Start time + walltime from `qstat -f`."""
+    out = _run(["qstat", "-f", job_id])
+    start = re.search(r"^\s*stime = (.+)$", out, re.M)
+    walltime = re.search(r"^\s*Resource_List\.walltime = (\d+):(\d+):(\d+)", out, re.M)
+    if not (start and walltime):
+        return None
+    try:
+        started = datetime.datetime.strptime(start[1].strip(), "%a %b %d %H:%M:%S %Y").timestamp()
+    except ValueError:
+        return None
+    hours, minutes, seconds = (int(x) for x in walltime.groups())
+    return started + hours * 3600 + minutes * 60 + seconds
+
+
+def job_end_time() -> tuple[float | None, str]:
+    if os.environ.get("SLURM_JOB_ID"):
+        return slurm_end_time(os.environ["SLURM_JOB_ID"]), "the Slurm job's end time"
+    if os.environ.get("PBS_JOBID"):
+        return pbs_end_time(os.environ["PBS_JOBID"]), "the PBS job's walltime"
+    return None, ""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The unix time at which to stop with a checkpoint (None: no deadline), and what set it."""
+
+    stop_at: float | None
+    source: str = ""
+
+    def reached(self) -> bool:
+        if self.stop_at is not None and time.time() >= self.stop_at:
+            return True
+        stop_file = os.environ.get(STOP_FILE_VAR)
+        return bool(stop_file) and os.path.exists(stop_file)
+
+    def describe(self) -> str:
+        if self.stop_at is None:
+            return "none"
+        at = datetime.datetime.fromtimestamp(self.stop_at).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{at} ({self.source}, in {self.stop_at - time.time():,.0f} s)"
+
+
+def resolve(cfg: TrainConfig, ask_scheduler: bool = True) -> Deadline:
+    """The earliest of the configured limits and the job's end time (less the margin)."""
+    candidates = []
+    if cfg.time_limit:
+        candidates.append((process_start_time() + cfg.time_limit, f"train.time_limit={cfg.time_limit:g}"))
+    if cfg.deadline:
+        candidates.append((cfg.deadline - cfg.deadline_margin, "train.deadline less train.deadline_margin"))
+    if ask_scheduler and cfg.job_deadline:
+        end, source = job_end_time()
+        if end is not None:
+            candidates.append((end - cfg.deadline_margin, f"{source} less train.deadline_margin"))
+    if not candidates:
+        return Deadline(None)
+    return Deadline(*min(candidates))

@@ -1,0 +1,179 @@
+"""The run directory: what names a run, what a directory holds, and what a rerun does with it.
+
+1. A run is named by `log.name`; else by the batch job id (a requeued job finds its run again); else by
+   the config file's name; else by the model's. So the same command, run again, meets the same run.
+2. A directory holds one run: config.yaml (what ran last), one lineage of checkpoints ordered by
+   training position, metrics.jsonl, TensorBoard files, summary.json and status.json (why it ended).
+3. Meeting its run, a command continues it (`train.resume=auto`): changed settings apply from the
+   checkpoint on and are named on the first line; a change that would make it another run (model,
+   data, optimizer, seed) is refused in one line. A finished run is reported, not trained again.
+4. `train.resume=never` or a checkpoint path never mixes two runs: refused where a run exists.
+5. Nothing is written before the run has started: a failed start leaves no directory behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpc_mnist import checkpoint, config
+from hpc_mnist.config import Config
+from hpc_mnist.errors import UserError
+
+STATUS_FILE_VAR = "HPC_MNIST_STATUS_FILE"  # a copy of status.json where a job script can find it
+# Settings that may change between segments of one run without making it another run.
+FREE_SECTIONS = ("train", "dist", "log")
+FREE_KEYS = {"data.root", "data.download", "data.resident"}
+REFUSED_KEYS = {"optim.name", "train.seed"}
+# Bookkeeping that differs between segments on purpose (a job script sets the time limit per job): not reported.
+SILENT_KEYS = {"train.resume", "train.time_limit", "train.deadline", "train.deadline_margin", "train.job_deadline",
+               "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size"}
+
+
+def default_name(cfg: Config, config_file: str | None) -> str:
+    job = os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        array = os.environ.get("PBS_ARRAY_INDEX") or os.environ.get("SLURM_ARRAY_TASK_ID")
+        return job.split(".")[0] + (f"-{array}" if array else "")
+    if config_file:
+        return Path(config_file).stem
+    return cfg.model.name
+
+
+def path_for(cfg: Config, config_file: str | None = None) -> Path:
+    return Path(cfg.log.dir) / (cfg.log.name or default_name(cfg, config_file))
+
+
+def _flat(d: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in d.items() for key, value in values.items()}
+
+
+def compare(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(refused, changed): settings that differ, as 'key: old -> new', split by whether a run may change them."""
+    old_flat, new_flat = _flat(old), _flat(new)
+    refused, changed = [], []
+    for key, value in new_flat.items():
+        before = old_flat.get(key, value)
+        if before == value or key.startswith(("log.", "dist.")) or key in SILENT_KEYS:
+            continue
+        line = f"{key}: {before!r} -> {value!r}"
+        free = key.split(".")[0] in FREE_SECTIONS or key.startswith("optim.") or key in FREE_KEYS
+        (refused if key in REFUSED_KEYS or not free else changed).append(line)
+    return refused, changed
+
+
+@dataclass
+class Plan:
+    """What this command does with its run directory."""
+
+    action: str  # new | continue | finished
+    checkpoint: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    status: dict[str, Any] | None = None  # the run's last status (finished runs)
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def plan(cfg: Config, run_dir: Path) -> Plan:
+    """Decide, without writing anything, whether this command starts, continues or has finished its run."""
+    if not run_dir.is_dir():
+        if cfg.train.resume not in ("auto", "never"):
+            checkpoint.load(Path(cfg.train.resume))  # a named checkpoint must be usable
+            return Plan("new", Path(cfg.train.resume), [f"starting {run_dir} from {cfg.train.resume}"])
+        return Plan("new", None, [f"starting a new run in {run_dir}"])
+    saved = checkpoint.existing(run_dir)
+    status = read_status(run_dir)
+    if not saved and status is None:
+        return Plan("new", None, [f"starting a new run in {run_dir}"])
+    where = f"run directory {run_dir} already holds a run"
+    if cfg.train.resume != "auto":
+        raise UserError(f"{where}; train.resume={cfg.train.resume} would mix two runs there: choose another "
+                        "log.name for a new run, or drop train.resume to continue this one")
+    path, problems = checkpoint.newest_sound(run_dir)
+    if path is None:
+        found = "; ".join(problems) if problems else "no checkpoint"
+        raise UserError(f"{where} but none of its checkpoints is usable ({found}): choose another log.name for "
+                        "a new run, or remove the run directory")
+    old = checkpoint.load(path)["config"]
+    refused, changed = compare(old, cfg.to_dict())
+    if refused:
+        raise UserError(f"{where} with other settings ({'; '.join(refused)}): choose another log.name for a new "
+                        "run, or undo the change to continue this one")
+    done = checkpoint.position(path)
+    if done[0] > cfg.train.epochs:
+        raise UserError(f"{where} with {done[0]} epochs done, more than train.epochs={cfg.train.epochs}: choose "
+                        "another log.name for a new run")
+    notes = [f"{p}; using an older checkpoint" for p in problems]
+    if status and status.get("state") == "completed" and done == (cfg.train.epochs, 0):
+        if changed:
+            notes.append(f"changed settings ({'; '.join(changed)}) would apply only to further epochs: raise "
+                         "train.epochs to continue with them")
+        return Plan("finished", path, notes, status)
+    at = f"{done[0]} epoch(s) done" + (f", step {done[1]} of epoch {done[0] + 1}" if done[1] else "")
+    notes.insert(0, f"continuing {run_dir} from {path.name} ({at})"
+                 + (f"; changed: {'; '.join(changed)}" if changed else ""))
+    return Plan("continue", path, notes)
+
+
+_LOCKS: list[int] = []  # lock files held for the life of the process
+
+
+def _lock(run_dir: Path) -> None:
+    """One process tree per run directory at a time: two would interleave metrics and checkpoints."""
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"run directory {run_dir} is in use by another run; wait for it to end or choose "
+                        "another log.name") from None
+    except OSError:
+        pass  # a file system without flock (some parallel file systems): run unlocked
+    _LOCKS.append(fd)
+
+
+def open_run(cfg: Config, run_dir: Path) -> None:
+    """Create (or reopen) and lock the run directory, and record the configuration that runs now."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _lock(run_dir)
+        for stale in run_dir.glob(".checkpoint-*.tmp"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
+        config.save(cfg, run_dir / "config.yaml")
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}; "
+                        "set log.dir to a writable folder") from None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically: a reader (a job script deciding whether to requeue) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_status(run_dir: Path, state: str, *, reason: str | None = None, signal: str | None = None,
+                 exit_code: int = 0, **facts: Any) -> dict[str, Any]:
+    """Why the run ended (or that it is running): completed | stopped | failed | running.
+
+    `requeue` is true only after a deadline stop, so job scripts requeue then and never after a cancel.
+    """
+    status = {"state": state, "reason": reason, "signal": signal, "requeue": state == "stopped" and
+              reason == "deadline", "exit_code": exit_code, "run_dir": str(run_dir), **facts}
+    write_json(run_dir / "status.json", status)
+    copy = os.environ.get(STATUS_FILE_VAR)
+    if copy:
+        try:
+            write_json(Path(copy), status)
+        except OSError:
+            pass  # the run directory's copy is the record; the job script then finds no status file
+    return status

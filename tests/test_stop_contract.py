@@ -1,0 +1,253 @@
+"""The stop contract and the run-directory model, with real processes: duplicate signals, deadlines, status
+files, reruns that continue / finish / refuse, and exact resume under every change a user makes."""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_resume import BASE, TORCHRUN, assert_same_run, ok, popen, wait_for_rows, worker_pids
+
+from conftest import REPO, read_jsonl, run_train
+from hpc_mnist import checkpoint, config
+
+SMALL = [*BASE, "data.synthetic_train=1000", "train.epochs=2"]  # 25 steps of 32 per epoch on one process
+
+
+def torchrun(n: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def stop_file(tmp_path: Path) -> dict[str, str]:
+    """An existing stop file: the ranks stop for the deadline at their first check (step 16 of epoch 1)."""
+    path = tmp_path / "stop-now"
+    path.touch()
+    return {"HPC_MNIST_STOP_FILE": str(path)}
+
+
+def lrs(run_dir: Path) -> list[float]:
+    return [row["lr"] for row in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+# --- duplicate signals: one whole checkpoint, whatever the order of the copies ---
+
+@pytest.mark.parametrize("first,second", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM),
+                                          (signal.SIGUSR1, signal.SIGTERM)])
+def test_copies_of_a_stop_signal_half_a_second_apart_still_give_one_whole_checkpoint(tmp_path, first, second):
+    proc = popen([*BASE, "train.epochs=6", f"log.dir={tmp_path}", "log.name=r"], [sys.executable])
+    wait_for_rows(tmp_path / "r", 1, proc)
+    proc.send_signal(first)
+    time.sleep(0.5)
+    proc.send_signal(second)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    assert "Traceback" not in err
+    st = status(tmp_path / "r")
+    assert (st["state"], st["reason"], st["signal"], st["requeue"]) == (
+        "stopped", "signal", signal.Signals(first).name, False)
+    assert checkpoint.load(Path(st["checkpoint"]))["epochs_done"] >= 1
+    assert not list((tmp_path / "r").glob(".*.tmp"))
+
+
+def test_ctrl_c_under_torchrun_is_int_then_term_and_stops_cleanly(tmp_path):
+    proc = popen([*BASE, "train.epochs=6", f"log.dir={tmp_path}", "log.name=r"], TORCHRUN)
+    wait_for_rows(tmp_path / "r", 1, proc)
+    for pid in worker_pids(proc.pid).values():  # the terminal's SIGINT reaches every worker ...
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.3)
+    for pid in worker_pids(proc.pid).values():  # ... and the agent forwards SIGTERM
+        os.kill(pid, signal.SIGTERM)
+    proc.communicate(timeout=120)
+    st = status(tmp_path / "r")
+    assert (st["state"], st["signal"]) == ("stopped", "SIGINT")
+    assert checkpoint.load(Path(st["checkpoint"]))["epochs_done"] >= 1
+
+
+def test_a_deliberate_second_ctrl_c_aborts_at_once_in_one_line(tmp_path):
+    """A long validation (2,700 digits one at a time) holds the clean stop back until the next training step;
+    SIGSTOP keeps it there while the clock runs, so that the second Ctrl-C comes 3.5 s after the first."""
+    proc = popen([*BASE, "train.epochs=6", "data.synthetic_train=3000", "data.val_fraction=0.9",
+                  "train.eval_batch_size=1", f"log.dir={tmp_path}", "log.name=r"], [sys.executable])
+    wait_for_rows(tmp_path / "r", 1, proc)
+    time.sleep(0.3)  # epoch 2 trains for ~0.1 s, then validates for seconds
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(3.5)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("hpc_mnist: second Ctrl-C: stopping now")
+    assert "Traceback" not in err
+    assert checkpoint.load(checkpoint.existing(tmp_path / "r")[-1])["epochs_done"] >= 1
+
+
+# --- deadlines ---
+
+def test_time_limit_counts_from_process_start_and_stops_mid_epoch(tmp_path):
+    """Importing torch alone takes longer than 1 s here: a 1 s limit is met at the first check."""
+    result = run_train([*SMALL, "train.time_limit=1", f"log.dir={tmp_path}", "log.name=r"])
+    assert result.returncode == 75, result.stderr
+    st = status(tmp_path / "r")
+    assert (st["state"], st["reason"], st["requeue"], st["epochs_done"], st["step"]) == (
+        "stopped", "deadline", True, 0, 16)
+
+
+def test_stop_file_is_a_deadline_stop_and_resume_is_exact(tmp_path):
+    ok(run_train([*SMALL, f"log.dir={tmp_path}", "log.name=straight"]))
+    result = run_train([*SMALL, f"log.dir={tmp_path}", "log.name=r"], env=stop_file(tmp_path))
+    assert result.returncode == 75
+    assert (status(tmp_path / "r")["reason"], status(tmp_path / "r")["step"]) == ("deadline", 16)
+    ok(run_train([*SMALL, f"log.dir={tmp_path}", "log.name=r"]))
+    assert_same_run(tmp_path / "straight", tmp_path / "r")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["segments"] == 2 and summary["train_time_s"] <= summary["wall_time_s"]
+
+
+def test_status_file_copy_for_job_scripts(tmp_path):
+    copy = tmp_path / "job-status.json"
+    ok(run_train([*SMALL, "train.epochs=1", f"log.dir={tmp_path}", "log.name=r"],
+                 env={"HPC_MNIST_STATUS_FILE": str(copy)}))
+    assert json.loads(copy.read_text()) == status(tmp_path / "r")
+    assert status(tmp_path / "r")["state"] == "completed"
+
+
+# --- exact at any world size, mid-epoch stops included ---
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_mid_epoch_stop_and_resume_is_bit_exact(tmp_path, ranks):
+    args = [*SMALL, "data.synthetic_train=2000", "train.batch_size=16", "train.checkpoint_every=0",
+            f"log.dir={tmp_path}"]
+    ok(run_train([*args, "log.name=straight"], launcher=torchrun(ranks), timeout=400))
+    result = run_train([*args, "log.name=r"], launcher=torchrun(ranks), env=stop_file(tmp_path), timeout=400)
+    assert status(tmp_path / "r")["step"] == 16, result.stderr[-2000:]
+    ok(run_train([*args, "log.name=r"], launcher=torchrun(ranks), timeout=400))
+    assert_same_run(tmp_path / "straight", tmp_path / "r")
+
+
+# --- the run-directory model ---
+
+def test_rerunning_the_same_command_continues_the_same_run(tmp_path):
+    """No log.name: the run is named after the config file, so the same command finds it again."""
+    args = [*SMALL, f"log.dir={tmp_path}"]
+    ok(run_train([*args, "log.name=straight"]))
+    assert run_train(args, env=stop_file(tmp_path)).returncode == 75
+    result = ok(run_train(args))
+    assert result.stdout.startswith("hpc_mnist: continuing")
+    assert_same_run(tmp_path / "straight", tmp_path / "smoke")
+    again = ok(run_train(args))
+    assert again.stdout.startswith(f"hpc_mnist: run {tmp_path / 'smoke'} finished already")
+    assert len(read_jsonl(tmp_path / "smoke" / "metrics.jsonl")) == 2  # nothing trained again
+
+
+def test_resume_never_into_a_used_directory_is_refused_and_keeps_the_old_run(tmp_path):
+    ok(run_train([*SMALL, "train.epochs=3", f"log.dir={tmp_path}", "log.name=r"]))
+    before = sorted(p.name for p in (tmp_path / "r").iterdir())
+    result = run_train([*SMALL, "train.resume=never", f"log.dir={tmp_path}", "log.name=r"])
+    assert result.returncode == 2
+    assert "already holds a run; train.resume=never would mix two runs there" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before
+    assert checkpoint.load(checkpoint.existing(tmp_path / "r")[-1])["epochs_done"] == 3
+
+
+def test_rerun_of_a_finished_run_changes_nothing(tmp_path):
+    ok(run_train([*SMALL, "train.epochs=1", f"log.dir={tmp_path}", "log.name=r"], launcher=TORCHRUN))
+    summary = (tmp_path / "r" / "summary.json").read_text()
+    result = ok(run_train(["--config", str(tmp_path / "r" / "config.yaml")]))
+    assert "finished already" in result.stdout.splitlines()[0]
+    assert (tmp_path / "r" / "summary.json").read_text() == summary
+
+
+def test_every_checkpoint_corrupt_is_refused_not_silently_restarted(tmp_path):
+    ok(run_train([*SMALL, f"log.dir={tmp_path}", "log.name=r"]))
+    for path in checkpoint.existing(tmp_path / "r"):
+        path.write_bytes(b"junk")
+    result = run_train([*SMALL, "train.epochs=3", f"log.dir={tmp_path}", "log.name=r"])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "none of its checkpoints is usable" in result.stderr
+
+
+def test_failed_start_leaves_no_run_directory(tmp_path):
+    result = run_train([*SMALL, "data.name=mnist", f"data.root={tmp_path / 'nowhere'}", f"log.dir={tmp_path / 'runs'}"])
+    assert result.returncode == 2
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
+
+
+# --- resume under every change: continue with the new setting from the checkpoint, or refuse in one line ---
+
+CHANGES = [  # (words for the second command, expected: "continue" + text on the first line, or "refuse" + text)
+    (["train.epochs=3"], "continue", "train.epochs: 2 -> 3"),
+    (["optim.scheduler=cosine"], "continue", "optim.scheduler: 'none' -> 'cosine'"),
+    (["optim.lr=5e-4"], "continue", "optim.lr: 0.001 -> 0.0005"),
+    (["train.precision=bf16"], "continue", "train.precision: 'fp32' -> 'bf16'"),
+    (["train.batch_size=16"], "continue", "global batch 32 -> 16"),
+    (["model.name=mlp"], "refuse", "model.name: 'cnn' -> 'mlp'"),
+    (["optim.name=sgd"], "refuse", "optim.name: 'adam' -> 'sgd'"),
+    (["train.seed=1"], "refuse", "train.seed: 0 -> 1"),
+    (["train.resume=never"], "refuse", "train.resume=never would mix two runs"),
+]
+
+
+@pytest.mark.parametrize("words,outcome,text", CHANGES, ids=[" ".join(c[0]) for c in CHANGES])
+def test_resume_table_after_a_mid_epoch_stop(tmp_path, words, outcome, text):
+    args = [*SMALL, f"log.dir={tmp_path}", "log.name=r"]
+    assert run_train(args, env=stop_file(tmp_path)).returncode == 75
+    result = run_train([*args, *words])
+    if outcome == "refuse":
+        assert result.returncode == 2 and text in result.stderr and result.stderr.count("\n") == 1
+        return
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert text in result.stdout.replace("\n", " ")
+    assert result.stdout.startswith("hpc_mnist: continuing")
+    saved = config.build(str(tmp_path / "r" / "config.yaml"))
+    assert saved == config.build(str(REPO / "configs" / "smoke.yaml"), [*args[2:], *words])
+
+
+def test_more_epochs_rebuilds_the_one_cycle_schedule(tmp_path):
+    args = [*SMALL, "optim.scheduler=onecycle", f"log.dir={tmp_path}", "log.name=r"]
+    ok(run_train(args))
+    ok(run_train([*args, "train.epochs=3"]))  # used to fail: "Tried to step 51 times"
+    ok(run_train([*SMALL, "optim.scheduler=onecycle", "train.epochs=3", f"log.dir={tmp_path}", "log.name=s"]))
+    assert lrs(tmp_path / "r")[2] == pytest.approx(lrs(tmp_path / "s")[2])  # epoch 3 on the 3-epoch schedule
+
+
+def test_cosine_continues_downward_with_more_epochs(tmp_path):
+    args = [*SMALL, "optim.scheduler=cosine", f"log.dir={tmp_path}", "log.name=r"]
+    ok(run_train(args))
+    ok(run_train([*args, "train.epochs=4"]))
+    ok(run_train([*SMALL, "optim.scheduler=cosine", "train.epochs=4", f"log.dir={tmp_path}", "log.name=s"]))
+    assert lrs(tmp_path / "r")[2:] == pytest.approx(lrs(tmp_path / "s")[2:])
+
+
+def test_changed_lr_is_the_lr_that_trains(tmp_path):
+    args = [*SMALL, f"log.dir={tmp_path}", "log.name=r"]
+    assert run_train(args, env=stop_file(tmp_path)).returncode == 75
+    ok(run_train([*args, "optim.lr=5e-4"]))
+    assert lrs(tmp_path / "r") == [5e-4, 5e-4]
+    assert "lr: 0.0005" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+def test_scale_lr_is_reapplied_at_another_world_size(tmp_path):
+    args = [*SMALL, "optim.scale_lr=true", f"log.dir={tmp_path}", "log.name=r"]
+    ok(run_train(args))
+    result = ok(run_train([*args, "train.epochs=3"], launcher=TORCHRUN))
+    assert lrs(tmp_path / "r") == [1e-3, 1e-3, 2e-3]
+    assert "world size 1 -> 2" in result.stdout.replace("\n", " ")
+
+
+def test_world_size_change_is_deterministic(tmp_path):
+    for name in ("a", "b"):
+        args = [*SMALL, f"log.dir={tmp_path}", f"log.name={name}"]
+        assert run_train(args, env=stop_file(tmp_path)).returncode == 75
+        ok(run_train([*args, "train.epochs=3"], launcher=TORCHRUN))
+    wa, wb = (torch.load(tmp_path / n / "model.pt") for n in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
