@@ -389,6 +389,12 @@ def diagnose(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     """Run on every rank; rank 0 returns the report. Exit code 0 healthy, 1 otherwise."""
     place = dist.detect(args.init)
     if place.launcher == "mpi":
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            raise Failure("mpi4py: an MPI launch was detected (rank variables of mpiexec/PALS/PMI) but mpi4py "
+                          "cannot be imported, and the trainer needs it there: load the site's mpi4py, or launch "
+                          "with torchrun") from None
         place = dist._mpi_rendezvous(place)  # noqa: SLF001 - mpi4py's numbers and rank 0's address
     elif place.launcher == "slurm" and place.world_size > 1:
         dist._slurm_rendezvous()  # noqa: SLF001

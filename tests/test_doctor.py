@@ -183,3 +183,15 @@ def test_nccl_transport():
 
 def test_cpu_ranges():
     assert doctor.cpu_ranges([5, 0, 1, 2, 8, 9]) == "0-2,5,8-9"
+
+
+def test_an_mpi_launch_without_mpi4py_fails_in_one_line(tmp_path):
+    shim = tmp_path / "mpi4py"
+    shim.mkdir()
+    (shim / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = clean_env(PMI_RANK="0", PMI_SIZE="2", OMP_NUM_THREADS="1", PYTHONPATH=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "hpc_mnist.doctor", "--timeout", "2"], capture_output=True,
+                            text=True, cwd=REPO, env=env, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("hpc_mnist.doctor: FAIL mpi4py: an MPI launch was detected")
+    assert result.stderr.count("\n") == 1
