@@ -115,6 +115,9 @@ class LogConfig:
         "auto", "auto: progress bars on a terminal, plain lines in job logs")
     tensorboard: bool = opt(True, "write TensorBoard event files into the run directory")
     failures: int = opt(36, "misclassified test digits shown in TensorBoard", ge=0)
+    timing: bool = opt(True, "per-rank step timing (data, forward, backward, waiting, optimizer) in metrics.jsonl")
+    straggler_margin: float = opt(0.25, "a rank whose own work exceeds the others' median by this fraction is "
+                                  "named a straggler", gt=0)
 
 
 @dataclass

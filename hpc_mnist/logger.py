@@ -109,6 +109,10 @@ class RunLogger:
             self.console.print("  ".join(f"{head:>{width}}" for _, head, width, _ in EPOCH_COLUMNS), style="bold")
             self._header_printed = True
         self.console.print("  ".join(f"{row[key]:>{width}{spec}}" for key, _, width, spec in EPOCH_COLUMNS))
+        for s in row.get("stragglers", []):
+            self.console.print(f"[yellow]straggler:[/] rank {s['rank']} on {s['host']}: own work {s['own_s']:.2f} s "
+                               f"in epoch {row['epoch']}, the other ranks' median {s['others_median_s']:.2f} s",
+                               soft_wrap=True)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer:
@@ -117,6 +121,8 @@ class RunLogger:
                              ("accuracy/val", "val_acc"), ("lr", "lr"), ("throughput/samples_per_s", "samples_per_s"),
                              ("time/epoch_s", "epoch_time_s")]:
                 self.writer.add_scalar(tag, row[key], step)
+            for key in [k for k in row if k.endswith("_s_median") or k in ("own_s_max", "wait_s_max")]:
+                self.writer.add_scalar(f"timing/{key}", row[key], step)
             self.writer.flush()
 
     def stopped(self, summary: dict[str, Any]) -> None:

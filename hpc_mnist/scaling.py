@@ -37,7 +37,8 @@ from hpc_mnist.logger import make_console
 COLUMNS = [  # (key, header)
     ("nodes", "nodes"), ("ranks", "ranks"), ("global_batch", "global batch"), ("samples_per_s", "samples/s"),
     ("speedup", "speedup"), ("efficiency", "efficiency"), ("epoch_time_s", "epoch time s"),
-    ("time_to_target_s", "time to target s"), ("test_acc", "test accuracy"), ("status", "status"),
+    ("time_to_target_s", "time to target s"), ("test_acc", "test accuracy"), ("stragglers", "stragglers"),
+    ("status", "status"),
 ]
 PREDICTED = [("predicted_samples_per_s", "predicted samples/s"),
              ("predicted_overlap_samples_per_s", "predicted with overlap"), ("model_error", "model error")]
@@ -273,7 +274,8 @@ def collect(paths: list[Path], target: float) -> tuple[list[dict[str, Any]], str
         epoch_time, reached = _epoch_metrics(run_dir, target)
         rows.append({**row, "status": "ok", "global_batch": summary["global_batch"],
                      "samples_per_s": summary["samples_per_s"], "epoch_time_s": epoch_time,
-                     "time_to_target_s": reached, "test_acc": summary["test_acc"]})
+                     "time_to_target_s": reached, "test_acc": summary["test_acc"],
+                     "stragglers": sorted(summary.get("stragglers", {}))})
     return rows, mode
 
 
@@ -299,6 +301,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[key] = statistics.median(r[key] for r in ok)
         times = [r["time_to_target_s"] for r in ok if r["time_to_target_s"] is not None]
         entry["time_to_target_s"] = statistics.median(times) if len(times) == len(ok) else None
+        named = sorted({name for r in ok for name in r.get("stragglers", [])})  # per-rank timing (timing.py)
+        entry["stragglers"] = ", ".join(named) or "none"
         table.append(entry)
     base = next((e for e in table if "samples_per_s" in e), None)
     for e in table:

@@ -12,6 +12,7 @@ Ctrl-C stopped it at once. torchrun reports any of these but 0 as 1.
 from __future__ import annotations
 
 import math
+import socket
 import sys
 import time
 import warnings
@@ -25,7 +26,7 @@ import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from hpc_mnist import checkpoint, config, deadline, dist, models, optim, precision, rundir
+from hpc_mnist import checkpoint, config, deadline, dist, models, optim, precision, rundir, timing
 from hpc_mnist.config import Config
 from hpc_mnist.data import DeviceData, Subset, make_sampler, prepare
 from hpc_mnist.errors import UserError
@@ -78,9 +79,12 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ddp_model = self.model
+        self.timer = timing.StepTimer(rt.device, cfg.log.timing)
+        self.hosts = dist.all_gather_object(socket.gethostname())
         if rt.world_size > 1:
             device_ids = None if rt.device.index is None else [rt.device.index]
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids, gradient_as_bucket_view=True)
+            self.ddp_model.register_comm_hook(None, timing.timed_allreduce_hook(self.timer))
             self._settle_buckets()
         torch.manual_seed(cfg.train.seed + rt.rank)  # distinct dropout masks per rank
 
@@ -118,19 +122,25 @@ class Trainer:
         lrs: dict[int, float] = {}
         seen, started = 0, time.perf_counter()
         step = start_step
+        timer = self.timer
         for step in range(start_step + 1, len(batches) + 1):
+            timer.start()
             x, y = self.data.batch(self.data.train, batches[step - 1])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            timer.mark("data")
             lrs[step] = self.scheduler.get_last_lr()[0]
             with precision.autocast(self.amp, self.rt.device):
                 logits = self.ddp_model(x)
                 loss = F.cross_entropy(logits, y)
+            timer.mark("forward")
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss).backward()  # DDP all-reduces the gradients here
+            timer.mark("wait")  # backward compute ended at the last gradient bucket; the rest waited on peers
             self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
             self.scaler.update()
             self.scheduler.step()
+            timer.mark("optimizer")
 
             loss = loss.detach()
             sums[0] += loss * len(y)
@@ -185,6 +195,13 @@ class Trainer:
         loss, correct, count = totals.tolist()
         wrong = tuple(torch.cat(parts)[:keep_failures] for parts in zip(*failures, strict=True)) if failures else ()
         return loss / count, correct / count, wrong
+
+    def rank_times(self) -> dict[str, Any]:
+        """This epoch's step timing across ranks (one small gather), with stragglers named; {} when off."""
+        if not self.cfg.log.timing:
+            return {}
+        per_rank = dist.all_gather_object(self.timer.phase_seconds())
+        return timing.summarize(per_rank, self.hosts, self.cfg.log.straggler_margin)
 
     def save_checkpoint(self, pos: Position, wall_time: float, sums: torch.Tensor | None = None) -> Path:
         """Rank 0 writes; every rank contributes its RNG state (and partial sums when mid-epoch)."""
@@ -302,6 +319,7 @@ def _train(t: Trainer, log: RunLogger, pos: Position, stop: StopRequest, stop_at
     wall = lambda: pos.wall_time + time.perf_counter() - started  # noqa: E731  this run's time over all segments
     val_loss = val_acc = float("nan")
     path: Path | None = None
+    stragglers: dict[str, int] = {}  # 'rank R on HOST' -> epochs it was named in
     for epoch in range(pos.epochs_done + 1, cfg.train.epochs + 1):
         t.sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
@@ -322,6 +340,7 @@ def _train(t: Trainer, log: RunLogger, pos: Position, stop: StopRequest, stop_at
         new_samples = samples - earlier * rt.world_size
         pos.epochs_done, pos.step, pos.partial = epoch, 0, None
         pos.train_samples += int(new_samples)
+        times = t.rank_times()
         val_loss, val_acc, _ = t.evaluate(t.data.val)
         every = cfg.train.checkpoint_every
         if (every and epoch % every == 0) or epoch == cfg.train.epochs or stopping:
@@ -329,7 +348,9 @@ def _train(t: Trainer, log: RunLogger, pos: Position, stop: StopRequest, stop_at
         log.epoch({"epoch": epoch, "train_loss": loss_sum / samples, "train_acc": correct / samples,
                    "val_loss": val_loss, "val_acc": val_acc, "lr": lr_now,
                    "epoch_time_s": time.perf_counter() - epoch_start, "train_time_s": seconds,
-                   "samples_per_s": new_samples / seconds})
+                   "samples_per_s": new_samples / seconds, **times})
+        for s in times.get("stragglers", []):
+            stragglers[f"rank {s['rank']} on {s['host']}"] = stragglers.get(f"rank {s['rank']} on {s['host']}", 0) + 1
         if stopping and epoch < cfg.train.epochs:
             return _stopped(t, log, summary, pos, path, stopping, stop)
 
@@ -340,7 +361,7 @@ def _train(t: Trainer, log: RunLogger, pos: Position, stop: StopRequest, stop_at
     summary.update({
         "status": "completed", "epochs": cfg.train.epochs, "val_loss": val_loss, "val_acc": val_acc,
         "test_loss": test_loss, "test_acc": test_acc, "wall_time_s": wall(), "train_time_s": pos.train_time,
-        "segments": pos.segments,
+        "segments": pos.segments, "stragglers": stragglers,
         "samples_per_s": pos.train_samples / pos.train_time if pos.train_time else 0.0,
     })
     failures = None
