@@ -105,6 +105,7 @@ class DistConfig:
         "auto", "auto: torchrun variables, else an MPI launcher's (mpi4py), else an srun step's, else one process")
     backend: Literal["auto", "nccl", "xccl", "gloo"] = opt("auto", "auto: nccl on cuda, xccl on xpu, else gloo")
     timeout: float = opt(600.0, "seconds a collective may wait for a dead peer before the job fails", gt=0)
+    init_timeout: float = opt(300.0, "seconds to wait at start-up for every rank to join", gt=0)
 
 
 @dataclass
@@ -118,6 +119,7 @@ class LogConfig:
     timing: bool = opt(True, "per-rank step timing (data, forward, backward, waiting, optimizer) in metrics.jsonl")
     straggler_margin: float = opt(0.25, "a rank whose own work exceeds the others' median by this fraction is "
                                   "named a straggler", gt=0)
+    debug: bool = opt(False, "NCCL_DEBUG=INFO (a file per host in the run directory), TORCH_DISTRIBUTED_DEBUG=DETAIL")
 
 
 @dataclass

@@ -280,6 +280,28 @@ def _restart_store(place: Placement, timeout: datetime.timedelta) -> tdist.Store
     return tdist.PrefixStore(f"hpc_mnist/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
+def _store(place: Placement, timeout: datetime.timedelta) -> tdist.Store:
+    """The rendezvous store on rank 0's MASTER_ADDR:MASTER_PORT, as env:// would make it, but with the start-up
+    timeout: a rank that never starts fails the job in minutes, not after the collective timeout."""
+    try:
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    except (KeyError, ValueError):
+        raise UserError("MASTER_ADDR and MASTER_PORT must name rank 0's host and a free port") from None
+    try:
+        return tdist.TCPStore(host, port, place.world_size, is_master=place.rank == 0, timeout=timeout)
+    except (RuntimeError, OSError) as e:
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"rank {place.rank} could not join the job's rendezvous at {host}:{port} within "
+                        f"{timeout.total_seconds():g} s (dist.init_timeout): {first}") from None
+
+
+def debug_environment(run_dir: str) -> None:
+    """log.debug: the variables NCCL and torch.distributed read at start-up (set before the process group)."""
+    os.environ.setdefault("NCCL_DEBUG", "INFO")
+    os.environ.setdefault("NCCL_DEBUG_FILE", os.path.join(run_dir, "nccl-%h-%p.log"))
+    os.environ.setdefault("TORCH_DISTRIBUTED_DEBUG", "DETAIL")
+
+
 def setup(cfg: DistConfig, device_name: str) -> Runtime:
     """Detect the launcher, pick the device, and join the process group when there are peers."""
     place = detect(cfg.init)
@@ -296,10 +318,13 @@ def setup(cfg: DistConfig, device_name: str) -> Runtime:
     backend = None
     if place.world_size > 1:
         backend = _backend(cfg.backend, device)
-        timeout = datetime.timedelta(seconds=cfg.timeout)
-        store = _restart_store(place, timeout)
-        tdist.init_process_group(backend=backend, init_method=None if store else "env://", store=store,
-                                 rank=place.rank, world_size=place.world_size, timeout=timeout)
+        if backend == "nccl":  # PyTorch's flight recorder: what each rank's NCCL was doing when a collective hung
+            os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
+            os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
+        init_timeout = datetime.timedelta(seconds=cfg.init_timeout)  # joining: short; collectives: cfg.timeout
+        store = _restart_store(place, init_timeout) or _store(place, init_timeout)
+        tdist.init_process_group(backend=backend, store=store, rank=place.rank, world_size=place.world_size,
+                                 timeout=datetime.timedelta(seconds=cfg.timeout))
     return Runtime(place.rank, place.local_rank, place.world_size, place.local_world_size, place.launcher,
                    device, backend, threads)
 

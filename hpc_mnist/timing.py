@@ -71,11 +71,14 @@ class StepTimer:
         return totals
 
 
-def timed_allreduce_hook(timer: StepTimer):
-    """DDP's own averaging all-reduce, with a mark when each bucket's gradients are ready."""
+def timed_allreduce_hook(timer: StepTimer, watchdog=None):
+    """DDP's own averaging all-reduce, with a mark when each bucket's gradients are ready (and the hang
+    watchdog told that this rank now waits on its peers)."""
 
     def hook(group, bucket):  # unannotated: DDP checks annotations, which postponed evaluation turns into strings
         timer.bucket_ready()
+        if watchdog is not None:
+            watchdog.in_collective()
         tensor = bucket.buffer()
         tensor.div_(tdist.get_world_size(group))
         return tdist.all_reduce(tensor, group=group, async_op=True).get_future().then(lambda fut: fut.value()[0])

@@ -26,7 +26,7 @@ import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from hpc_mnist import checkpoint, config, deadline, dist, models, optim, precision, rundir, timing
+from hpc_mnist import checkpoint, config, deadline, dist, hang, models, optim, precision, rundir, timing
 from hpc_mnist.config import Config
 from hpc_mnist.data import DeviceData, Subset, make_sampler, prepare
 from hpc_mnist.errors import UserError
@@ -80,11 +80,12 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ddp_model = self.model
         self.timer = timing.StepTimer(rt.device, cfg.log.timing)
+        self.watchdog = hang.Watchdog(run_dir, rt.rank, after=cfg.dist.timeout / 2)
         self.hosts = dist.all_gather_object(socket.gethostname())
         if rt.world_size > 1:
             device_ids = None if rt.device.index is None else [rt.device.index]
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids, gradient_as_bucket_view=True)
-            self.ddp_model.register_comm_hook(None, timing.timed_allreduce_hook(self.timer))
+            self.ddp_model.register_comm_hook(None, timing.timed_allreduce_hook(self.timer, self.watchdog))
             self._settle_buckets()
         torch.manual_seed(cfg.train.seed + rt.rank)  # distinct dropout masks per rank
 
@@ -122,8 +123,10 @@ class Trainer:
         lrs: dict[int, float] = {}
         seen, started = 0, time.perf_counter()
         step = start_step
-        timer = self.timer
+        timer, watchdog = self.timer, self.watchdog
         for step in range(start_step + 1, len(batches) + 1):
+            watchdog.beat(epoch, step)
+            hang.maybe_stall(self.rt.rank, step)
             timer.start()
             x, y = self.data.batch(self.data.train, batches[step - 1])
             if self.channels_last:
@@ -136,6 +139,7 @@ class Trainer:
             timer.mark("forward")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()  # DDP all-reduces the gradients here
+            watchdog.beat(epoch, step)
             timer.mark("wait")  # backward compute ended at the last gradient bucket; the rest waited on peers
             self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
             self.scaler.update()
@@ -149,6 +153,7 @@ class Trainer:
             seen += len(y)
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
             if step % CHECK_EVERY == 0 or step == len(batches):
+                watchdog.in_collective()
                 signum = (stop.signum or 0) if stop else 0
                 out_of_time = int(stop_at.reached()) if stop_at else 0
                 flags = torch.stack([first_bad, torch.tensor(signum, device=self.rt.device),
@@ -179,6 +184,7 @@ class Trainer:
         totals = torch.zeros(3, dtype=sum_dtype(self.rt.device), device=self.rt.device)  # loss, correct, count
         failures = []
         for chunk in positions.split(self.cfg.train.eval_batch_size):
+            self.watchdog.beat(0, 0)
             x, y = self.data.batch(subset, chunk)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -274,8 +280,10 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
     """Start, continue or report the run this configuration names; callable from a notebook or a script."""
     started, started_unix = time.perf_counter(), time.time()
     with StopRequest() as stop:  # from the start: a scheduler's signal during start-up still stops cleanly
-        rt = dist.setup(cfg.dist, cfg.train.device)
         run_dir = rundir.path_for(cfg, config_file)
+        if cfg.log.debug:
+            dist.debug_environment(str(run_dir))
+        rt = dist.setup(cfg.dist, cfg.train.device)
         plan = dist.on_main(lambda: rundir.plan(cfg, run_dir))
         if plan.action == "finished":
             return _finished(cfg, rt, run_dir, plan)
@@ -304,7 +312,17 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
                    "run_dir": str(run_dir)}
         dist.on_main(lambda: rundir.write_status(run_dir, "running", epochs_done=pos.epochs_done, step=pos.step))
         try:
-            return _train(t, log, pos, stop, stop_at, summary, started, started_unix)
+            with t.watchdog:
+                return _train(t, log, pos, stop, stop_at, summary, started, started_unix)
+        except RuntimeError as e:
+            if not hang.is_timeout(e):
+                raise
+            error = UserError(f"a collective timed out after {cfg.dist.timeout:g} s (dist.timeout): "
+                              f"{hang.who_is_behind(rt.world_size, t.hosts)}; every rank's stacks are in "
+                              f"{run_dir}/hang-rank*.txt", hang.EXIT_HUNG, on_all_ranks=True)
+            if rt.is_main:
+                rundir.write_status(run_dir, "failed", reason="error", exit_code=error.exit_code, error=str(error))
+            raise error from None
         except BaseException as e:
             code = e.exit_code if isinstance(e, UserError) else 1
             if rt.is_main:

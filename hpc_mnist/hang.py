@@ -1,0 +1,105 @@
+"""Hang diagnostics: when a collective stalls, say which ranks did not arrive and what every rank was doing.
+
+Users' commonest distributed failure is a job that sits in a collective until a 10-30 minute timeout
+and then dies with no clue. Here every rank publishes its position (epoch, step) in the rendezvous store
+when it stops making progress; a watchdog thread per rank writes all Python stacks (faulthandler) into the run
+directory once the rank has made no progress for half the collective timeout; and when a collective
+times out, rank 0's one-line error names the ranks that were behind, with their hosts and positions.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import torch.distributed as tdist
+
+EXIT_HUNG = 4
+COLLECTIVE = "waiting in a collective"
+STALL_VAR = "HPC_MNIST_TEST_STALL"  # test-only fault: "RANK:STEP" makes that rank stop responding at that step
+
+
+class Watchdog:
+    """Beats from the training loop; silence for `after` seconds dumps this rank's stacks once and leaves its
+    position, and whether it was waiting in a collective, in the rendezvous store for rank 0 to read."""
+
+    def __init__(self, run_dir: Path, rank: int, after: float):
+        self.path, self.rank, self.after = run_dir / f"hang-rank{rank}.txt", rank, after
+        self.last = time.monotonic()
+        self.where = (0, 0, "outside the training steps")  # (epoch, step, phase)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="hpc_mnist-watchdog", daemon=True)
+
+    def beat(self, epoch: int, step: int, phase: str = "computing") -> None:
+        self.last, self.where = time.monotonic(), (epoch, step, phase)
+
+    def in_collective(self) -> None:
+        """Called as this rank enters a collective: if it then hangs, it is waiting for others."""
+        self.last, self.where = time.monotonic(), (*self.where[:2], COLLECTIVE)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.after / 4)):
+            silent = time.monotonic() - self.last
+            if silent >= self.after:
+                epoch, step, phase = self.where
+                with open(self.path, "w") as f:
+                    f.write(f"rank {self.rank}: no progress for {silent:.0f} s at epoch {epoch} step {step}, {phase}\n")
+                    f.flush()
+                    faulthandler.dump_traceback(file=f, all_threads=True)
+                store = _store()
+                if store is not None:
+                    store.set(f"hpc_mnist/hang/{self.rank}", f"{epoch} {step} {phase}")
+                return
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def _store():
+    # The default group's store (private accessor, stable since torch 1.x): the one every rank already reaches.
+    return tdist.distributed_c10d._get_default_store() if tdist.is_initialized() else None
+
+
+def is_timeout(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and re.search(r"time[d ]?\s*out", str(error), re.I) is not None
+
+
+def who_is_behind(world_size: int, hosts: list[str]) -> str:
+    """The ranks that were not waiting in the collective when it timed out (or never reported), by host."""
+    store = _store()
+    reports: dict[int, tuple[int, int, str] | None] = {}
+    try:
+        for rank in range(world_size):
+            key = f"hpc_mnist/hang/{rank}"
+            if store.check([key]):
+                epoch, step, phase = store.get(key).decode().split(" ", 2)
+                reports[rank] = (int(epoch), int(step), phase)
+            else:
+                reports[rank] = None
+    except Exception:  # the store went down with its host: nothing can be named
+        return "the rendezvous store cannot be read to name the missing ranks"
+    furthest = max(((r[0], r[1]) for r in reports.values() if r), default=(0, 0))
+    culprits = [rank for rank, r in reports.items() if r is None or r[2] != COLLECTIVE or (r[0], r[1]) < furthest]
+    if not culprits:
+        return f"every rank was waiting in the same collective (epoch {furthest[0]} step {furthest[1]})"
+
+    def where(rank: int) -> str:
+        r = reports[rank]
+        return f"rank {rank} on {hosts[rank]} (" + (f"epoch {r[0]} step {r[1]}, {r[2]}" if r else "no report") + ")"
+
+    return f"{', '.join(where(r) for r in culprits)} did not arrive"
+
+
+def maybe_stall(rank: int, step: int) -> None:
+    """The test-only fault: hang this rank as a dead GPU or a stuck file system would."""
+    fault = os.environ.get(STALL_VAR)
+    if fault and fault == f"{rank}:{step}":
+        time.sleep(3600)
