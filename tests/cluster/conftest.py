@@ -8,6 +8,7 @@ with the reason; with CI=true any other failure to start it fails them, so a bro
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shlex
@@ -30,6 +31,10 @@ LAB_DIR = Path(os.environ.get("HM_LAB_DIR", "/tmp/hm-lab"))
 PY = sys.executable
 SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32", "log.tensorboard=false"]
 _counter = itertools.count()
+# The smoke MLP on more synthetic digits: about 5 s an epoch for 4 ranks on the lab (190 steps of ~25 ms, so
+# the ranks look at stop requests every ~0.4 s), so a stop lands mid-run.
+SLOW = "train.batch_size=32 data.synthetic_train=30000 data.synthetic_test=256"
+EPOCHS = 6  # ~30 s of training: more than fits the 30 s a 2-minute job leaves with train.deadline_margin=90
 
 
 @dataclass
@@ -170,3 +175,48 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     different = [k for k in wa if not torch.equal(wa[k], wb[k])]
     assert not different, f"{a} and {b} differ in {different}"
+
+
+def epochs_logged(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for_epoch(lab: Lab, job: str, run_dir: Path, epoch: int = 1, timeout: float = 150) -> None:
+    """Until the run has logged `epoch` (training is under way on every rank)."""
+    deadline = time.monotonic() + timeout
+    while len(epochs_logged(run_dir)) < epoch:
+        state = lab.show(job).get("JobState")
+        assert state in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} is {state} before epoch {epoch}"
+        assert time.monotonic() < deadline, f"job {job} logged no epoch {epoch} within {timeout} s"
+        time.sleep(0.2)
+
+
+def wait_gone(lab: Lab, job: str, timeout: float = 60) -> None:
+    """Until Slurm has finished the job's clean-up (no longer COMPLETING): the ranks are gone."""
+    deadline = time.monotonic() + timeout
+    while lab.run(["squeue", "-h", "-j", job, "-o", "%t"], timeout=15, check=False).stdout.strip():
+        assert time.monotonic() < deadline, f"job {job} still listed after {timeout} s"
+        time.sleep(0.5)
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def assert_whole_checkpoint(run_dir: Path, st: dict) -> None:
+    assert st["checkpoint"] and Path(st["checkpoint"]).exists(), st
+    assert Path(st["checkpoint"]).parent == run_dir
+    state = load_weights(Path(st["checkpoint"]))  # a torn file would not load
+    assert state, st
+
+
+def segments(job: Job) -> int:
+    """Trainer starts in the job's log (--open-mode=append keeps every segment)."""
+    return len(re.findall(r"4 on 2 node", job.log))
+
+
+def finished(lab: Lab, job: str, out: Path, timeout: float) -> Job:
+    result = lab.wait(job, out, timeout)
+    wait_gone(lab, job)
+    return result

@@ -9,7 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from cluster.conftest import NETNS_SSH, PY, SMOKE, Lab
+from cluster.conftest import (
+    EPOCHS,
+    NETNS_SSH,
+    PY,
+    SLOW,
+    SMOKE,
+    Lab,
+    assert_whole_checkpoint,
+    finished,
+    status,
+    wait_for_epoch,
+)
 
 pytestmark = pytest.mark.cluster
 TORCHRUN = str(Path(PY).parent / "torchrun")
@@ -72,13 +83,21 @@ srun --ntasks-per-node=1 {torchrun} --nnodes="$SLURM_NNODES" --nproc_per_node=2 
 """
 
 
-def test_srun_torchrun_one_agent_per_node(lab: Lab):
+def test_srun_torchrun_one_agent_per_node_and_scancel(lab: Lab):
+    """The recipe trains 2 nodes x 2 workers; a scancel (TERM to the agents and the workers) ends it with
+    a whole checkpoint and status stopped."""
     work = lab.workdir("srun-torchrun")
+    run_dir = work / "run"
     script = work / "job.sh"
-    script.write_text(TORCHRUN_JOB.format(torchrun=TORCHRUN, args=" ".join([*SMOKE, f"log.dir={work}",
-                                                                             "log.name=run"])))
-    job = lab.submit_and_wait(script, "-N2", "--ntasks-per-node=1", "--cpus-per-task=2", "-t", "5",
-                              out=work / "job.out", timeout=180)
-    assert job.state == "COMPLETED", job.log
-    run = summary(work / "run")
+    script.write_text(TORCHRUN_JOB.format(torchrun=TORCHRUN, args=" ".join(
+        [*SMOKE, *SLOW.split(), f"train.epochs={EPOCHS}", f"log.dir={work}", "log.name=run"])))
+    job = lab.sbatch(script, "-N2", "--ntasks-per-node=1", "--cpus-per-task=2", "-t", "5", out=work / "job.out")
+    wait_for_epoch(lab, job, run_dir)
+    lab.run(["scancel", job], timeout=15)
+    result = finished(lab, job, work / "job.out", timeout=90)
+    assert result.state == "CANCELLED", result.info
+    run = summary(run_dir)
     assert (run["world_size"], run["num_nodes"], run["launcher"]) == (4, 2, "torchrun"), run
+    st = status(run_dir)
+    assert (st["state"], st["reason"], st["requeue"]) == ("stopped", "signal", False), (st, result.log)
+    assert_whole_checkpoint(run_dir, st)
