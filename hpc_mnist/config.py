@@ -120,6 +120,7 @@ class LogConfig:
     straggler_margin: float = opt(0.25, "a rank whose own work exceeds the others' median by this fraction is "
                                   "named a straggler", gt=0)
     debug: bool = opt(False, "NCCL_DEBUG=INFO (a file per host in the run directory), TORCH_DISTRIBUTED_DEBUG=DETAIL")
+    profile: bool = opt(False, "torch.profiler trace of a few steady-state steps into <run>/profile (NVTX on CUDA)")
 
 
 @dataclass

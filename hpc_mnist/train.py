@@ -11,6 +11,7 @@ Ctrl-C stopped it at once. torchrun reports any of these but 0 as 1.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import sys
@@ -81,6 +82,7 @@ class Trainer:
         self.ddp_model = self.model
         self.timer = timing.StepTimer(rt.device, cfg.log.timing)
         self.watchdog = hang.Watchdog(run_dir, rt.rank, after=cfg.dist.timeout / 2)
+        self.profiler: torch.profiler.profile | None = None
         self.hosts = dist.all_gather_object(socket.gethostname())
         if rt.world_size > 1:
             device_ids = None if rt.device.index is None else [rt.device.index]
@@ -145,6 +147,8 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             timer.mark("optimizer")
+            if self.profiler is not None:
+                self.profiler.step()
 
             loss = loss.detach()
             sums[0] += loss * len(y)
@@ -201,6 +205,27 @@ class Trainer:
         loss, correct, count = totals.tolist()
         wrong = tuple(torch.cat(parts)[:keep_failures] for parts in zip(*failures, strict=True)) if failures else ()
         return loss / count, correct / count, wrong
+
+    @contextlib.contextmanager
+    def profiled(self):
+        """log.profile: trace steps 5-9 of this epoch (after warm-up) for TensorBoard or Perfetto; on CUDA also
+        NVTX ranges for Nsight Systems."""
+        if not self.cfg.log.profile:
+            yield
+            return
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.rt.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        trace = torch.profiler.tensorboard_trace_handler(str(self.run_dir / "profile"),
+                                                         worker_name=f"rank{self.rt.rank}")
+        nvtx = torch.autograd.profiler.emit_nvtx() if self.rt.device.type == "cuda" else contextlib.nullcontext()
+        steps = torch.profiler.schedule(wait=2, warmup=2, active=5, repeat=1)
+        with nvtx, torch.profiler.profile(activities=activities, on_trace_ready=trace, schedule=steps) as prof:
+            self.profiler = prof
+            try:
+                yield
+            finally:
+                self.profiler = None
 
     def rank_times(self) -> dict[str, Any]:
         """This epoch's step timing across ranks (one small gather), with stragglers named; {} when off."""
@@ -338,6 +363,7 @@ def _train(t: Trainer, log: RunLogger, pos: Position, stop: StopRequest, stop_at
     val_loss = val_acc = float("nan")
     path: Path | None = None
     stragglers: dict[str, int] = {}  # 'rank R on HOST' -> epochs it was named in
+    first_epoch = pos.epochs_done + 1
     for epoch in range(pos.epochs_done + 1, cfg.train.epochs + 1):
         t.sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
@@ -345,7 +371,8 @@ def _train(t: Trainer, log: RunLogger, pos: Position, stop: StopRequest, stop_at
         sums = torch.tensor(pos.partial or [0.0, 0.0, 0.0], dtype=sum_dtype(rt.device), device=rt.device)
         earlier = int(sums[2].item())  # samples this rank did before an interruption
         lr_now = t.scheduler.get_last_lr()[0]
-        with log.progress(epoch, cfg.train.epochs, len(batches)) as update:
+        profiling = t.profiled() if epoch == first_epoch else contextlib.nullcontext()
+        with profiling, log.progress(epoch, cfg.train.epochs, len(batches)) as update:
             step, stopping = t.train_steps(batches, sums, stop=stop, stop_at=stop_at, epoch=epoch,
                                            start_step=pos.step, update=update)
         seconds = time.perf_counter() - epoch_start

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env, read_jsonl
+from conftest import REPO, clean_env, read_jsonl, run_train
 from hpc_mnist import scaling
 from hpc_mnist.timing import summarize
 
@@ -75,3 +75,14 @@ def test_summary_splits_own_work_from_waiting():
     assert row["wait_s_max"] == 3.0
     even = summarize([per_rank[0], per_rank[0], per_rank[0]], ["a", "b", "c"], margin=0.25)
     assert even["stragglers"] == []
+
+
+def test_profile_writes_one_trace_per_rank(tmp_path):
+    result = run_train([*ARGS, "model.name=mlp", "train.epochs=1", "log.profile=true", f"log.dir={tmp_path}",
+                        "log.name=p"], launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                 "--nproc_per_node=2"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    traces = sorted((tmp_path / "p" / "profile").glob("*.pt.trace.json"))
+    assert [t.name.split(".")[0] for t in traces] == ["rank0", "rank1"]
+    events = json.loads(traces[0].read_text())["traceEvents"]
+    assert any(e.get("name", "").startswith("ProfilerStep#") for e in events)
