@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import socket
 import sys
 import time
@@ -329,7 +330,7 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
                      f"{t.steps_per_epoch} steps/epoch",
             "optimizer": f"{cfg.optim.name} lr {t.lr:g}, schedule {cfg.optim.scheduler}",
             "stop by": stop_at.describe(),
-        }, notes=plan.notes[1:] + notes)
+        }, notes=plan.notes[1:] + notes + _oversubscribed(rt))
         summary = {"model": cfg.model.name, "dataset": cfg.data.name, "world_size": rt.world_size,
                    "num_nodes": rt.num_nodes, "launcher": rt.launcher, "device": str(rt.device),
                    "backend": rt.backend, "precision": t.amp, "threads_per_rank": rt.threads,
@@ -430,6 +431,16 @@ def _stopped(t: Trainer, log: RunLogger, summary: dict[str, Any], pos: Position,
                                              exit_code=EXIT_STOPPED, epochs_done=pos.epochs_done, step=pos.step,
                                              checkpoint=str(path)))
     return Result(summary, t.model, EXIT_STOPPED)
+
+
+def _oversubscribed(rt: dist.Runtime) -> list[str]:
+    """A note when this node's ranks want more threads than it has cores (4 ranks on 2 cores ran 2.4x slower)."""
+    cores = len(os.sched_getaffinity(0)) if rt.local_world_size == 1 else os.cpu_count() or 1
+    wanted = rt.local_world_size * rt.threads
+    if wanted <= cores:
+        return []
+    return [f"oversubscribed: {rt.local_world_size} rank(s) x {rt.threads} thread(s) on {cores} CPU core(s); "
+            "each rank runs at a fraction of its speed (use fewer ranks per node)"]
 
 
 def _finished(cfg: Config, rt: dist.Runtime, run_dir: Path, plan: rundir.Plan) -> Result:

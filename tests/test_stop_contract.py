@@ -127,7 +127,8 @@ def test_status_file_copy_for_job_scripts(tmp_path):
 def test_mid_epoch_stop_and_resume_is_bit_exact(tmp_path, ranks):
     args = [*SMALL, "data.synthetic_train=2000", "train.batch_size=16", "train.checkpoint_every=0",
             f"log.dir={tmp_path}"]
-    ok(run_train([*args, "log.name=straight"], launcher=torchrun(ranks), timeout=400))
+    straight = ok(run_train([*args, "log.name=straight"], launcher=torchrun(ranks), timeout=400))
+    assert ("oversubscribed" in straight.stdout) == (ranks > (os.cpu_count() or 1))  # the start panel says so
     result = run_train([*args, "log.name=r"], launcher=torchrun(ranks), env=stop_file(tmp_path), timeout=400)
     assert status(tmp_path / "r")["step"] == 16, result.stderr[-2000:]
     ok(run_train([*args, "log.name=r"], launcher=torchrun(ranks), timeout=400))
