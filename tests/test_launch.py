@@ -354,7 +354,7 @@ def test_perlmutter_requeues_automatically_only_outside_debug(tmp_path, qos, req
 
 
 def test_slurm_early_warning_stops_with_a_checkpoint_and_requeues(tmp_path):
-    """USR1 to the batch shell (as --signal=B:USR1@120 sends it) reaches the ranks through srun."""
+    """USR1 to the batch shell (as --signal=B:USR1@120 sends it) becomes the ranks' stop file: a deadline stop."""
     if MPIEXEC is None:
         pytest.skip("no mpiexec")
     log = tmp_path / "stub.log"
@@ -376,6 +376,6 @@ def test_slurm_early_warning_stops_with_a_checkpoint_and_requeues(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err[-3000:]
     summary = json.loads((tmp_path / "4243" / "summary.json").read_text())
-    assert (summary["status"], summary["reason"]) == ("preempted", "SIGUSR1")
+    assert (summary["status"], summary["reason"]) == ("stopped", "deadline")
     assert "scontrol requeue 4243" in log.read_text()
     assert "requeueing job 4243" in out
