@@ -166,7 +166,7 @@ def guess_rank() -> int:
         return 0
 
 
-def select_device(name: str, local_rank: int) -> torch.device:
+def select_device(name: str, local_rank: int, local_world_size: int | None = None) -> torch.device:
     """auto: cuda, xpu, mps, then cpu."""
     available = {
         "cuda": torch.cuda.is_available(),
@@ -179,14 +179,20 @@ def select_device(name: str, local_rank: int) -> torch.device:
     elif not available[name]:
         raise UserError(f"train.device={name} but no {name} device is available here; use train.device=auto")
     if name in ("cuda", "xpu"):
-        return torch.device(name, device_index(local_rank, getattr(torch, name).device_count()))
+        return torch.device(name, device_index(local_rank, getattr(torch, name).device_count(), local_world_size))
     return torch.device(name)
 
 
-def device_index(local_rank: int, visible: int) -> int:
+def device_index(local_rank: int, visible: int, local_world_size: int | None = None) -> int:
     """GPU index for a rank: 0 when it sees one GPU (CUDA_VISIBLE_DEVICES or --gpus-per-task set per
-    rank), else its local rank among the node's GPUs."""
-    return 0 if visible == 1 else local_rank % visible
+    rank); else its local rank among the node's GPUs, spread evenly when the node runs fewer ranks than it
+    has GPUs (6 ranks on Aurora's 12 tiles take tiles 0, 2, ... 10, on both sockets, as their CPU binding
+    does, instead of tiles 0-5 on socket 0)."""
+    if visible == 1:
+        return 0
+    if local_world_size and local_world_size < visible:
+        return local_rank * (visible // local_world_size)
+    return local_rank % visible
 
 
 def set_cpu_threads(local_world_size: int) -> int:
@@ -309,7 +315,7 @@ def setup(cfg: DistConfig, device_name: str) -> Runtime:
         place = _mpi_rendezvous(place)
     elif place.launcher == "slurm" and place.world_size > 1:
         _slurm_rendezvous()
-    device = select_device(device_name, place.local_rank)
+    device = select_device(device_name, place.local_rank, place.local_world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     elif device.type == "xpu":

@@ -139,6 +139,13 @@ def test_device_index(local_rank, visible, index):
     assert dist.device_index(local_rank, visible) == index
 
 
+def test_fewer_ranks_than_gpus_spread_over_both_sockets():
+    """Aurora --ppn 6 binds ranks 3-5 to socket 1: they take tiles on socket 1 (6-11), not 3-5."""
+    assert [dist.device_index(r, 12, 6) for r in range(6)] == [0, 2, 4, 6, 8, 10]
+    assert [dist.device_index(r, 4, 4) for r in range(4)] == [0, 1, 2, 3]
+    assert [dist.device_index(r, 12, 24) for r in (0, 13)] == [0, 1]
+
+
 @pytest.mark.parametrize("nodelist, host", [
     ("nid001234", "nid001234"), ("nid[001234-001237]", "nid001234"), ("nid[005,007-009],login1", "nid005"),
     ("x3005c0s13b0n0,x3005c0s13b1n0", "x3005c0s13b0n0"), ("gpu-[10-11]", "gpu-10"),
