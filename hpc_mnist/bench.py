@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from rich.table import Table
 from torch import nn
 
@@ -35,8 +36,7 @@ from hpc_mnist import config, dist, models, optim
 from hpc_mnist.config import Config
 from hpc_mnist.data import synthetic, write_idx_split
 from hpc_mnist.logger import make_console
-from hpc_mnist.signals import StopRequest
-from hpc_mnist.train import Trainer, evaluate, sum_dtype, train_epoch
+from hpc_mnist.train import Trainer, sum_dtype
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_BATCH = {"linear": 128, "mlp": 128, "cnn": 512}
@@ -83,7 +83,6 @@ class Ours:
     def __init__(self, cfg: Config, rt: dist.Runtime, scratch: Path):
         self.trainer = Trainer(cfg, rt, scratch)
         self.cfg = cfg
-        self._stop = StopRequest()
         self._epoch = 0
 
     def _batches(self) -> Iterator[torch.Tensor]:
@@ -98,9 +97,7 @@ class Ours:
         def go() -> None:
             t = self.trainer
             sums = torch.zeros(3, dtype=sum_dtype(t.rt.device), device=t.rt.device)
-            train_epoch(t.ddp_model, t.data, [next(it) for _ in range(n)], self.cfg, t.amp, t.optimizer,
-                        t.scheduler, t.scaler, epoch=1, start_step=0, sums=sums, stop=self._stop,
-                        update=lambda *a: None)
+            t.train_steps([next(it) for _ in range(n)], sums)
         return go
 
     def epoch(self, epoch: int) -> None:
@@ -108,12 +105,11 @@ class Ours:
         t.sampler.set_epoch(epoch)
         batches = t.data.train_batches(t.sampler, self.cfg.train.batch_size)
         sums = torch.zeros(3, dtype=sum_dtype(t.rt.device), device=t.rt.device)
-        train_epoch(t.ddp_model, t.data, batches, self.cfg, t.amp, t.optimizer, t.scheduler, t.scaler,
-                    epoch=epoch, start_step=0, sums=sums, stop=self._stop, update=lambda *a: None)
+        t.train_steps(batches, sums, epoch=epoch)
 
     def test_accuracy(self) -> float:
         t = self.trainer
-        return evaluate(t.model, t.data, t.data.test, self.cfg, t.amp)[1]
+        return t.evaluate(t.data.test)[1]
 
 
 class Reference:
@@ -195,6 +191,129 @@ def time_to_target(make: Callable[[int], Ours | Reference], args: argparse.Names
     done = [t for t in times if t is not None]
     return {"seconds_median": statistics.median(done) if len(done) == len(times) else None, "seconds": times,
             "accuracy_mean": statistics.mean(accs), "accuracy_spread": max(accs) - min(accs)}
+
+
+class ExamplesRecipe:
+    """pytorch/examples' mnist recipe, as our own loop: the tutorial CNN with log-softmax and NLL loss, Adadelta
+    lr 1.0 with the learning rate x 0.7 after each epoch, batch 64, torchvision MNIST with a per-sample
+    ToTensor + Normalize in a shuffling DataLoader, fp32 (the script most users would pick)."""
+
+    def __init__(self, root: Path, seed: int, device: torch.device):
+        from torch.utils.data import DataLoader
+        from torchvision import datasets, transforms
+
+        to_input = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        torch.manual_seed(seed)
+        self.train_loader = DataLoader(datasets.MNIST(str(root), train=True, download=False, transform=to_input),
+                                       batch_size=64, shuffle=True)
+        self.test_loader = DataLoader(datasets.MNIST(str(root), train=False, download=False, transform=to_input),
+                                      batch_size=1000)
+        self.model = models.build(config.ModelConfig(name="cnn", channels_last=False)).to(device)
+        self.optimizer = torch.optim.Adadelta(self.model.parameters(), lr=1.0)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.7)
+        self.device = device
+
+    def epoch(self, epoch: int) -> None:
+        self.model.train()
+        for x, y in self.train_loader:
+            x, y = x.to(self.device), y.to(self.device)
+            self.optimizer.zero_grad()
+            loss = F.nll_loss(F.log_softmax(self.model(x), dim=1), y)
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+
+    @torch.no_grad()
+    def test_accuracy(self) -> float:
+        self.model.eval()
+        correct = 0
+        for x, y in self.test_loader:
+            correct += (self.model(x.to(self.device)).argmax(1) == y.to(self.device)).sum().item()
+        return correct / len(self.test_loader.dataset)
+
+
+def protocol_config(args: argparse.Namespace, seed: int) -> Config:
+    """The preset under test on the bundled full MNIST (its own data.val_fraction decides the split)."""
+    return config.build(args.protocol_config, [
+        f"train.seed={seed}", f"train.device={args.device}", "data.name=mnist", "data.root=",
+        "log.tensorboard=false", *args.override])
+
+
+def run_protocol(name: str, make: Callable[[int], Ours | ExamplesRecipe], epochs: int, seeds: list[int],
+                 console, each_epoch: bool = False) -> dict[str, Any]:
+    """Fixed recipe, trained to its end for every seed, then one test evaluation. Training time is the
+    wall time of the training loop with the data already loaded; its CPU time (all threads) is recorded
+    beside it, a figure that other processes on a shared machine disturb much less. `each_epoch` also records the test
+    accuracy after every epoch, with the clock stopped (for information: not part of the protocol)."""
+    rows = []
+    for seed in seeds:
+        path = make(seed)
+        seconds, cpu_seconds, curve = 0.0, 0.0, []
+        for epoch in range(1, epochs + 1):
+            began, cpu_began = time.perf_counter(), time.process_time()
+            path.epoch(epoch)
+            seconds += time.perf_counter() - began
+            cpu_seconds += time.process_time() - cpu_began
+            if each_epoch and epoch < epochs:
+                curve.append(path.test_accuracy())
+        acc = path.test_accuracy()
+        rows.append({"seed": seed, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds, "test_acc": acc,
+                     "test_acc_by_epoch": curve + [acc]})
+        console.print(f"  {name} seed {seed}: test accuracy {acc:.2%} after {epochs} epoch(s), training "
+                      f"{seconds:.1f} s ({cpu_seconds:.1f} s of CPU time), load {os.getloadavg()[0]:.1f}")
+        del path
+    accs, secs = [r["test_acc"] for r in rows], [r["train_seconds"] for r in rows]
+    return {"path": name, "epochs": epochs, "seeds": seeds, "runs": rows, "test_acc_mean": statistics.mean(accs),
+            "test_acc_min": min(accs), "test_acc_max": max(accs),
+            "test_acc_stdev": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "train_seconds_mean": statistics.mean(secs), "train_seconds_max": max(secs),
+            "train_cpu_seconds_mean": statistics.mean(r["train_cpu_seconds"] for r in rows)}
+
+
+def time_to_99(args: argparse.Namespace, rt: dist.Runtime, scratch: Path, console) -> dict[str, Any]:
+    """The time-to-99% protocol for --protocol-config and, in the same run, pytorch/examples' recipe."""
+    cfg = protocol_config(args, 0)
+    probe = models.build(cfg.model)
+    report: dict[str, Any] = {
+        "config": args.protocol_config, "overrides": args.override,
+        "split": "all 60,000 training digits" if cfg.data.val_fraction == 0 else
+                 f"{1 - cfg.data.val_fraction:.0%} of the training digits (data.val_fraction={cfg.data.val_fraction})",
+        "model_parameters": models.parameter_count(probe),
+        "model_mflop_per_sample": models.flops_per_sample(probe) / 1e6,
+        "load_before": os.getloadavg()}
+    seeds = list(range(args.seeds))
+    report["ours"] = run_protocol("ours", lambda s: Ours(protocol_config(args, s), rt, scratch), cfg.train.epochs,
+                                  seeds, console)
+    if args.reference_seeds:
+        from hpc_mnist.data import DeviceData
+
+        full = DeviceData(config.DataConfig(val_fraction=0, shuffle=False), torch.device("cpu"))
+        root = scratch / "examples"
+        write_idx_split(root, "train", full.train.images, full.train.labels)
+        write_idx_split(root, "t10k", full.test.images, full.test.labels)
+        del full
+        probe = models.build(config.ModelConfig(name="cnn"))
+        report["reference"] = {
+            "recipe": "pytorch/examples mnist: tutorial CNN, Adadelta lr 1.0, StepLR gamma 0.7, batch 64, "
+                      "ToTensor+Normalize DataLoader, fp32, all 60,000 training digits",
+            "model_mflop_per_sample": models.flops_per_sample(probe) / 1e6,
+            **run_protocol("pytorch/examples", lambda s: ExamplesRecipe(root, s, rt.device), args.reference_epochs,
+                           list(range(args.reference_seeds)), console, each_epoch=True)}
+        report["ratio"] = report["reference"]["train_seconds_mean"] / report["ours"]["train_seconds_mean"]
+    report["load_after"] = os.getloadavg()
+    table = Table(title=f"time to 99% test accuracy under the fixed protocol, {rt.device}, {rt.threads} thread(s)")
+    for col in ("path", "epochs", "seeds", "test accuracy mean", "min - max", "training s (mean)", "CPU s (mean)",
+                "speed-up"):
+        table.add_column(col, justify="right")
+    for key in ("ours", "reference"):
+        if key in report:
+            r = report[key]
+            table.add_row(r["path"], str(r["epochs"]), str(len(r["seeds"])), f"{r['test_acc_mean']:.2%}",
+                          f"{r['test_acc_min']:.2%} - {r['test_acc_max']:.2%}", f"{r['train_seconds_mean']:.1f}",
+                          f"{r['train_cpu_seconds_mean']:.1f}",
+                          f"{report['ratio']:.1f}x" if key == "ours" and "ratio" in report else "")
+    console.print(table)
+    return report
 
 
 def _prepare_data(args: argparse.Namespace, scratch: Path) -> str:
@@ -279,6 +398,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--synthetic-test", type=int, default=2000)
     p.add_argument("--no-reference", action="store_true", help="skip the tutorial-loop reference")
     p.add_argument("--json", default="", help="write the figures here (default runs/bench-<time>.json)")
+    p.add_argument("--time-to-99", action="store_true",
+                   help="run only the time-to-99%% protocol on the bundled full MNIST: --protocol-config for "
+                        "--seeds seeds, then pytorch/examples' recipe in the same run")
+    p.add_argument("--protocol-config", default=str(CONFIGS / "lean.yaml"),
+                   help="preset for --time-to-99 (default configs/lean.yaml)")
+    p.add_argument("--reference-seeds", type=int, default=1,
+                   help="seeds of pytorch/examples' recipe for --time-to-99 (0: skip; about 4 min each here)")
+    p.add_argument("--reference-epochs", type=int, default=4,
+                   help="its epochs (4: the fewest after which it reached 99%% on this CPU)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -289,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         worker(args)
         return 0
     console = make_console()
+    if args.time_to_99:
+        return _main_time_to_99(args, console)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         args.data_root = _prepare_data(args, scratch)
@@ -362,6 +492,21 @@ def main(argv: list[str] | None = None) -> int:
         dist.shutdown()
 
     out = Path(args.json or f"runs/bench-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"figures written to {out}")
+    return 0
+
+
+def _main_time_to_99(args: argparse.Namespace, console) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        rt = dist.setup(config.DistConfig(init="none"), args.device)
+        report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+                  "processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                  "torch": str(torch.__version__), "device": str(rt.device), "threads": rt.threads,
+                  "data": "bundled full MNIST", **time_to_99(args, rt, Path(tmp), console)}
+        dist.shutdown()
+    out = Path(args.json or f"runs/time-to-99-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"figures written to {out}")
