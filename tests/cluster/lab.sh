@@ -33,15 +33,16 @@ check_machine() {
     for tool in ip nsenter unshare mount; do
         command -v $tool >/dev/null || cannot "$tool not found (iproute2, util-linux)"
     done
-    ip netns add hm-probe 2>/dev/null && ip netns del hm-probe || cannot "cannot create network namespaces here"
+    if ! ip netns add hm-probe 2>/dev/null; then cannot "cannot create network namespaces here"; fi
+    ip netns del hm-probe
     # libpmix-dev: Slurm's pmix plugin opens libpmix.so, which only that package provides.
     local missing="" pkg
     for pkg in slurm-wlm munge libpmix-dev; do dpkg -s $pkg >/dev/null 2>&1 || missing=1; done
     if [ -n "$missing" ]; then
         command -v apt-get >/dev/null || cannot "no apt-get here to install slurm-wlm, munge and libpmix-dev"
         echo "lab: installing slurm-wlm, munge and libpmix-dev (about a minute, once)" >&2
-        local try
-        for try in 1 2 3 4 5 6; do   # another apt may hold the lock
+        local _
+        for _ in 1 2 3 4 5 6; do   # another apt may hold the lock
             if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge libpmix-dev \
                     >"$LAB_DIR/apt.log" 2>&1; then
                 return 0
@@ -126,6 +127,7 @@ NodeName=$nodes NodeAddr=$addrs CPUs=$CPUS RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes=$nodes Default=YES MaxTime=INFINITE State=UP
 CONF
     # Paths under /tmp that the hosts must see besides the lab directory (their /tmp is their own).
+    # shellcheck disable=SC2086  # a list of paths, one per word
     printf '%s\n' ${HM_LAB_SHARED:-} > "$LAB_DIR/shared-paths.new"
 }
 
