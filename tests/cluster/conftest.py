@@ -161,9 +161,9 @@ def user_edited_job_script(dest: Path, nodes: int = 2, tasks_per_node: int = 2, 
 
 
 def job_env(lab: Lab, work: Path, overrides: str, **more: str) -> dict[str, str]:
-    return lab.job_env(CONFIG="configs/smoke.yaml", PYTHON=PY, HPC_MNIST_JOB_FILES=str(work / "jobfiles"),
-                       OVERRIDES=f"log.console=plain train.precision=fp32 log.tensorboard=false "
-                                 f"log.dir={work / 'runs'} {overrides}", **more)
+    return lab.job_env(**{"CONFIG": "configs/smoke.yaml", "PYTHON": PY, "HPC_MNIST_JOB_FILES": str(work / "jobfiles"),
+                          "OVERRIDES": f"log.console=plain train.precision=fp32 log.tensorboard=false "
+                                       f"log.dir={work / 'runs'} {overrides}", **more})
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

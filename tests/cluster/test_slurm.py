@@ -66,3 +66,34 @@ PYTHONPATH={blocker} srun --mpi={mpi} {PY} -m hpc_mnist.train {' '.join(SMOKE)} 
         expected in found for _, found in re.findall(r"vars (\d) (\S*)", job.log)), job.log
     summary = json.loads((work / "runs" / "run" / "summary.json").read_text())
     assert (summary["world_size"], summary["num_nodes"], summary["launcher"]) == (2, 2, "slurm"), summary
+
+
+REQUEUE_ONCE = """#!/bin/bash
+# Stands in for the launch: the first segment stops for the deadline (as the trainer reports it), the
+# requeued one finishes: task 1 with exit status 0, task 2 with 3.
+echo "segment ${SLURM_RESTART_COUNT:-0} of task $SLURM_ARRAY_TASK_ID, job $SLURM_JOB_ID"
+if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then
+    sleep 2
+    printf '{"state": "stopped", "reason": "deadline", "requeue": true}' > "$HPC_MNIST_STATUS_FILE"
+    exit 75
+fi
+exit $(( SLURM_ARRAY_TASK_ID == 2 ? 3 : 0 ))
+"""
+
+
+def test_array_tasks_requeue_themselves_and_end_with_the_launch_status(lab: Lab):
+    """On the real Slurm: each array task's deadline stop requeues that task only (`<array job>_<task>`;
+    one task's own job id is the array's, and requeueing that would restart every task), its second
+    segment runs, and each task's state follows the launch's exit status."""
+    work = lab.workdir("array")
+    fake = work / "python"
+    fake.write_text(REQUEUE_ONCE)
+    fake.chmod(0o755)
+    script = user_edited_job_script(work, nodes=1, tasks_per_node=1)
+    array_job = lab.sbatch(script, "--array=1-2", out=work / "job-%A_%a.out",
+                           env=job_env(lab, work, "", PYTHON=str(fake)))
+    for task, state, code in [(1, "COMPLETED", "0:0"), (2, "FAILED", "3:0")]:
+        job = lab.wait(f"{array_job}_{task}", work / f"job-{array_job}_{task}.out", timeout=120)
+        assert (job.state, job.restarts, job.exit_code) == (state, 1, code), (job.info, job.log)
+        assert f"requeueing job {array_job}_{task}" in job.log
+        assert job.log.count("segment") == 2, job.log  # --open-mode=append kept the first segment's lines
