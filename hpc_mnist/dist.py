@@ -35,6 +35,7 @@ class Runtime:
     device: torch.device
     backend: str | None  # None for a single process
     threads: int
+    hosts: tuple[str, ...] = ()  # every rank's host name, by rank
 
     @property
     def is_main(self) -> bool:
@@ -42,7 +43,8 @@ class Runtime:
 
     @property
     def num_nodes(self) -> int:
-        return max(1, self.world_size // self.local_world_size)
+        """Distinct hosts (uneven layouts such as srun -N2 -n3 included)."""
+        return len(set(self.hosts)) if self.hosts else max(1, self.world_size // self.local_world_size)
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,7 @@ def setup(cfg: DistConfig, device_name: str) -> Runtime:
         tdist.init_process_group(backend=backend, store=store, rank=place.rank, world_size=place.world_size,
                                  timeout=datetime.timedelta(seconds=cfg.timeout))
     return Runtime(place.rank, place.local_rank, place.world_size, place.local_world_size, place.launcher,
-                   device, backend, threads)
+                   device, backend, threads, tuple(all_gather_object(socket.gethostname())))
 
 
 def shutdown() -> None:

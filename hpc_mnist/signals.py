@@ -43,6 +43,8 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.signum is not None:
+            return  # stopping: copies that arrive while the process winds down are still absorbed, not fatal
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 

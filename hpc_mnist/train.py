@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import sys
 import time
 import warnings
@@ -84,7 +83,6 @@ class Trainer:
         self.timer = timing.StepTimer(rt.device, cfg.log.timing)
         self.watchdog = hang.Watchdog(run_dir, rt.rank, after=cfg.dist.timeout / 2)
         self.profiler: torch.profiler.profile | None = None
-        self.hosts = dist.all_gather_object(socket.gethostname())
         if rt.world_size > 1:
             device_ids = None if rt.device.index is None else [rt.device.index]
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids, gradient_as_bucket_view=True)
@@ -233,7 +231,7 @@ class Trainer:
         if not self.cfg.log.timing:
             return {}
         per_rank = dist.all_gather_object(self.timer.phase_seconds())
-        return timing.summarize(per_rank, self.hosts, self.cfg.log.straggler_margin)
+        return timing.summarize(per_rank, list(self.rt.hosts), self.cfg.log.straggler_margin)
 
     def save_checkpoint(self, pos: Position, wall_time: float, sums: torch.Tensor | None = None) -> Path:
         """Rank 0 writes; every rank contributes its RNG state (and partial sums when mid-epoch)."""
@@ -344,7 +342,7 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
             if not hang.is_timeout(e):
                 raise
             error = UserError(f"a collective timed out after {cfg.dist.timeout:g} s (dist.timeout): "
-                              f"{hang.who_is_behind(rt.world_size, t.hosts)}; every rank's stacks are in "
+                              f"{hang.who_is_behind(rt.world_size, list(rt.hosts))}; every rank's stacks are in "
                               f"{run_dir}/hang-rank*.txt", hang.EXIT_HUNG, on_all_ranks=True)
             if rt.is_main:
                 rundir.write_status(run_dir, "failed", reason="error", exit_code=error.exit_code, error=str(error))

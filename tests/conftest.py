@@ -51,3 +51,9 @@ def run_train(args: list[str], *, launcher: list[str] | None = None, program: li
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def without_timing(row: dict) -> dict:
+    """An epoch row less what clocks measure (times, rates, per-rank timing): what two equal runs share."""
+    return {k: v for k, v in row.items()
+            if not (k.endswith("_s") or "_s_" in k or k.startswith("slowest_") or k == "stragglers")}

@@ -17,6 +17,11 @@ def _yaml(tmp: Path, text: str) -> list[str]:
     return ["--config", str(path)]
 
 
+def _empty(tmp: Path) -> Path:
+    (tmp / "empty").mkdir()
+    return tmp / "empty"
+
+
 def _mnist(tmp: Path, damage) -> list[str]:
     root = write_mnist_root(tmp / "mnist", train_count=9000)
     damage(root / "MNIST" / "raw")
@@ -56,8 +61,10 @@ CASES = {  # name: (arguments built in a temporary folder, message the one line 
     "unknown optimizer": (lambda t: ["optim.name=lion"], "config key optim.name must be one of sgd, adam, adamw"),
     "empty validation split": (lambda t: ["data.synthetic_train=2", "data.val_fraction=0.1"],
                                "leave an empty train or validation split"),
-    "missing data offline": (lambda t: [f"data.root={t / 'none'}", "data.download=false", "data.name=mnist"],
-                             "mnist files not found: expected"),
+    "missing data offline": (lambda t: [f"data.root={_empty(t)}", "data.download=false", "data.name=mnist"],
+                             "mnist files not found: no train-images-idx3-ubyte"),
+    "data root that does not exist": (lambda t: [f"data.root={t / 'none'}", "data.name=mnist"],
+                                      "does not exist: check the path (nothing was created there)"),
     "truncated file": (lambda t: _mnist(t, _truncate), "t10k-images-idx3-ubyte is truncated or corrupt"),
     "label count mismatch": (lambda t: _mnist(t, _swap_labels), "holds 9000 images but"),
     "wrong magic": (lambda t: _mnist(t, _bad_magic), "is not an IDX images file"),

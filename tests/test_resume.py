@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, clean_env, read_jsonl, run_train
+from conftest import REPO, clean_env, read_jsonl, run_train, without_timing
 from hpc_mnist import checkpoint
 
 # Small but not instant: a CNN epoch takes ~1-2 s here, so signals land mid-run.
@@ -20,11 +20,10 @@ BASE = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=
         "data.synthetic_train=1500", "data.synthetic_test=200", "train.batch_size=32", "model.name=cnn",
         "optim.name=adam", "optim.lr=1e-3", "train.eval_batch_size=256"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-TIMING = ("epoch_time_s", "train_time_s", "samples_per_s")
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_jsonl(run_dir / "metrics.jsonl")]
+    return [without_timing(row) for row in read_jsonl(run_dir / "metrics.jsonl")]
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

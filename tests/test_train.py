@@ -6,9 +6,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, read_jsonl, run_train
-from hpc_mnist import config, models, train
-from hpc_mnist.data import DeviceData
+from conftest import REPO, read_jsonl, run_train, without_timing
+from hpc_mnist import config, dist, train
 
 SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -71,9 +70,8 @@ def test_tensorboard_tags(single_run):
 def test_same_seed_same_result(single_run, tmp_path):
     run_dir, _ = single_run
     _ok(run_train([*SMOKE, f"log.dir={tmp_path}", "log.name=again"]))
-    strip = ("epoch_time_s", "train_time_s", "samples_per_s")
     first, second = (
-        [{k: v for k, v in row.items() if k not in strip} for row in read_jsonl(d / "metrics.jsonl")]
+        [without_timing(row) for row in read_jsonl(d / "metrics.jsonl")]
         for d in (run_dir, tmp_path / "again"))
     assert first == second
     a, b = torch.load(run_dir / "model.pt"), torch.load(tmp_path / "again" / "model.pt")
@@ -94,21 +92,21 @@ def test_distributed_metrics_equal_single_process_evaluation(two_rank_run):
     out, _ = two_rank_run
     run_dir = out / "run"
     cfg = config.build(str(run_dir / "config.yaml"))
-    model = models.build(cfg.model)
-    model.load_state_dict(torch.load(run_dir / "model.pt"))
-    data = DeviceData(cfg.data, torch.device("cpu"))
-    val_loss, val_acc, _ = train.evaluate(model, data, data.val, cfg, "fp32")
+    one = dist.Runtime(0, 0, 1, 1, "none", torch.device("cpu"), None, 1)
+    t = train.Trainer(cfg, one, out / "scratch")
+    t.model.load_state_dict(torch.load(run_dir / "model.pt"))
+    val_loss, val_acc, _ = t.evaluate(t.data.val)
     last = read_jsonl(run_dir / "metrics.jsonl")[-1]
     assert last["val_acc"] == val_acc
     assert last["val_loss"] == pytest.approx(val_loss, rel=1e-6)
     summary = json.loads((run_dir / "summary.json").read_text())
-    test_loss, test_acc, _ = train.evaluate(model, data, data.test, cfg, "fp32")
+    test_loss, test_acc, _ = t.evaluate(t.data.test)
     assert summary["test_acc"] == test_acc and summary["world_size"] == 2 and summary["backend"] == "gloo"
 
 
 def test_only_rank_zero_prints(two_rank_run):
     _, result = two_rank_run
-    assert result.stdout.count("hpc_mnist") == 1  # one start panel
+    assert result.stdout.count("hpc_mnist: starting a new run") == 1 and result.stdout.count("─ hpc_mnist ─") == 1
     assert result.stdout.count("summary") == 1
     assert "2 on 1 node(s), launcher torchrun" in result.stdout
     assert "1 CPU thread(s) per rank" in result.stdout  # no oversubscription

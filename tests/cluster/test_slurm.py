@@ -17,8 +17,9 @@ def test_job_script_two_nodes_equals_torchrun_standalone(lab: Lab):
     work = lab.workdir("slurm-2x2")
     script = user_edited_job_script(work)
     job = lab.submit_and_wait(script, out=work / "job.out", timeout=180,
-                              env=job_env(lab, work, "log.name=cluster", RUN_NAME="cluster"))
+                              env=job_env(lab, work, "log.name=cluster", RUN_NAME="cluster", DOCTOR="1"))
     assert job.state == "COMPLETED", job.log
+    assert "healthy" in job.log and "rank" in job.log  # the pre-flight check ran first, on both nodes
     summary = json.loads((work / "runs" / "cluster" / "summary.json").read_text())
     assert (summary["world_size"], summary["num_nodes"], summary["launcher"]) == (4, 2, "slurm"), summary
     assert summary["status"] == "completed"
@@ -39,7 +40,8 @@ srun -N2 -n3 {PY} -m hpc_mnist.train {' '.join(SMOKE)} log.dir={work / 'runs'} l
     job = lab.submit_and_wait(script, "-N2", "-n3", "-t", "5", out=work / "job.out", timeout=180)
     assert job.state == "COMPLETED", job.log
     summary = json.loads((work / "runs" / "uneven" / "summary.json").read_text())
-    assert (summary["world_size"], summary["launcher"], summary["status"]) == (3, "slurm", "completed"), summary
+    assert (summary["world_size"], summary["num_nodes"], summary["launcher"], summary["status"]) == (
+        3, 2, "slurm", "completed"), summary
 
 
 RANK_VARS = "^(PMI_RANK|PMIX_RANK|PALS_RANKID)="
