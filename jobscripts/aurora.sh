@@ -39,6 +39,10 @@ case "$PWD/" in "$HOME"/*) echo "hpc_mnist: warning: submitted from $PWD; ALCF a
 # with nounset off (the module activates a conda environment) and stops with one line if the load fails.
 source launch/aurora.sh
 
+# Pre-flight check (python -m hpc_mnist.doctor) through the same launch; DOCTOR=0 skips it.
+preflight "$PYTHON" -m hpc_mnist.launch --system aurora --ppn "$RANKS_PER_NODE" -- "$PYTHON" -m hpc_mnist.doctor \
+    || exit $?
+
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
 "$PYTHON" -m hpc_mnist.launch --system aurora --ppn "$RANKS_PER_NODE" -- \
     "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} \

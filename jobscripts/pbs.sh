@@ -32,6 +32,10 @@ TIME_LIMIT=${TIME_LIMIT:-$(pbs_time_limit)}  # seconds the trainer may use (defa
 # Your modules and environment: edit launch/pbs.sh, not this file.
 source launch/pbs.sh
 
+# Pre-flight check (python -m hpc_mnist.doctor) through the same launch; DOCTOR=0 skips it.
+preflight "$PYTHON" -m hpc_mnist.launch --system pbs --ppn "$RANKS_PER_NODE" -- "$PYTHON" -m hpc_mnist.doctor \
+    || exit $?
+
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
 "$PYTHON" -m hpc_mnist.launch --system pbs --ppn "$RANKS_PER_NODE" -- \
     "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} \

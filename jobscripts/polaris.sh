@@ -39,6 +39,10 @@ TIME_LIMIT=${TIME_LIMIT:-$(pbs_time_limit)}  # seconds the trainer may use (defa
 # with nounset off (conda's activate scripts read unset variables) and stops with one line if a load fails.
 source launch/polaris.sh
 
+# Pre-flight check (python -m hpc_mnist.doctor) through the same launch; DOCTOR=0 skips it.
+preflight "$PYTHON" -m hpc_mnist.launch --system polaris --ppn "$RANKS_PER_NODE" -- "$PYTHON" -m hpc_mnist.doctor \
+    || exit $?
+
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
 "$PYTHON" -m hpc_mnist.launch --system polaris --ppn "$RANKS_PER_NODE" -- \
     "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} \

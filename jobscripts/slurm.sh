@@ -35,6 +35,10 @@ source launch/slurm.sh
 # Requeue after a time-limit stop, and the job's exit status: see run_slurm_job in launch/jobs.sh.
 source launch/jobs.sh
 status=0
+# Pre-flight check (python -m hpc_mnist.doctor) through the same launch; DOCTOR=0 skips it.
+preflight "$PYTHON" -m hpc_mnist.launch --system slurm --ppn "$RANKS_PER_NODE" -- "$PYTHON" -m hpc_mnist.doctor \
+    || exit $?
+
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
 run_slurm_job "$PYTHON" -m hpc_mnist.launch --system slurm --ppn "$RANKS_PER_NODE" -- \
     "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES || status=$?

@@ -13,6 +13,20 @@ pbs_time_limit() {
     echo $(( 10#$hours * 3600 + 10#$minutes * 60 + 10#$seconds - 60 ))
 }
 
+# Pre-flight: python -m hpc_mnist.doctor through the job's own launch line, before any training (where every
+# rank runs, GPUs, CPU binding, network, one timed all-reduce; a missing rank is named within its timeout).
+# A failed check ends the job with the doctor's verdicts instead of a training run that hangs or crawls.
+# DOCTOR=0 skips it.
+preflight() {
+    local status=0
+    [ "${DOCTOR:-1}" = 0 ] && return 0
+    "$@" || status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "hpc_mnist: the pre-flight check failed (verdicts above): not training; DOCTOR=0 skips the check" >&2
+    fi
+    return "$status"
+}
+
 # Run a Slurm batch job's launch (srun, or python -m hpc_mnist.launch) and requeue the job only when the
 # trainer stopped for the time limit; return the launch's exit status, which the job script exits with
 # (a batch script whose last command succeeds is COMPLETED even when its srun failed).

@@ -24,7 +24,7 @@ COMMAND = ["--", "python", "-m", "hpc_mnist.train"]
 
 def scheduler_free_env(**values: str) -> dict[str, str]:
     """No launcher, scheduler or site variables: detection sees only what a test sets."""
-    return clean_env("HPC_MNIST_", "NERSC_HOST", **values)
+    return clean_env("HPC_MNIST_", "NERSC_HOST", **{"DOCTOR": "0", **values})  # the pre-flight has its own tests
 
 
 def launch(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -379,3 +379,25 @@ def test_slurm_early_warning_stops_with_a_checkpoint_and_requeues(tmp_path):
     assert (summary["status"], summary["reason"]) == ("stopped", "deadline")
     assert "scontrol requeue 4243" in log.read_text()
     assert "requeueing job 4243" in out
+
+
+def test_job_scripts_run_the_pre_flight_check_first_and_stop_when_it_fails(tmp_path):
+    """The doctor runs through the job's own launch line before the trainer; a failed check ends the job."""
+    log = tmp_path / "stub.log"
+    fake = tmp_path / "python"  # a doctor that reports a failed check; a trainer that would succeed
+    fake.write_text('#!/bin/sh\necho "python $*" >> "$STUB_LOG"\ncase "$*" in *hpc_mnist.doctor*) exit 1;; esac\n')
+    fake.chmod(0o755)
+    base = dict(PATH=f"{STUBS}:{os.environ['PATH']}", BASH_ENV=str(LMOD), STUB_LOG=str(log), PYTHON=str(fake),
+                SLURM_JOB_ID="81", SLURM_SUBMIT_DIR=str(REPO), HPC_MNIST_JOB_FILES=str(tmp_path / "jobs"))
+    result = subprocess.run(["bash", str(REPO / "jobscripts" / "slurm.sh")], capture_output=True, text=True,
+                            env=scheduler_free_env(**base, DOCTOR="1"), cwd=tmp_path, timeout=60)
+    assert result.returncode == 1
+    assert "hpc_mnist: the pre-flight check failed (verdicts above): not training" in result.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1 and calls[0].startswith("python -m hpc_mnist.launch --system slurm")
+    assert calls[0].endswith("-m hpc_mnist.doctor")
+    log.unlink()
+    skipped = subprocess.run(["bash", str(REPO / "jobscripts" / "slurm.sh")], capture_output=True, text=True,
+                             env=scheduler_free_env(**base), cwd=tmp_path, timeout=60)  # DOCTOR=0
+    assert skipped.returncode == 0, skipped.stderr
+    assert ["hpc_mnist.train" in c for c in log.read_text().splitlines()] == [True]

@@ -38,7 +38,8 @@ exit {code}
 
 
 def job_env(tmp_path: Path, python: Path, path: str | None = None, **values: str) -> dict[str, str]:
-    return clean_env(**{"PATH": path or f"{STUBS}:{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "stub.log"),
+    return clean_env(**{"DOCTOR": "0", "PATH": path or f"{STUBS}:{os.environ['PATH']}",
+                        "STUB_LOG": str(tmp_path / "stub.log"),
                         "PYTHON": str(python), "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(REPO),
                         "SLURM_JOB_QOS": "regular", "HPC_MNIST_JOB_FILES": str(tmp_path / "jobfiles"),
                         "SLURM_NNODES": "1", "SLURM_JOB_NUM_NODES": "1", "RANKS_PER_NODE": "1",
