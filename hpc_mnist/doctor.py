@@ -443,13 +443,18 @@ def diagnose(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
         tdist.destroy_process_group()
     if place.rank != 0:
         store.wait(["verdict"], datetime.timedelta(seconds=args.timeout))
-        return int(store.get("verdict")), None
+        code = int(store.get("verdict"))
+        store.add("read", 1)  # rank 0 hosts the store: it waits for this before it exits
+        return code, None
     slowest = max(results, key=lambda r: r["seconds"])
     n = place.world_size
     slowest["busbw_gbs"] = slowest["bytes"] / slowest["seconds"] / 1e9 * 2 * (n - 1) / n
     slowest["correct"] = all(r["correct"] for r in results)
     code, report = _verdict(report, infos, slowest, [r["network"] for r in results], backend)
     store.set("verdict", str(code))
+    deadline = time.monotonic() + args.timeout  # exiting now would reset the others' connections mid-read
+    while store.add("read", 0) < n - 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     return code, report
 
 

@@ -44,7 +44,11 @@ class StopRequest:
 
     def __exit__(self, *exc: object) -> None:
         if self.signum is not None:
-            return  # stopping: copies that arrive while the process winds down are still absorbed, not fatal
+            # Stopped: copies that arrive while the process winds down must not turn exit 75 into 143. Ignored,
+            # not handled: Python restores the default action of its own handlers when the interpreter exits.
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 

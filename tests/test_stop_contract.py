@@ -57,6 +57,20 @@ def test_copies_of_a_stop_signal_half_a_second_apart_still_give_one_whole_checkp
     assert not list((tmp_path / "r").glob(".*.tmp"))
 
 
+def test_copies_of_the_signal_while_the_process_exits_do_not_change_its_exit_code(tmp_path):
+    """Slurm's copies can come after the checkpoint, while torch and the interpreter shut down."""
+    proc = popen([*BASE, "train.epochs=6", f"log.dir={tmp_path}", "log.name=r"], [sys.executable])
+    wait_for_rows(tmp_path / "r", 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    for line in proc.stdout:
+        if line.startswith("stopped"):
+            break
+    while proc.poll() is None:  # a copy every few milliseconds until the process is gone
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    assert proc.returncode == 75, proc.stderr.read()[-2000:]
+
+
 def test_ctrl_c_under_torchrun_is_int_then_term_and_stops_cleanly(tmp_path):
     proc = popen([*BASE, "train.epochs=6", f"log.dir={tmp_path}", "log.name=r"], TORCHRUN)
     wait_for_rows(tmp_path / "r", 1, proc)
