@@ -4,6 +4,7 @@ files, reruns that continue / finish / refuse, and exact resume under every chan
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 from test_resume import BASE, TORCHRUN, assert_same_run, ok, popen, wait_for_rows, worker_pids
 
-from conftest import REPO, read_jsonl, run_train
+from conftest import REPO, clean_env, read_jsonl, run_train
 from hpc_mnist import checkpoint, config
 
 SMALL = [*BASE, "data.synthetic_train=1000", "train.epochs=2"]  # 25 steps of 32 per epoch on one process
@@ -151,17 +152,24 @@ def test_mid_epoch_stop_and_resume_is_bit_exact(tmp_path, ranks):
 
 # --- the run-directory model ---
 
-def test_rerunning_the_same_command_continues_the_same_run(tmp_path):
-    """No log.name: the run is named after the config file, so the same command finds it again."""
-    args = [*SMALL, f"log.dir={tmp_path}"]
-    ok(run_train([*args, "log.name=straight"]))
-    assert run_train(args, env=stop_file(tmp_path)).returncode == 75
-    result = ok(run_train(args))
-    assert result.stdout.startswith("hpc_mnist: continuing")
-    assert_same_run(tmp_path / "straight", tmp_path / "smoke")
-    again = ok(run_train(args))
-    assert again.stdout.startswith(f"hpc_mnist: run {tmp_path / 'smoke'} finished already")
-    assert len(read_jsonl(tmp_path / "smoke" / "metrics.jsonl")) == 2  # nothing trained again
+def test_readme_main_command_ctrl_c_and_the_same_command_again_ends_as_uninterrupted(tmp_path):
+    """The README's main command (torchrun, 2 ranks, configs/mlp.yaml on the bundled MNIST; 3 epochs here), a
+    terminal's Ctrl-C (SIGINT to the whole process group) during epoch 2, then the same command again."""
+    command = [*TORCHRUN, "-m", "hpc_mnist.train", "--config", "configs/mlp.yaml", "train.epochs=3",
+               "log.console=plain", "log.tensorboard=false", f"log.dir={tmp_path}"]
+    ok(run_train(["log.name=straight"], program=command[len(TORCHRUN):], launcher=TORCHRUN, timeout=400))
+    proc = subprocess.Popen(command, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    wait_for_rows(tmp_path / "mlp", 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert status(tmp_path / "mlp")["signal"] == "SIGINT"
+    result = ok(run_train([], program=command[len(TORCHRUN):], launcher=TORCHRUN, timeout=400))
+    assert result.stdout.startswith(f"hpc_mnist: continuing {tmp_path / 'mlp'} from checkpoint-")
+    assert_same_run(tmp_path / "straight", tmp_path / "mlp")
+    again = ok(run_train([], program=command[len(TORCHRUN):], launcher=TORCHRUN, timeout=400))
+    assert again.stdout.startswith(f"hpc_mnist: run {tmp_path / 'mlp'} finished already")
+    assert len(read_jsonl(tmp_path / "mlp" / "metrics.jsonl")) == 3  # nothing trained again
 
 
 def test_resume_never_into_a_used_directory_is_refused_and_keeps_the_old_run(tmp_path):
