@@ -220,13 +220,22 @@ CHANGES = [  # (words for the second command, expected: "continue" + text on the
 ]
 
 
-@pytest.mark.parametrize("words,outcome,text", CHANGES, ids=[" ".join(c[0]) for c in CHANGES])
-def test_resume_table_after_a_mid_epoch_stop(tmp_path, words, outcome, text):
-    args = [*SMALL, f"log.dir={tmp_path}", "log.name=r"]
-    assert run_train(args, env=stop_file(tmp_path)).returncode == 75
-    result = run_train([*args, *words])
+TABLE = [(1, *c) for c in CHANGES] + [(n, *CHANGES[i]) for n in (2, 4) for i in (0, 2, 3, 5)]
+
+
+@pytest.mark.parametrize("ranks,words,outcome,text", TABLE, ids=[f"{t[0]}-{' '.join(t[1])}" for t in TABLE])
+def test_resume_table_after_a_mid_epoch_stop(tmp_path, ranks, words, outcome, text):
+    """Stopped at step 16 of epoch 1 (the stop file), then the same command with one change, at 1, 2 and 4
+    processes: it continues with the change and says so on its first line, or refuses in one line."""
+    launcher = torchrun(ranks) if ranks > 1 else None
+    shards = [f"data.synthetic_train={1000 * ranks}"] if ranks > 1 else []  # step 16 stays inside epoch 1
+    args = [*SMALL, *shards, f"log.dir={tmp_path}", "log.name=r"]
+    assert run_train(args, launcher=launcher, env=stop_file(tmp_path), timeout=400).returncode == 75 or ranks > 1
+    assert status(tmp_path / "r")["step"] == 16
+    result = run_train([*args, *words], launcher=launcher, timeout=400)
     if outcome == "refuse":
-        assert result.returncode == 2 and text in result.stderr and result.stderr.count("\n") == 1
+        assert result.returncode != 0 and "hpc_mnist: error: " in result.stderr and text in result.stderr
+        assert ranks > 1 or (result.returncode == 2 and result.stderr.count("\n") == 1)
         return
     assert result.returncode == 0, result.stderr[-2000:]
     assert text in result.stdout.replace("\n", " ")
