@@ -323,7 +323,7 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
             "backend / precision": f"{rt.backend or 'none'} / {t.amp}",
             "model": f"{cfg.model.name}, {models.parameter_count(t.model):,} parameters",
             "data": f"{cfg.data.name}: {len(t.data.train):,} train / {len(t.data.val):,} val / "
-                    f"{len(t.data.test):,} test",
+                    f"{len(t.data.test):,} test" + (" (val = the test set)" if t.data.test_as_val else ""),
             "batch": f"{cfg.train.batch_size} per rank, {cfg.train.batch_size * rt.world_size} global, "
                      f"{t.steps_per_epoch} steps/epoch",
             "optimizer": f"{cfg.optim.name} lr {t.lr:g}, schedule {cfg.optim.scheduler}",
