@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from conftest import REPO, clean_env, run_train
 
@@ -26,8 +27,11 @@ def test_a_stalled_rank_is_named_and_every_rank_leaves_its_stacks(tmp_path):
             if line.startswith("hpc_mnist: error:"):
                 error = line.strip()
                 break
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the stalled rank never answers; torchrun would wait 30 s for it
+    finally:  # the stalled rank never answers (torchrun would wait 30 s for it): kill the workers, then torchrun
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        for pid in children.read_text().split() if children.exists() else []:
+            os.kill(int(pid), signal.SIGKILL)  # workers run in sessions of their own
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert error is not None
     assert time.monotonic() - started < 90
