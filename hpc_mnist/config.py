@@ -59,7 +59,8 @@ class ModelConfig:
                   ge=0)
     conv_dropout: float = opt(0.25, "cnn: dropout after the convolutions", ge=0, lt=1)
     fc_dropout: float = opt(0.5, "cnn: dropout after the hidden dense layer", ge=0, lt=1)
-    init: Literal["default", "normal"] = opt("default", "weights: PyTorch's default, or N(0, 1) (a lesson's)")
+    init: Literal["default", "normal", "glorot"] = opt(
+        "default", "weights: PyTorch's default, N(0, 1) (a lesson's), or Glorot-uniform with zero biases (Keras's)")
     softmax_before_loss: bool = opt(
         False, "lesson fidelity only: output softmax probabilities, so cross-entropy applies a second softmax "
         "(the CNN tutorial's bug)")

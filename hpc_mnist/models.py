@@ -96,6 +96,13 @@ def build(cfg: ModelConfig) -> nn.Module:
         with torch.no_grad():
             for p in model.parameters():
                 p.normal_(0.0, 1.0)
+    elif cfg.init == "glorot":  # Keras's default: Glorot-uniform weights, zero biases
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+                else:
+                    p.zero_()
     return SoftmaxOutput(model) if cfg.softmax_before_loss else model
 
 
