@@ -107,3 +107,15 @@ def test_normal_init_draws_every_parameter_from_a_unit_normal():
     model = models.build(ModelConfig(name="mlp", hidden=[500], dropout=0.0, init="normal"))
     weights = torch.cat([p.flatten() for p in model.parameters()])
     assert abs(weights.mean().item()) < 0.01 and abs(weights.std().item() - 1) < 0.01
+
+
+def test_glorot_init_is_keras_dense_default():
+    """Glorot-uniform weights (bound sqrt(6 / (fan_in + fan_out))) and zero biases, as Keras's Dense layers."""
+    torch.manual_seed(0)
+    model = models.build(ModelConfig(name="mlp", hidden=[256, 128], activation="sigmoid", dropout=0.0,
+                                     init="glorot"))
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for layer in layers:
+        bound = (6 / (layer.in_features + layer.out_features)) ** 0.5
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
+        assert torch.count_nonzero(layer.bias) == 0
