@@ -491,7 +491,12 @@ def main(argv: list[str] | None = None) -> int:
             console.print(table)
         dist.shutdown()
 
-    out = Path(args.json or f"runs/bench-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+    return _write_report(report, args.json, "bench", console)
+
+
+def _write_report(report: dict[str, Any], path: str | None, kind: str, console) -> int:
+    """The figures as JSON, at --json or runs/<kind>-<date>-<time>.json."""
+    out = Path(path or f"runs/{kind}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"figures written to {out}")
@@ -506,11 +511,7 @@ def _main_time_to_99(args: argparse.Namespace, console) -> int:
                   "torch": str(torch.__version__), "device": str(rt.device), "threads": rt.threads,
                   "data": "bundled full MNIST", **time_to_99(args, rt, Path(tmp), console)}
         dist.shutdown()
-    out = Path(args.json or f"runs/time-to-99-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"figures written to {out}")
-    return 0
+    return _write_report(report, args.json, "time-to-99", console)
 
 
 if __name__ == "__main__":

@@ -78,13 +78,12 @@ def load(path: Path) -> dict[str, Any]:
     return state
 
 
-def newest_sound(run_dir: Path) -> tuple[Path | None, list[str]]:
-    """The latest checkpoint that loads, and what was wrong with any later ones."""
+def newest_sound(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """The latest checkpoint that loads (path and contents), and what was wrong with any later ones."""
     problems = []
     for path in reversed(existing(run_dir)):
         try:
-            load(path)
-            return path, problems
+            return path, load(path), problems
         except UserError as e:
             problems.append(str(e))
-    return None, problems
+    return None, None, problems

@@ -26,7 +26,7 @@ from hpc_mnist.errors import UserError
 
 STATUS_FILE_VAR = "HPC_MNIST_STATUS_FILE"  # a copy of status.json where a job script can find it
 # Settings that may change between segments of one run without making it another run.
-FREE_SECTIONS = ("train", "dist", "log")
+FREE_SECTIONS = ("train", "optim")
 FREE_KEYS = {"data.root", "data.download", "data.resident"}
 REFUSED_KEYS = {"optim.name", "train.seed"}
 # Bookkeeping that differs between segments on purpose (a job script sets the time limit per job): not reported.
@@ -61,7 +61,7 @@ def compare(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> t
         if before == value or key.startswith(("log.", "dist.")) or key in SILENT_KEYS:
             continue
         line = f"{key}: {before!r} -> {value!r}"
-        free = key.split(".")[0] in FREE_SECTIONS or key.startswith("optim.") or key in FREE_KEYS
+        free = key.split(".")[0] in FREE_SECTIONS or key in FREE_KEYS
         (refused if key in REFUSED_KEYS or not free else changed).append(line)
     return refused, changed
 
@@ -98,13 +98,12 @@ def plan(cfg: Config, run_dir: Path) -> Plan:
     if cfg.train.resume != "auto":
         raise UserError(f"{where}; train.resume={cfg.train.resume} would mix two runs there: choose another "
                         "log.name for a new run, or drop train.resume to continue this one")
-    path, problems = checkpoint.newest_sound(run_dir)
+    path, state, problems = checkpoint.newest_sound(run_dir)
     if path is None:
         found = "; ".join(problems) if problems else "no checkpoint"
         raise UserError(f"{where} but none of its checkpoints is usable ({found}): choose another log.name for "
                         "a new run, or remove the run directory")
-    old = checkpoint.load(path)["config"]
-    refused, changed = compare(old, cfg.to_dict())
+    refused, changed = compare(state["config"], cfg.to_dict())
     if refused:
         raise UserError(f"{where} with other settings ({'; '.join(refused)}): choose another log.name for a new "
                         "run, or undo the change to continue this one")

@@ -2,8 +2,9 @@
 # Helpers the job scripts share, so the signal and walltime logic lives in one place.
 
 # Seconds the trainer may use in this PBS job: the walltime (from qstat) less 60 s, or nothing when
-# qstat is unavailable. PBS sends SIGTERM at the walltime and no earlier warning, so the trainer uses
-# this as train.time_limit to stop with a checkpoint before an epoch that would not fit.
+# qstat is unavailable. PBS sends SIGTERM at the walltime and no earlier warning. The trainer also reads
+# the job's start time and walltime from qstat itself (train.job_deadline) and stops at the earlier of
+# the two; this limit is the fallback where only the batch shell can run qstat.
 pbs_time_limit() {
     local walltime hours minutes seconds
     command -v qstat >/dev/null 2>&1 || return 0
