@@ -203,6 +203,11 @@ def show(report: dict[str, Any]) -> None:
     fit = report["fit"]
     console.print(f"alpha-beta fit: latency {fit['alpha_s'] * 1e6:.1f} us, bus bandwidth {fit['busbw_gbs']:.3f} GB/s "
                   f"(t = alpha + bytes x 2(n-1)/n / busbw; largest error on the sweep {fit['max_rel_error']:.0%})")
+    if fit.get("busbw_is_lower_bound"):
+        largest = max(r["bytes"] for r in report["rows"] if r["what"] == "sweep")
+        console.print(f"[yellow]the sweep (up to {_size(largest)}) is latency-bound: its times do not grow with size, "
+                      "so the bus bandwidth is a lower bound (the best any size showed); --max-bytes 4194304 or "
+                      "more measures it[/]")
     if report.get("validation"):
         check = Table(title="scaling model against measured DDP steps (interleaved, medians)")
         for header in ("model", "batch/rank", "compute ms", "all-reduce ms (fit)", "predicted step ms",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class Network:
     ref_ranks: int
     latency: str = "tree"  # tree: alpha grows as log2(n); ring: as n - 1
     max_rel_error: float = 0.0  # of the fit on the points it came from
+    busbw_is_lower_bound: bool = False  # the sweep was latency-bound: busbw is the best any size showed
 
     def latency_s(self, ranks: int) -> float:
         if ranks < 2:
@@ -73,7 +75,9 @@ def _weighted_line(xs: list[float], ts: list[float], ws: list[float]) -> tuple[f
 def fit(rows: list[dict[str, Any]], ranks: int) -> Network:
     """Alpha and 1/busbw from measured (bytes, time_us) rows, minimising the sum of relative errors (times span
     four orders of magnitude; absolute, not squared, errors so that one size that caught a neighbour's burst
-    or a quiet moment on a shared machine does not drag the fit): iteratively reweighted least squares."""
+    or a quiet moment on a shared machine does not drag the fit): iteratively reweighted least squares.
+    A sweep of small messages only may not resolve the bandwidth at all; busbw is then the best any size
+    showed (a lower bound the data supports), and the network says so."""
     if ranks < 2 or len(rows) < 2:
         raise ValueError("an alpha-beta fit needs 2 or more ranks and 2 or more message sizes")
     xs = [r["bytes"] * 2 * (ranks - 1) / ranks for r in rows]
@@ -82,9 +86,13 @@ def fit(rows: list[dict[str, Any]], ranks: int) -> Network:
     for _ in range(50):
         alpha, slope = _weighted_line(xs, ts, ws)
         ws = [1 / (t**2 * max(abs(alpha + slope * x - t) / t, 1e-4)) for x, t in zip(xs, ts, strict=True)]
+    bound = slope <= 0
+    if bound:  # times do not grow with size within the noise: the sweep never left the latency-bound regime
+        alpha = statistics.median(ts)  # what every size took: latency
+        slope = min(t / x for x, t in zip(xs, ts, strict=True))  # bandwidth time <= measured time, at every size
     net = Network(alpha, 1 / slope, ranks)
     error = max(abs(net.allreduce_s(r["bytes"], ranks) - t) / t for r, t in zip(rows, ts, strict=True))
-    return Network(alpha, 1 / slope, ranks, max_rel_error=error)
+    return Network(alpha, 1 / slope, ranks, max_rel_error=error, busbw_is_lower_bound=bound)
 
 
 def network_dict(net: Network) -> dict[str, Any]:
@@ -279,7 +287,7 @@ if __name__ == "__main__":
 
 def network_from_dict(data: dict[str, Any]) -> Network:
     return Network(data["alpha_s"], data["busbw"], data["ref_ranks"], data.get("latency", "tree"),
-                   data.get("max_rel_error", 0.0))
+                   data.get("max_rel_error", 0.0), data.get("busbw_is_lower_bound", False))
 
 
 def annotate_measured(table: list[dict[str, Any]], net: Network, grad_bytes: int,

@@ -112,3 +112,23 @@ def test_fit_ignores_one_outlier():
     rows[0]["time_us"] = 300.0  # one size measured in a quiet moment
     net = sm.fit(rows, n)
     assert net.alpha_s == pytest.approx(alpha, rel=0.05) and net.busbw == pytest.approx(busbw, rel=0.05)
+
+
+def test_a_latency_bound_sweep_gives_a_bandwidth_bound_not_a_negative_bandwidth():
+    """CI caught this on gloo: a 4 B-4 kB sweep whose times fall with size (noise) fitted busbw -66 MB/s."""
+    n = 2
+    times = [1040.0, 1010.0, 1005.0, 1002.0, 998.0, 995.0, 1001.0, 990.0, 985.0, 980.0, 978.0]
+    rows = [{"bytes": 4 * 2**k, "time_us": t} for k, t in enumerate(times)]
+    net = sm.fit(rows, n)
+    assert net.busbw > 0 and net.alpha_s > 0 and net.busbw_is_lower_bound
+    best = max(r["bytes"] * 2 * (n - 1) / n / (r["time_us"] * 1e-6) for r in rows)
+    assert net.busbw == pytest.approx(best)  # the best bandwidth any size showed: a bound the data supports
+    assert net.alpha_s == pytest.approx(1e-3, rel=0.02)  # the latency is what every size took
+    for r in rows:  # a pessimistic model: no size predicted faster than measured, beyond the noise
+        assert net.allreduce_s(r["bytes"], n) >= 0.95 * r["time_us"] * 1e-6
+
+
+def test_a_resolved_sweep_is_not_marked_as_a_bound():
+    alpha, busbw, n = 2e-3, 0.3e9, 2
+    rows = [{"bytes": s, "time_us": (alpha + s / busbw) * 1e6} for s in (4 * 2**k for k in range(25))]
+    assert not sm.fit(rows, n).busbw_is_lower_bound
