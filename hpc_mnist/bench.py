@@ -456,9 +456,11 @@ def main(argv: list[str] | None = None) -> int:
                         row["reference"] = throughput(Reference(cfg, rt.device), batch, args, rt.device)
                         row["ratio"] = rate / row["reference"]
                     report["throughput"].append(row)
-                    reference, ratio = row.get("reference", float("nan")), row.get("ratio", float("nan"))
-                    table.add_row(model, row["precision"], str(batch), f"{rate:,.0f}", f"{reference:,.0f}",
-                                  f"{ratio:.2f}x", f"{row['dataset_mb']:.1f}", f"{row['rss_growth_mb']:+.1f}")
+                    measured = "reference" in row
+                    table.add_row(model, row["precision"], str(batch), f"{rate:,.0f}",
+                                  f"{row['reference']:,.0f}" if measured else "-",
+                                  f"{row['ratio']:.2f}x" if measured else "-", f"{row['dataset_mb']:.1f}",
+                                  f"{row['rss_growth_mb']:+.1f}")
         console.print(table)
 
         if args.target:

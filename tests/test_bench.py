@@ -27,3 +27,16 @@ def test_bench_smoke(tmp_path):
     assert {r["path"] for r in report["time_to_target"]} == {"ours", "reference"}
     assert [r["ranks"] for r in report["scaling"]] == [1, 2] and report["scaling"][0]["efficiency"] == 1.0
     assert "ours/reference" in result.stdout and "weak scaling" in result.stdout
+
+
+def test_bench_without_the_reference_shows_dashes_not_nan(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "hpc_mnist.bench", "--models", "mlp", "--steps", "2", "--warmup", "1", "--repeats",
+         "1", "--synthetic-train", "512", "--synthetic-test", "128", "--target", "0", "--no-reference",
+         "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1", COLUMNS="200"), timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["throughput"]
+    assert "reference" not in row and row["ours"] > 0
+    assert "nan" not in result.stdout
