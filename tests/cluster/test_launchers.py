@@ -4,7 +4,6 @@ MPICH's real mpiexec (Hydra) reaching a second host, as `python -m hpc_mnist.lau
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -24,10 +23,13 @@ from cluster.conftest import (
 
 pytestmark = pytest.mark.cluster
 TORCHRUN = str(Path(PY).parent / "torchrun")
-# Prints the rendezvous address a rank ended up with, after training exactly as `python -m hpc_mnist.train`.
+# Trains exactly as `python -m hpc_mnist.train`, then appends the rendezvous address the rank ended up with to
+# $MASTERS_FILE in one O_APPEND write (whole lines: four ranks printing to stdout at once came back
+# interleaved through Hydra's forwarding, "mastermaster hm-n1").
 SHOW_MASTER = ("import os, runpy, sys; sys.argv[0] = 'hpc_mnist.train'\n"
                "try:\n    runpy.run_module('hpc_mnist.train', run_name='__main__')\n"
-               "finally:\n    print('master', os.environ.get('MASTER_ADDR'), flush=True)")
+               "finally:\n    fd = os.open(os.environ['MASTERS_FILE'], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)\n"
+               "    os.write(fd, f\"master {os.environ.get('MASTER_ADDR')}\\n\".encode())")
 
 
 def summary(run_dir: Path) -> dict:
@@ -61,9 +63,10 @@ def test_mpiexec_across_two_hosts_from_a_pbs_job(lab: Lab):
     work = lab.workdir("mpi-pbs")
     nodefile = work / "nodefile"
     nodefile.write_text("hm-n1\nhm-n2\n")  # one line per host, as with mpiprocs=1 chunks (Polaris, Aurora)
-    ssh_log = work / "ssh.log"
+    ssh_log, masters_file = work / "ssh.log", work / "masters"
     env = lab.job_env(PBS_JOBID="77.hm-head", PBS_NODEFILE=str(nodefile), PBS_O_WORKDIR=str(work),
-                      HYDRA_LAUNCHER="ssh", HYDRA_LAUNCHER_EXEC=str(NETNS_SSH), NETNS_SSH_LOG=str(ssh_log))
+                      HYDRA_LAUNCHER="ssh", HYDRA_LAUNCHER_EXEC=str(NETNS_SSH), NETNS_SSH_LOG=str(ssh_log),
+                      MASTERS_FILE=str(masters_file))
     result = lab.onnode("hm-n1", [PY, "-m", "hpc_mnist.launch", "--system", "pbs", "--ppn", "2", "--",
                                   PY, "-c", SHOW_MASTER, *SMOKE, f"log.dir={work}", "log.name=run"],
                         env=env, timeout=180, check=False)
@@ -71,8 +74,8 @@ def test_mpiexec_across_two_hosts_from_a_pbs_job(lab: Lab):
     assert "hm-n2" in ssh_log.read_text(), "Hydra did not go through the ssh stand-in to the second host"
     run = summary(work / "run")
     assert (run["world_size"], run["num_nodes"], run["launcher"]) == (4, 2, "mpi"), run
-    masters = re.findall(r"^master (\S+)$", result.stdout, re.M)
-    assert masters == ["hm-n1"] * 4, result.stdout  # the host's name (10.78.0.1), not loopback
+    masters = masters_file.read_text().splitlines()
+    assert masters == ["master hm-n1"] * 4, masters  # the host's name (10.78.0.1), not loopback
 
 
 TORCHRUN_JOB = """#!/bin/bash
