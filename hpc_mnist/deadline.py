@@ -96,7 +96,10 @@ class Deadline:
         if self.stop_at is None:
             return "none"
         at = datetime.datetime.fromtimestamp(self.stop_at).strftime("%Y-%m-%d %H:%M:%S")
-        return f"{at} ({self.source}, in {self.stop_at - time.time():,.0f} s)"
+        left = self.stop_at - time.time()
+        if left < 0:  # start-up outlasted the limit: say so rather than "in -6 s"
+            return f"{at} ({self.source}, passed {-left:,.0f} s ago: the run stops at its first check)"
+        return f"{at} ({self.source}, in {left:,.0f} s)"
 
 
 def resolve(cfg: TrainConfig, ask_scheduler: bool = True) -> Deadline:

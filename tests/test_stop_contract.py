@@ -112,6 +112,8 @@ def test_time_limit_counts_from_process_start_and_stops_mid_epoch(tmp_path):
     """Importing torch alone takes longer than 1 s here: a 1 s limit is met at the first check."""
     result = run_train([*SMALL, "train.time_limit=1", f"log.dir={tmp_path}", "log.name=r"])
     assert result.returncode == 75, result.stderr
+    stop_by = next(line for line in result.stdout.splitlines() if "stop by" in line)
+    assert "s ago: the run stops at its first check" in stop_by and "in -" not in stop_by, stop_by
     st = status(tmp_path / "r")
     assert (st["state"], st["reason"], st["requeue"], st["epochs_done"], st["step"]) == (
         "stopped", "deadline", True, 0, 16)

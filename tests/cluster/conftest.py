@@ -31,10 +31,10 @@ LAB_DIR = Path(os.environ.get("HM_LAB_DIR", "/tmp/hm-lab"))
 PY = sys.executable
 SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32", "log.tensorboard=false"]
 _counter = itertools.count()
-# The smoke MLP on more synthetic digits: about 5 s an epoch for 4 ranks on the lab (190 steps of ~25 ms, so
-# the ranks look at stop requests every ~0.4 s), so a stop lands mid-run.
+# The smoke MLP on more synthetic digits: 2-5 s an epoch for 4 ranks on the lab (188 steps of 10-25 ms, so
+# the ranks look at stop requests every 0.2-0.4 s), so a stop lands mid-run.
 SLOW = "train.batch_size=32 data.synthetic_train=30000 data.synthetic_test=256"
-EPOCHS = 6  # 16-30 s of training on 4 ranks: more than fits the 15 s a 2-minute job leaves with a 105 s margin
+EPOCHS = 6  # 12-30 s of training on 4 ranks: far more than the 5 s a 2-minute job leaves with a 115 s margin
 
 
 @dataclass

@@ -54,19 +54,21 @@ def submit(lab: Lab, work: Path, name: str, epochs: int = EPOCHS, time_limit: st
 
 def test_time_limit_stops_requeues_and_resumes(lab: Lab, uninterrupted: Path):
     """A run longer than its 2-minute job: the trainer knows the job's end time from its start, stops
-    train.deadline_margin (105 s here) before it with a checkpoint, the job script requeues the job and the
+    train.deadline_margin (115 s here) before it with a checkpoint, the job script requeues the job and the
     next segment resumes; the end result is the uninterrupted run's, bit for bit.
 
-    The first segment has 15 s of job time, start-up included, so it stops early in the run on any machine (if
-    start-up alone takes longer, at the first agreement on stop requests). With a 90 s margin a fast CI machine
-    started in 12 s and trained all 6 epochs in the remaining 18 s: no stop, nothing tested.
+    The first segment has 5 s of job time, start-up included, so it stops early in the run on any machine (if
+    start-up alone takes longer, at the ranks' first agreement on stop requests, step 16). Longer segments
+    depended on the machine's speed: with a 90 s margin a fast CI machine started in 12 s and trained all 6
+    epochs in the remaining 18 s (no stop, nothing tested), and with 105 s a fresh machine here started in 9 s
+    and trained 2 of the 6 epochs (2 s each) before the deadline, about 6 s from finishing inside it.
 
     Once the first segment has read its end time, the job gets a longer limit (`scontrol update`), so that the
     requeued segment can finish on any machine. Extending it only after the requeue raced the second segment's
     own start: under load it read the old limit too and stopped a second time."""
     work = lab.workdir("time-limit")
     run_dir = work / "runs" / "limit"
-    job, out = submit(lab, work, "limit", time_limit="00:02:00", extra="train.deadline_margin=105")
+    job, out = submit(lab, work, "limit", time_limit="00:02:00", extra="train.deadline_margin=115")
     deadline = time.monotonic() + 120
     while not (run_dir / "status.json").exists():  # written once the trainer has resolved its deadline
         assert lab.show(job).get("JobState") in ("PENDING", "CONFIGURING", "RUNNING"), Job(job, "", 0, "", out).log
@@ -147,7 +149,8 @@ def test_time_limit_kill_the_trainer_did_not_foresee(lab: Lab):
     after KillWait. The ranks stop with a whole checkpoint within KillWait."""
     work = lab.workdir("timeout")
     run_dir = work / "runs" / "killed"
-    job, out = submit(lab, work, "killed", epochs=50, time_limit="00:01:00", extra="train.job_deadline=false")
+    # 200 epochs: 400+ s at the fastest seen (a fresh machine here did 27 of 50 before the kill), so none finishes
+    job, out = submit(lab, work, "killed", epochs=200, time_limit="00:01:00", extra="train.job_deadline=false")
     result = finished(lab, job, out, timeout=200)
     assert result.state == "TIMEOUT", result.info
     st = status(run_dir)
