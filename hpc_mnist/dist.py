@@ -37,6 +37,7 @@ class Runtime:
     backend: str | None  # None for a single process
     threads: int
     hosts: tuple[str, ...] = ()  # every rank's host name, by rank
+    threads_why: str = ""  # who chose the thread count (start panel)
 
     @property
     def is_main(self) -> bool:
@@ -198,17 +199,35 @@ def device_index(local_rank: int, visible: int, local_world_size: int | None = N
     return local_rank % visible
 
 
-def set_cpu_threads(local_world_size: int) -> int:
-    """Split this node's cores among its ranks unless the user (or launcher) chose.
+def chosen_threads() -> str | None:
+    """OMP_NUM_THREADS where a user or a launcher chose it (torchrun sets 1 for several processes per node).
+
+    PBS sets OMP_NUM_THREADS to the chunk's ncpus (NCPUS) in every job, whatever `qsub -v` says: that is the
+    size of the node, not a choice for each of its ranks, so it does not count. A different value (the user's
+    export, or PBS's `ompthreads` resource) does.
+    """
+    value = os.environ.get("OMP_NUM_THREADS") or None
+    if value and os.environ.get("PBS_JOBID") and value == os.environ.get("NCPUS"):
+        return None
+    return value
+
+
+def set_cpu_threads(local_world_size: int) -> tuple[int, str]:
+    """Split this node's cores among its ranks unless the user (or launcher) chose; (threads, why).
 
     Oversubscribed intra-op threads made a tiny MLP step about 100x slower on 2 shared cores.
     """
-    if "OMP_NUM_THREADS" not in os.environ:
-        bound = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        # A launcher that pinned us to a core subset has already divided the node.
-        share = bound if bound < (os.cpu_count() or bound) else bound // local_world_size
-        torch.set_num_threads(max(1, share))
-    return torch.get_num_threads()
+    chosen = chosen_threads()
+    if chosen:
+        return torch.get_num_threads(), f"OMP_NUM_THREADS={chosen}"
+    bound = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # A launcher that pinned us to a core subset has already divided the node.
+    pinned = bound < (os.cpu_count() or bound)
+    torch.set_num_threads(max(1, bound if pinned else bound // local_world_size))
+    why = f"its {bound} bound core(s)" if pinned else f"its share of {bound} core(s) among {local_world_size} rank(s)"
+    if os.environ.get("OMP_NUM_THREADS"):
+        why += f"; PBS's OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} is the chunk's ncpus, not a choice"
+    return torch.get_num_threads(), why
 
 
 def _backend(name: str, device: torch.device) -> str:
@@ -323,7 +342,7 @@ def setup(cfg: DistConfig, device_name: str) -> Runtime:
         torch.cuda.set_device(device)
     elif device.type == "xpu":
         torch.xpu.set_device(device)
-    threads = set_cpu_threads(place.local_world_size)
+    threads, threads_why = set_cpu_threads(place.local_world_size)
     backend = None
     if place.world_size > 1:
         backend = _backend(cfg.backend, device)
@@ -335,7 +354,7 @@ def setup(cfg: DistConfig, device_name: str) -> Runtime:
         tdist.init_process_group(backend=backend, store=store, rank=place.rank, world_size=place.world_size,
                                  timeout=datetime.timedelta(seconds=cfg.timeout))
     return Runtime(place.rank, place.local_rank, place.world_size, place.local_world_size, place.launcher,
-                   device, backend, threads, tuple(all_gather_object(socket.gethostname())))
+                   device, backend, threads, tuple(all_gather_object(socket.gethostname())), threads_why)
 
 
 def shutdown() -> None:

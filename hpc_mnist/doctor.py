@@ -113,7 +113,7 @@ def gather_self(place: dist.Placement, device_name: str) -> RankInfo:
     device = dist.select_device(device_name, place.local_rank or 0)
     if device.type in ("cuda", "xpu"):  # object collectives use the current device: never all on GPU 0
         getattr(torch, device.type).set_device(device)
-    threads = dist.set_cpu_threads(place.local_world_size or 1)
+    threads, _ = dist.set_cpu_threads(place.local_world_size or 1)
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     mpi = None
     if importlib.util.find_spec("mpi4py") is not None:

@@ -319,7 +319,7 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
         log.start(plan.notes[0], {
             "run directory": run_dir,
             "ranks": f"{rt.world_size} on {rt.num_nodes} node(s), launcher {rt.launcher}",
-            "device": f"{rt.device} ({rt.threads} CPU thread(s) per rank)",
+            "device": f"{rt.device} ({rt.threads} CPU thread(s) per rank: {rt.threads_why})",
             "backend / precision": f"{rt.backend or 'none'} / {t.amp}",
             "model": f"{cfg.model.name}, {models.parameter_count(t.model):,} parameters",
             "data": f"{cfg.data.name}: {len(t.data.train):,} train / {len(t.data.val):,} val / "

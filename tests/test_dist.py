@@ -196,3 +196,33 @@ def test_bare_python_in_a_slurm_batch_shell_runs_alone(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["world_size"], summary["launcher"]) == (1, "none")
+
+
+@pytest.fixture
+def threads_restored():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("variables, chosen", [
+    ({}, False),                                                          # nobody chose: the node's share
+    ({"OMP_NUM_THREADS": "1"}, True),                                     # torchrun, or the user
+    ({"OMP_NUM_THREADS": "2", "PBS_JOBID": "7.pbs", "NCPUS": "2"}, False),  # PBS sets it to the chunk's ncpus
+    ({"OMP_NUM_THREADS": "1", "PBS_JOBID": "7.pbs", "NCPUS": "2"}, True),   # the user's export, or ompthreads
+    ({"OMP_NUM_THREADS": "2", "NCPUS": "2"}, True),                       # not in a PBS job: a choice
+])
+def test_threads_are_the_ranks_share_unless_someone_chose(env, monkeypatch, threads_restored, variables, chosen):
+    """PBS puts OMP_NUM_THREADS=NCPUS into every job, whatever qsub -v says: 2 ranks x 2 threads on 2 cores ran
+    oversubscribed (and the doctor failed every multi-rank CPU job). That value is not a user's choice."""
+    for name in ("OMP_NUM_THREADS", "NCPUS"):
+        monkeypatch.delenv(name, raising=False)
+    env(**variables)
+    torch.set_num_threads(5)  # what the OpenMP runtime may have taken from OMP_NUM_THREADS at import
+    threads, why = dist.set_cpu_threads(local_world_size=2)
+    if chosen:
+        assert (threads, why) == (5, f"OMP_NUM_THREADS={variables['OMP_NUM_THREADS']}")
+    else:
+        cores = len(os.sched_getaffinity(0))
+        assert threads == max(1, cores // 2 if cores == os.cpu_count() else cores)
+        assert ("not a choice" in why) == ("PBS_JOBID" in variables), why
