@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpc_mnist import pbs
 from hpc_mnist.config import TrainConfig
+from hpc_mnist.errors import UserError
 
 STOP_FILE_VAR = "HPC_MNIST_STOP_FILE"
 
@@ -57,18 +59,11 @@ def slurm_end_time(job_id: str) -> float | None:
 
 
 def pbs_end_time(job_id: str) -> float | None:
-    """Start time + walltime from `qstat -f`."""
-    out = _run(["qstat", "-f", job_id])
-    start = re.search(r"^\s*stime = (.+)$", out, re.M)
-    walltime = re.search(r"^\s*Resource_List\.walltime = (\d+):(\d+):(\d+)", out, re.M)
-    if not (start and walltime):
-        return None
+    """Start time + walltime from `qstat -f -F json`: the one PBS deadline (the job scripts set no other)."""
     try:
-        started = datetime.datetime.strptime(start[1].strip(), "%a %b %d %H:%M:%S %Y").timestamp()
-    except ValueError:
+        return pbs.end_time(pbs.job_info(job_id))
+    except (UserError, ValueError):
         return None
-    hours, minutes, seconds = (int(x) for x in walltime.groups())
-    return started + hours * 3600 + minutes * 60 + seconds
 
 
 def job_end_time() -> tuple[float | None, str]:

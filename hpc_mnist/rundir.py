@@ -29,16 +29,16 @@ STATUS_FILE_VAR = "HPC_MNIST_STATUS_FILE"  # a copy of status.json where a job s
 FREE_SECTIONS = ("train", "optim")
 FREE_KEYS = {"data.root", "data.download", "data.resident"}
 REFUSED_KEYS = {"optim.name", "train.seed"}
-# Bookkeeping that differs between segments on purpose (a job script sets the time limit per job): not reported.
+# Bookkeeping that may differ between segments on purpose (limits and deadlines are per job): not reported.
 SILENT_KEYS = {"train.resume", "train.time_limit", "train.deadline", "train.deadline_margin", "train.job_deadline",
                "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size"}
 
 
 def default_name(cfg: Config, config_file: str | None) -> str:
-    job = os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")
-    if job:
+    job = os.environ.get("PBS_ARRAY_ID") or os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")
+    if job:  # '12.server' -> 12; a PBS subjob '5[1].server' of array '5[].server' -> 5-1
         array = os.environ.get("PBS_ARRAY_INDEX") or os.environ.get("SLURM_ARRAY_TASK_ID")
-        return job.split(".")[0] + (f"-{array}" if array else "")
+        return job.split(".")[0].removesuffix("[]") + (f"-{array}" if array else "")
     if config_file:
         return Path(config_file).stem
     return cfg.model.name

@@ -7,11 +7,11 @@
 # job log. ALCF: submit from your project directory (/lus/flare/projects/<project>/...), not from $HOME.
 # Needs the frameworks module 2025.2 or later (backend xccl): launch/aurora.sh stops with one line otherwise.
 #
-# PBS sends SIGTERM at the walltime, and no earlier warning: the trainer stops with a checkpoint before
-# an epoch that would not fit (train.time_limit, from this job's walltime via qstat) or on SIGTERM.
-# Long trainings: chain jobs on one run directory; each resumes from the newest checkpoint:
-#   first=$(qsub -v RUN_NAME=cnn-long jobscripts/aurora.sh)
-#   qsub -W depend=afterany:$first -v RUN_NAME=cnn-long jobscripts/aurora.sh
+# PBS sends SIGTERM at the walltime, and no earlier warning: the trainer reads the job's start time and
+# walltime from qstat and stops with a checkpoint a minute before the end; this script then submits the job
+# that continues the run (same script, variables, resources and run directory; it starts after this one has
+# ended; MAX_RESUBMITS=10 bounds the chain). A qdel stops the ranks with a checkpoint and ends the chain:
+# resubmit with RUN_NAME=<run> to resume. qsig -s USR1 stops the run with a checkpoint (no continuation).
 #PBS -A YOUR_PROJECT
 #PBS -q debug
 #PBS -l select=2
@@ -23,14 +23,14 @@
 #PBS -N hpc_mnist
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-.}"
+source launch/jobs.sh && job_begin pbs   # signals handled from here on (launch/jobs.sh)
 
 CONFIG=${CONFIG:-configs/cnn.yaml}
 OVERRIDES=${OVERRIDES:-}
 RANKS_PER_NODE=${RANKS_PER_NODE:-12}      # one per tile; hpc_mnist/launch.py builds the CPU binding for any count
 PYTHON=${PYTHON:-python}
-RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id); set it to chain jobs
-source launch/jobs.sh
-TIME_LIMIT=${TIME_LIMIT:-$(pbs_time_limit)}  # seconds the trainer may use (default: walltime - 60 s)
+RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id; continuations keep it)
+MAX_RESUBMITS=${MAX_RESUBMITS:-10}        # jobs that may continue a run stopped for the walltime
 
 case "$PWD/" in "$HOME"/*) echo "hpc_mnist: warning: submitted from $PWD; ALCF asks for jobs to be submitted" \
     "from the project directory (/lus/flare/projects/<project>/...), not from \$HOME" >&2 ;; esac
@@ -44,6 +44,5 @@ preflight "$PYTHON" -m hpc_mnist.launch --system aurora --ppn "$RANKS_PER_NODE" 
     || exit $?
 
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-"$PYTHON" -m hpc_mnist.launch --system aurora --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} \
-    ${TIME_LIMIT:+train.time_limit=$TIME_LIMIT} $OVERRIDES
+job_launch "$PYTHON" -m hpc_mnist.launch --system aurora --ppn "$RANKS_PER_NODE" -- \
+    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES

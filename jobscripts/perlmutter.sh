@@ -27,6 +27,7 @@
 # squeue. A scancel stops the ranks with a checkpoint and ends the job: resubmit with RUN_NAME to resume.
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
+source launch/jobs.sh && job_begin slurm   # signals handled from here on (launch/jobs.sh)
 
 CONFIG=${CONFIG:-configs/cnn.yaml}        # the run's YAML
 OVERRIDES=${OVERRIDES:-}                  # extra section.key=value words
@@ -39,14 +40,11 @@ PYTHON=${PYTHON:-python}
 # off (the pytorch module activates a conda environment) and stops with one line if a load fails.
 source launch/perlmutter.sh
 
-# Requeue after a time-limit stop, and the job's exit status: see run_slurm_job in launch/jobs.sh.
-source launch/jobs.sh
-status=0
 # Pre-flight check (python -m hpc_mnist.doctor) through the same launch; DOCTOR=0 skips it.
 preflight "$PYTHON" -m hpc_mnist.launch --system perlmutter --ppn "$RANKS_PER_NODE" -- "$PYTHON" -m hpc_mnist.doctor \
     || exit $?
 
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-run_slurm_job "$PYTHON" -m hpc_mnist.launch --system perlmutter --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES || status=$?
-exit "$status"
+# Requeue after a time-limit stop, and the job's exit status: see job_launch in launch/jobs.sh.
+job_launch "$PYTHON" -m hpc_mnist.launch --system perlmutter --ppn "$RANKS_PER_NODE" -- \
+    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES

@@ -10,11 +10,11 @@
 # project's file system (/lus/eagle/projects/<project>/...), where runs/ and data/ are written.
 # Output: runs/<job id>/ (metrics, TensorBoard, summary) and the job log.
 #
-# PBS sends SIGTERM at the walltime, and no earlier warning: the trainer stops with a checkpoint before
-# an epoch that would not fit (train.time_limit, from this job's walltime via qstat) or on SIGTERM.
-# Long trainings: chain jobs on one run directory; each resumes from the newest checkpoint:
-#   first=$(qsub -v RUN_NAME=cnn-long jobscripts/polaris.sh)
-#   qsub -W depend=afterany:$first -v RUN_NAME=cnn-long jobscripts/polaris.sh
+# PBS sends SIGTERM at the walltime, and no earlier warning: the trainer reads the job's start time and
+# walltime from qstat and stops with a checkpoint a minute before the end; this script then submits the job
+# that continues the run (same script, variables, resources and run directory; it starts after this one has
+# ended; MAX_RESUBMITS=10 bounds the chain). A qdel stops the ranks with a checkpoint and ends the chain:
+# resubmit with RUN_NAME=<run> to resume. qsig -s USR1 stops the run with a checkpoint (no continuation).
 #PBS -A YOUR_PROJECT
 #PBS -q debug
 #PBS -l select=2:system=polaris
@@ -26,14 +26,14 @@
 #PBS -N hpc_mnist
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-.}"
+source launch/jobs.sh && job_begin pbs   # signals handled from here on (launch/jobs.sh)
 
 CONFIG=${CONFIG:-configs/cnn.yaml}        # the run's YAML
 OVERRIDES=${OVERRIDES:-}                  # extra section.key=value words
 RANKS_PER_NODE=${RANKS_PER_NODE:-4}       # one per A100
 PYTHON=${PYTHON:-python}
-RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id); set it to chain jobs
-source launch/jobs.sh
-TIME_LIMIT=${TIME_LIMIT:-$(pbs_time_limit)}  # seconds the trainer may use (default: walltime - 60 s)
+RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id; continuations keep it)
+MAX_RESUBMITS=${MAX_RESUBMITS:-10}        # jobs that may continue a run stopped for the walltime
 
 # Modules, conda and the NCCL/libfabric settings: edit launch/polaris.sh, not this file. It loads the modules
 # with nounset off (conda's activate scripts read unset variables) and stops with one line if a load fails.
@@ -44,6 +44,5 @@ preflight "$PYTHON" -m hpc_mnist.launch --system polaris --ppn "$RANKS_PER_NODE"
     || exit $?
 
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-"$PYTHON" -m hpc_mnist.launch --system polaris --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} \
-    ${TIME_LIMIT:+train.time_limit=$TIME_LIMIT} $OVERRIDES
+job_launch "$PYTHON" -m hpc_mnist.launch --system polaris --ppn "$RANKS_PER_NODE" -- \
+    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES

@@ -15,11 +15,8 @@
 #PBS -j oe
 #PBS -N hpc_mnist_scaling
 set -euo pipefail
-if [ -z "${PBS_JOBID:-}" ] || [ -z "${PBS_NODEFILE:-}" ]; then
-    echo "hpc_mnist: $0 runs inside a PBS job: submit it with qsub (no PBS_JOBID/PBS_NODEFILE here)" >&2
-    exit 2
-fi
 cd "${PBS_O_WORKDIR:-.}"
+source launch/jobs.sh && job_begin pbs   # signals handled from here on (launch/jobs.sh)
 
 CONFIG=${CONFIG:-configs/cnn.yaml}        # the training every point runs
 OVERRIDES=${OVERRIDES:-}                  # extra section.key=value words for every point
@@ -41,6 +38,6 @@ if [ -z "${NODES:-}" ]; then              # powers of two up to the allocation, 
 fi
 
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-"$PYTHON" -m hpc_mnist.scaling run --system polaris --nodes "$NODES" --ppn "$RANKS_PER_NODE" --mode "$MODE" \
+job_run "$PYTHON" -m hpc_mnist.scaling run --system polaris --nodes "$NODES" --ppn "$RANKS_PER_NODE" --mode "$MODE" \
     --batch "$BATCH" --epochs "$EPOCHS" --repeats "$REPEATS" --sweep-dir "$SWEEP_DIR" \
     -- --config "$CONFIG" $OVERRIDES

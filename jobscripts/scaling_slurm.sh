@@ -17,6 +17,7 @@
 #SBATCH -o hpc_mnist_scaling-%j.out
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
+source launch/jobs.sh && job_begin slurm   # signals handled from here on (launch/jobs.sh)
 
 SYSTEM=${SYSTEM:-slurm}                   # perlmutter, frontier or slurm (generic): see launch/
 CONFIG=${CONFIG:-configs/cnn.yaml}
@@ -31,7 +32,7 @@ case "$SYSTEM" in                         # ranks per node: one per GPU (GCD on 
     *) RANKS_PER_NODE=${RANKS_PER_NODE:-${SLURM_NTASKS_PER_NODE:-1}} ;;
 esac
 PYTHON=${PYTHON:-python}
-SWEEP_DIR=${SWEEP_DIR:-runs/scaling-${SLURM_JOB_ID:-local}}   # one folder per job: points, logs, report
+SWEEP_DIR=${SWEEP_DIR:-runs/scaling-$SLURM_JOB_ID}   # one folder per job: points, logs, report
 
 # shellcheck source=/dev/null
 source "launch/$SYSTEM.sh"
@@ -45,6 +46,6 @@ if [ -z "${NODES:-}" ]; then              # powers of two up to the allocation, 
 fi
 
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-"$PYTHON" -m hpc_mnist.scaling run --system "$SYSTEM" --nodes "$NODES" --ppn "$RANKS_PER_NODE" --mode "$MODE" \
+job_run "$PYTHON" -m hpc_mnist.scaling run --system "$SYSTEM" --nodes "$NODES" --ppn "$RANKS_PER_NODE" --mode "$MODE" \
     --batch "$BATCH" --epochs "$EPOCHS" --repeats "$REPEATS" --sweep-dir "$SWEEP_DIR" \
     -- --config "$CONFIG" $OVERRIDES

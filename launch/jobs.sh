@@ -1,17 +1,66 @@
 # shellcheck shell=bash
-# Helpers the job scripts share, so the signal and walltime logic lives in one place.
+# What every job script does around its launch, in one place: signals from its first line, the files through
+# which it and the ranks talk, the launch and its exit status, and continuing a run the time limit stopped.
+#
+#   source launch/jobs.sh && job_begin slurm|pbs   # first thing: the job's id, its files, the signal traps
+#   preflight CMD...                              # the doctor through the job's launch line (DOCTOR=0 skips)
+#   job_launch CMD...                             # the training; continues the run after a time-limit stop
+#   job_run CMD...                                # any other step (a scaling sweep)
+#
+# Signals. The scheduler itself delivers TERM to every process of the job (scancel, qdel, a time limit, a
+# requeue, preemption): this shell forwards nothing, waits for the ranks' stop checkpoint, starts nothing
+# new, and reports. USR1 and USR2 never end the job: on Slurm USR1 is the time-limit warning
+# (--signal=B:USR1@N, to this shell only, and at any moment of a short job's start-up); on PBS `qsig` sends
+# them to every process of the job, this shell included, and a shell without a handler dies and takes the
+# job with it. The steps start with USR1 and USR2 ignored, so a signal during their start-up (importing
+# torch, loading data) is no death; the trainer then takes USR1 as a stop request (checkpoint, exit 75).
+#
+# The trainer writes why it ended to $HPC_MNIST_STATUS_FILE:
+#   {"state": ..., "reason": "deadline" | "signal" | ..., "requeue": true | false, "run_dir": ..., ...}
+# and the job continues the run only when requeue is true (a stop for the time limit): Slurm requeues the job
+# (same id, same run directory); PBS, where users cannot requeue, submits a successor that runs after this
+# job has ended. A user's scancel or qdel (TERM, requeue false) ends the job with its checkpoint kept, for a
+# later submission with the same RUN_NAME to resume.
 
-# Seconds the trainer may use in this PBS job: the walltime (from qstat) less 60 s, or nothing when
-# qstat is unavailable. PBS sends SIGTERM at the walltime and no earlier warning. The trainer also reads
-# the job's start time and walltime from qstat itself (train.job_deadline) and stops at the earlier of
-# the two; this limit is the fallback where only the batch shell can run qstat.
-pbs_time_limit() {
-    local walltime hours minutes seconds
-    command -v qstat >/dev/null 2>&1 || return 0
-    walltime=$(qstat -f "$PBS_JOBID" 2>/dev/null | sed -n 's/^ *Resource_List.walltime = //p')
-    [ -n "$walltime" ] || return 0
-    IFS=: read -r hours minutes seconds <<< "$walltime"
-    echo $(( 10#$hours * 3600 + 10#$minutes * 60 + 10#$seconds - 60 ))
+# job_begin slurm|pbs: sets JOB_ID (a Slurm array task is <array>_<task>), the status and stop files, and
+# the traps; outside a batch job of that scheduler, one line and exit 2.
+job_begin() {
+    local files=${HPC_MNIST_JOB_FILES:-runs/.jobs}
+    JOB_SCHEDULER=$1 JOB_STOPPING=""
+    case $JOB_SCHEDULER in
+        slurm) JOB_ID=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}}
+               JOB_ID=${JOB_ID:-${SLURM_JOB_ID:-}} ;;
+        pbs) JOB_ID=${PBS_JOBID:-} ;;
+    esac
+    if [ -z "$JOB_ID" ]; then
+        local submit=sbatch variable=SLURM_JOB_ID
+        [ "$JOB_SCHEDULER" = pbs ] && submit=qsub variable=PBS_JOBID
+        echo "hpc_mnist: ${0##*/} runs inside a ${JOB_SCHEDULER^^} job: submit it with $submit ($variable is not set" \
+            "here)" >&2
+        exit 2
+    fi
+    trap 'JOB_STOPPING=TERM' TERM
+    trap job_usr1 USR1
+    trap 'echo "hpc_mnist: SIGUSR2 ignored"' USR2
+    case $files in /*) ;; *) files=$PWD/$files ;; esac   # the ranks may start elsewhere
+    mkdir -p "$files"
+    export HPC_MNIST_STATUS_FILE=$files/$JOB_ID.status.json HPC_MNIST_STOP_FILE=$files/$JOB_ID.stop
+    rm -f "$HPC_MNIST_STATUS_FILE" "$HPC_MNIST_STOP_FILE"
+}
+
+# job_run CMD...: run a step with USR1/USR2 ignored until it installs handlers of its own; wait for it through
+# any trapped signal (after a TERM: for the ranks' checkpoint); return its exit status. After a TERM nothing
+# new starts.
+job_run() {
+    local pid
+    if [ -n "$JOB_STOPPING" ]; then
+        echo "hpc_mnist: got SIG$JOB_STOPPING before '${*:1:3} ...' started: not starting it" >&2
+        return 143
+    fi
+    (trap '' USR1 USR2; exec "$@") &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do wait "$pid" 2>/dev/null || :; done   # a trapped signal ends a wait
+    wait "$pid" 2>/dev/null   # the step's own exit status
 }
 
 # Pre-flight: python -m hpc_mnist.doctor through the job's own launch line, before any training (where every
@@ -21,52 +70,34 @@ pbs_time_limit() {
 preflight() {
     local status=0
     [ "${DOCTOR:-1}" = 0 ] && return 0
-    "$@" || status=$?
-    if [ "$status" -ne 0 ]; then
+    job_run "$@" || status=$?
+    if [ "$status" -eq 1 ]; then
         echo "hpc_mnist: the pre-flight check failed (verdicts above): not training; DOCTOR=0 skips the check" >&2
+    elif [ "$status" -ne 0 ]; then
+        echo "hpc_mnist: the pre-flight check could not run (exit $status, see above): not training" >&2
     fi
     return "$status"
 }
 
-# Run a Slurm batch job's launch (srun, or python -m hpc_mnist.launch) and requeue the job only when the
-# trainer stopped for the time limit; return the launch's exit status, which the job script exits with
-# (a batch script whose last command succeeds is COMPLETED even when its srun failed).
-#
-# This shell forwards no signal. Slurm delivers TERM to every task itself at a scancel, a time limit or a
-# requeue, so a forwarded copy only races the ranks' checkpoint; and the early warning
-# (--signal=B:USR1@N, sent to this shell only, up to 60 s earlier than asked and so at once in a short
-# job) would kill ranks still importing torch and torchrun agents, which do not handle USR1. The trainer
-# reads the job's end time from squeue when it starts; the warning only matters where it cannot, and there
-# it becomes the stop file every rank checks. The trainer writes why it ended to the status file:
-#   {"state": ..., "reason": "deadline" | "signal" | ..., "requeue": true | false, ...}
-# so a user's scancel (TERM, requeue false) ends the job with its checkpoint kept, for a later submission
-# with the same RUN_NAME to resume, while a deadline stop requeues the job (same id, same run directory).
-run_slurm_job() {
-    local files=${HPC_MNIST_JOB_FILES:-runs/.jobs} job pid status=0
-    job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
-    job=${job:-${SLURM_JOB_ID:?run_slurm_job runs inside a Slurm job}}
-    case $files in /*) ;; *) files=$PWD/$files ;; esac   # the ranks may start elsewhere
-    mkdir -p "$files"
-    export HPC_MNIST_STATUS_FILE=$files/$job.status.json HPC_MNIST_STOP_FILE=$files/$job.stop
-    rm -f "$HPC_MNIST_STATUS_FILE" "$HPC_MNIST_STOP_FILE"
-    trap slurm_warning USR1
-    trap : TERM   # the ranks got TERM from Slurm too: wait for their checkpoint, then report
-    "$@" &
-    pid=$!
-    while :; do
-        wait "$pid" && status=0 || status=$?
-        kill -0 "$pid" 2>/dev/null || break   # still running: a trapped signal interrupted wait
-    done
-    trap - USR1 TERM
+# job_launch CMD...: the training launch; afterwards continue the run when the trainer stopped for the time
+# limit. Returns the launch's exit status, which the job script exits with (a batch script whose last
+# command succeeds is COMPLETED even when its launch failed).
+job_launch() {
+    local status=0
+    job_run "$@" || status=$?
     if grep -qs '"requeue": *true' "$HPC_MNIST_STATUS_FILE"; then
-        requeue_slurm_job "$job"
+        "continue_${JOB_SCHEDULER}_job"
     fi
     return "$status"
 }
 
-# USR1 from --signal=B:USR1@N. Where squeue answers, the trainer knows the job's end time already and
-# stops in time by itself; a stop now would end a run that still fits (the warning can come at the start).
-slurm_warning() {
+job_usr1() {
+    if [ "$JOB_SCHEDULER" = pbs ]; then
+        echo "hpc_mnist: SIGUSR1 (qsig): the ranks, once training, stop with a checkpoint; this shell goes on"
+        return 0   # a bare return in a trap returns the interrupted command's status, which set -e then obeys
+    fi
+    # --signal=B:USR1@N. Where squeue answers, the trainer knows the job's end time already and stops in time
+    # by itself; a stop now would end a run that still fits (the warning can come at the start).
     local end
     end=$(timeout 10 squeue -h -j "$SLURM_JOB_ID" -o %e 2>/dev/null) || end=""
     case $end in
@@ -76,15 +107,34 @@ slurm_warning() {
     esac
 }
 
-requeue_slurm_job() {
+continue_slurm_job() {
     if [ "${SLURM_RESTART_COUNT:-0}" -ge "${MAX_REQUEUES:-10}" ]; then
-        echo "hpc_mnist: stopped for the time limit with a checkpoint; not requeueing job $1 again" \
+        echo "hpc_mnist: stopped for the time limit with a checkpoint; not requeueing job $JOB_ID again" \
             "(requeued ${SLURM_RESTART_COUNT:-0} times, MAX_REQUEUES=${MAX_REQUEUES:-10}): resubmit with the same RUN_NAME"
     elif ! command -v scontrol >/dev/null 2>&1; then
         echo "hpc_mnist: stopped for the time limit with a checkpoint, but scontrol is not available here to" \
-            "requeue job $1: resubmit with the same RUN_NAME to continue"
+            "requeue job $JOB_ID: resubmit with the same RUN_NAME to continue"
     else
-        echo "hpc_mnist: stopped for the time limit with a checkpoint; requeueing job $1 to continue"
-        scontrol requeue "$1"
+        echo "hpc_mnist: stopped for the time limit with a checkpoint; requeueing job $JOB_ID to continue"
+        scontrol requeue "$JOB_ID"
+    fi
+}
+
+# PBS: submit the same script (PBS's copy of it, $0), variables and resources as a job that starts after this
+# one has ended, on the same run directory (hpc_mnist/pbs.py builds the qsub line from qstat). RESUBMIT_COUNT
+# counts the jobs that carried the run; MAX_RESUBMITS (10) bounds it.
+continue_pbs_job() {
+    local count=${RESUBMIT_COUNT:-0} run new
+    run=$(sed -n 's/.*"run_dir": *"\([^"]*\)".*/\1/p' "$HPC_MNIST_STATUS_FILE")
+    run=${run##*/}
+    if [ "$count" -ge "${MAX_RESUBMITS:-10}" ]; then
+        echo "hpc_mnist: stopped for the walltime with a checkpoint; not continuing run $run again ($count jobs" \
+            "submitted, MAX_RESUBMITS=${MAX_RESUBMITS:-10}): resubmit with RUN_NAME=$run"
+    elif new=$("${PYTHON:-python}" -m hpc_mnist.pbs continue --script "$0" --run-name "$run" \
+            --count $((count + 1))); then
+        echo "hpc_mnist: stopped for the walltime with a checkpoint; job $new continues run $run after job $JOB_ID ends"
+    else
+        echo "hpc_mnist: stopped for the walltime with a checkpoint, but the job to continue it could not be" \
+            "submitted (above): resubmit with RUN_NAME=$run"
     fi
 }

@@ -6,7 +6,8 @@
 # #9966). Under the job script's `set -u` that ends the job at once with "unbound variable" - `|| true` cannot
 # catch it. So the loads run with nounset and errexit off, and their exit status is checked instead.
 # With HPC_MNIST_DRY_RUN set (`python -m hpc_mnist.launch --dry-run`) nothing is loaded: the commands are
-# printed to file descriptor 3 for the preview.
+# printed to file descriptor 3 for the preview. SITE_MODULES=0 loads nothing and says so in one line: for a
+# site file tried away from its site (the test lab), or an environment already set up by hand.
 
 # load_site_modules FUNCTION SITE_FILE: run FUNCTION (a site file's module commands, each ending in `|| return`)
 # as above. Returns non-zero, after one line naming the site file, when a load fails.
@@ -20,6 +21,10 @@ load_site_modules() {
             conda() { echo "conda $*" >&3; }
             "$commands"
         ) || true
+        return 0
+    fi
+    if [ "${SITE_MODULES:-1}" = 0 ]; then
+        echo "hpc_mnist: SITE_MODULES=0: $site_file loads no modules" >&2
         return 0
     fi
     if ! command -v module >/dev/null 2>&1; then

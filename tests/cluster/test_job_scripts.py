@@ -1,4 +1,4 @@
-"""The Slurm job scripts' own logic (launch/jobs.sh) with a stand-in trainer and stub scontrol: what they
+"""The job scripts' own logic (launch/jobs.sh) with a stand-in trainer and stub scontrol: what they
 requeue, what they say, what they exit with. Fast and without a scheduler; the same behaviour on the lab's
 real Slurm is in test_stops.py."""
 
@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,10 +25,11 @@ CANCELLED = {"state": "stopped", "reason": "signal", "signal": "SIGTERM", "reque
 
 def fake_trainer(tmp_path: Path, status: dict | None, code: int, sleep: float = 0) -> Path:
     """A PYTHON that records its arguments and the stop file it was given, writes `status` where the job
-    script asks for it (as rank 0 does), and exits with `code`."""
+    script asks for it (as rank 0 does), and exits with `code`; `-m hpc_mnist.pbs` is the real one."""
     fake = tmp_path / "python"
     write = f"printf '%s' '{json.dumps(status)}' > \"$HPC_MNIST_STATUS_FILE\"" if status else ":"
     fake.write_text(f"""#!/bin/bash
+case "$*" in "-m hpc_mnist.pbs "*) exec {sys.executable} "$@" ;; esac   # PBS: the real continuation logic
 echo "python $* stop=$HPC_MNIST_STOP_FILE" >> "$STUB_LOG"
 trap 'echo "python got $1" >> "$STUB_LOG"' USR1 TERM
 for _ in $(seq {int(sleep * 20)}); do sleep 0.05; done
@@ -135,3 +138,109 @@ def test_batch_shell_forwards_no_signal(tmp_path):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "got" not in stub_log(tmp_path), stub_log(tmp_path)
+
+
+# ---- PBS: the same logic with stub qstat/qsub; on the lab's real OpenPBS in test_pbs.py ----------------------
+
+PBS_SCRIPTS = ["pbs.sh", "polaris.sh", "aurora.sh"]
+
+
+def pbs_env(tmp_path: Path, python: Path, **values: str) -> dict[str, str]:
+    env = job_env(tmp_path, python, PBS_JOBID="4242.pbs-server", PBS_O_WORKDIR=str(REPO),
+                  PBS_NODEFILE=str(tmp_path / "nodefile"), HOME="/nonexistent-home",
+                  STUB_VARIABLES='{"CONFIG": "configs/mlp.yaml", "OVERRIDES": "train.epochs=9 a.b=1,2", '
+                                 '"PBS_O_HOME": "/home/u"}', **values)
+    del env["SLURM_JOB_ID"]
+    (tmp_path / "nodefile").write_text("node1\n")
+    return env
+
+
+@pytest.mark.parametrize("script", PBS_SCRIPTS)
+def test_pbs_deadline_stop_submits_the_continuation(tmp_path, script):
+    status = {**DEADLINE_STOP, "run_dir": str(tmp_path / "runs" / "long")}
+    result = run_job(script, pbs_env(tmp_path, fake_trainer(tmp_path, status, 75)), tmp_path)
+    assert result.returncode == 75, result.stderr
+    submitted = [line for line in stub_log(tmp_path).splitlines() if line.startswith("qsub ")]
+    assert len(submitted) == 1, stub_log(tmp_path)
+    assert submitted[0].startswith("qsub -W depend=afterany:4242.pbs-server -v CONFIG=configs/mlp.yaml,"
+                                   'OVERRIDES="train.epochs=9 a.b=1,2",RUN_NAME=long,RESUBMIT_COUNT=1 '
+                                   "-l select=2:ncpus=1 -l place=scatter -l walltime=00:30:00 -A lab -N hpc_mnist "
+                                   "-o login1:/home/u/hpc_mnist.o4242.1 ")
+    assert submitted[0].endswith(f"jobscripts/{script}")  # the same script (PBS's copy of it, in a real job)
+    assert "job 4343.pbs-server continues run long after job 4242.pbs-server ends" in result.stdout
+
+
+@pytest.mark.parametrize("status, count, why", [(CANCELLED, "0", "a qdel"), (DEADLINE_STOP, "10", "MAX_RESUBMITS")])
+def test_pbs_no_continuation_after_a_qdel_or_past_max_resubmits(tmp_path, status, count, why):
+    status = {**status, "run_dir": str(tmp_path / "runs" / "long")}
+    result = run_job("pbs.sh", pbs_env(tmp_path, fake_trainer(tmp_path, status, 75), RESUBMIT_COUNT=count),
+                     tmp_path)
+    assert result.returncode == 75, result.stderr
+    assert "qsub" not in stub_log(tmp_path), why
+    if why == "MAX_RESUBMITS":
+        assert "not continuing run long again (10 jobs submitted, MAX_RESUBMITS=10): resubmit with " \
+               "RUN_NAME=long" in result.stdout
+
+
+ALL_SCRIPTS = ["pbs.sh", "polaris.sh", "aurora.sh", "scaling_polaris.sh", "slurm.sh", "perlmutter.sh", "frontier.sh",
+               "scaling_slurm.sh"]
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_a_job_script_run_outside_its_scheduler_says_so_in_one_line(tmp_path, script):
+    """`bash jobscripts/polaris.sh` on a login node: one line and exit 2, before any module load or launch."""
+    env = clean_env(PATH=f"{STUBS}:{os.environ['PATH']}", STUB_LOG=str(tmp_path / "stub.log"), DOCTOR="1")
+    result = subprocess.run(["bash", f"jobscripts/{script}"], capture_output=True, text=True, env=env, cwd=REPO,
+                            timeout=60)
+    pbs = script in PBS_SCRIPTS or script == "scaling_polaris.sh"
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"hpc_mnist: {script} runs inside a {'PBS' if pbs else 'SLURM'} job: submit it with "
+        f"{'qsub' if pbs else 'sbatch'} ({'PBS_JOBID' if pbs else 'SLURM_JOB_ID'} is not set here)"]
+    assert result.stdout == "" and stub_log(tmp_path) == ""
+
+
+def slow_doctor(tmp_path: Path) -> Path:
+    """A PYTHON whose doctor takes 2 s and whose trainer records which signals it started with ignored."""
+    fake = tmp_path / "python"
+    fake.write_text("""#!/bin/bash
+echo "python $*" >> "$STUB_LOG"
+case "$*" in *hpc_mnist.doctor*) sleep 2 ;; esac
+case "$*" in *hpc_mnist.train*) echo "ignored $(sed -n 's/^SigIgn:\\t//p' /proc/$$/status)" >> "$STUB_LOG" ;; esac
+""")
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+@pytest.mark.parametrize("signame", ["SIGUSR1", "SIGUSR2"])
+def test_usr1_and_usr2_during_start_up_never_end_the_job(tmp_path, scheduler, signame):
+    """Slurm's --signal=B:USR1 warning lands at any moment of a short job's start-up; PBS's qsig reaches every
+    process of the job. Neither may kill the job shell; the steps start with both signals ignored."""
+    python = slow_doctor(tmp_path)
+    env = pbs_env(tmp_path, python, DOCTOR="1") if scheduler == "pbs" else job_env(tmp_path, python, DOCTOR="1")
+    proc = subprocess.Popen(["bash", str(REPO / "jobscripts" / f"{scheduler}.sh")], env=env, cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: "hpc_mnist.doctor" in stub_log(tmp_path))
+    for _ in range(3):
+        proc.send_signal(getattr(signal, signame))
+        time.sleep(0.1)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out + err
+    ignored = int(re.search(r"ignored ([0-9a-f]+)", stub_log(tmp_path))[1], 16)
+    assert ignored & (1 << (signal.SIGUSR1 - 1)) and ignored & (1 << (signal.SIGUSR2 - 1)), hex(ignored)
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_term_during_start_up_starts_no_training(tmp_path, scheduler):
+    """A cancel during the pre-flight check: the doctor ends (it got TERM from the scheduler too, here from
+    its shell's process group), and the job ends without starting the trainer."""
+    python = slow_doctor(tmp_path)
+    env = pbs_env(tmp_path, python, DOCTOR="1") if scheduler == "pbs" else job_env(tmp_path, python, DOCTOR="1")
+    proc = subprocess.Popen(["bash", str(REPO / "jobscripts" / f"{scheduler}.sh")], env=env, cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    wait_for(lambda: "hpc_mnist.doctor" in stub_log(tmp_path))
+    os.killpg(proc.pid, signal.SIGTERM)  # as the scheduler does: every process of the job
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0, out + err
+    assert "hpc_mnist.train" not in stub_log(tmp_path)

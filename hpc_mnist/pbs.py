@@ -1,0 +1,136 @@
+"""What a PBS job asks its server: its own attributes, the end of its walltime, and its successor.
+
+PBS gives a job no walltime variable and no early warning (SIGTERM at the walltime, SIGKILL `kill_delay`
+later), so the job's end is its start time plus its walltime, both from `qstat -f -F json`. Users cannot
+requeue their own PBS jobs (`qrerun` is an operator's), so a job whose run stopped for the walltime submits
+its successor: the same job script (PBS's copy of it), the same variables (`-v`) and resources (`-l select,
+place, walltime`), its log beside this one's (`hpc_mnist.o1234.1`, `.2`, ... after the first job's), the same
+run directory (RUN_NAME), held until this job has ended (`-W depend=afterany:<job>`), so the two never train
+at once.
+
+    python -m hpc_mnist.pbs continue --script "$0" --run-name NAME --count N   (inside a job: prints the new id)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+from hpc_mnist.errors import UserError
+
+CARRIED_RESOURCES = ("select", "place", "walltime")  # what a user sets; ncpus, nodect, ... PBS derives from them
+COUNT_VAR = "RESUBMIT_COUNT"  # how many jobs before this one carried the run
+
+
+def _qstat(*args: str) -> str:
+    try:
+        done = subprocess.run(["qstat", *args], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise UserError(f"qstat {' '.join(args)} failed: {e}") from None
+    if done.returncode != 0:
+        raise UserError(f"qstat {' '.join(args)} failed: {(done.stderr or done.stdout).strip()[:200]}")
+    return done.stdout
+
+
+def job_info(job_id: str) -> dict[str, Any]:
+    """The job's attributes, as `qstat -f -F json` gives them (Resource_List, Variable_List, stime, ...)."""
+    try:
+        jobs = json.loads(_qstat("-f", "-F", "json", job_id)).get("Jobs", {})
+    except json.JSONDecodeError as e:
+        raise UserError(f"qstat -f -F json {job_id} printed no JSON ({e})") from None
+    if not jobs:
+        raise UserError(f"qstat knows no job {job_id}")
+    return jobs.get(job_id) or next(iter(jobs.values()))
+
+
+def seconds(hms: str) -> int:
+    """'01:02:03' (or '02:03', '3') -> 3723."""
+    total = 0
+    for part in str(hms).split(":"):
+        total = total * 60 + int(part)
+    return total
+
+
+def end_time(info: dict[str, Any]) -> float | None:
+    """Unix time at which the walltime runs out: start time + walltime (None before the job started)."""
+    start, walltime = info.get("stime"), info.get("Resource_List", {}).get("walltime")
+    if not (start and walltime):
+        return None
+    if isinstance(start, int | float) or str(start).isdigit():
+        started = float(start)
+    else:  # 'Wed Dec  2 04:10:11 2026', local time
+        started = datetime.datetime.strptime(" ".join(str(start).split()), "%a %b %d %H:%M:%S %Y").timestamp()
+    return started + seconds(walltime)
+
+
+def variable_list(values: dict[str, str]) -> str:
+    """qsub -v's list, which qsub splits at commas: a value holding a comma, a quote or a space is quoted with
+    the kind of quote it lacks, which keeps it whole."""
+    def one(name: str, value: str) -> str:
+        if not re.search(r"[,'\"\s]", value):
+            return f"{name}={value}"
+        for quote in '"\'':
+            if quote not in value:
+                return f"{name}={quote}{value}{quote}"
+        raise UserError(f"qsub -v cannot pass {name}={value!r}: it holds both kinds of quote")
+    return ",".join(one(k, v) for k, v in values.items())
+
+
+def continuation(info: dict[str, Any], job_id: str, script: str, run_name: str, count: int) -> list[str]:
+    """The qsub command line of the job that continues this one's run once this one has ended."""
+    variables = {k: str(v) for k, v in info.get("Variable_List", {}).items() if not k.startswith("PBS_")}
+    variables.update({"RUN_NAME": run_name, COUNT_VAR: str(count)})
+    resources = info.get("Resource_List", {})
+    cmd = ["qsub", "-W", f"depend=afterany:{job_id}", "-v", variable_list(variables)]
+    for name in CARRIED_RESOURCES:
+        if name in resources:
+            cmd += ["-l", f"{name}={resources[name]}"]
+    if info.get("Account_Name"):
+        cmd += ["-A", str(info["Account_Name"])]
+    if info.get("Job_Name"):
+        cmd += ["-N", str(info["Job_Name"])]
+    if info.get("Output_Path"):  # the first job's log name and the count: hpc_mnist.o1234, .o1234.1, .o1234.2 ...
+        first = re.sub(rf"\.{count - 1}$", "", str(info["Output_Path"])) if count > 1 else str(info["Output_Path"])
+        cmd += ["-o", f"{first}.{count}"]
+    return [*cmd, script]
+
+
+def submit_continuation(job_id: str, script: str, run_name: str, count: int) -> str:
+    cmd = continuation(job_info(job_id), job_id, script, run_name, count)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise UserError(f"qsub failed: {e}") from None
+    if done.returncode != 0:
+        raise UserError(f"qsub failed ({done.returncode}): {(done.stderr or done.stdout).strip()[:300]}")
+    return done.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hpc_mnist.pbs", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    cont = sub.add_parser("continue", help="submit the job that continues this job's run after it ends")
+    cont.add_argument("--script", required=True, help="the job script to submit (PBS's copy: $0 in the job)")
+    cont.add_argument("--run-name", required=True, help="the run directory's name (RUN_NAME of the successor)")
+    cont.add_argument("--count", type=int, required=True,
+                      help="jobs that will have carried the run, the successor included")
+    cont.add_argument("--job", default=os.environ.get("PBS_JOBID", ""), help="this job's id (default $PBS_JOBID)")
+    args = p.parse_args(argv)
+    try:
+        if not args.job:
+            raise UserError("no PBS job here (PBS_JOBID is not set): nothing to continue")
+        print(submit_continuation(args.job, args.script, args.run_name, args.count))
+    except UserError as e:
+        print(f"hpc_mnist: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
