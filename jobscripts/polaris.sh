@@ -14,7 +14,8 @@
 # walltime from qstat and stops with a checkpoint a minute before the end; this script then submits the job
 # that continues the run (same script, variables, resources and run directory; it starts after this one has
 # ended; MAX_RESUBMITS=10 bounds the chain). A qdel stops the ranks with a checkpoint and ends the chain:
-# resubmit with RUN_NAME=<run> to resume. qsig -s USR1 stops the run with a checkpoint (no continuation).
+# resubmit with RUN_NAME=<run> to resume. Not `qsig -s USR1`: PBS's login shell above this script dies of it
+# and PBS kills the job at once, with no stop checkpoint (the last epoch's stays).
 #PBS -A YOUR_PROJECT
 #PBS -q debug
 #PBS -l select=2:system=polaris

@@ -10,10 +10,11 @@
 # Signals. The scheduler itself delivers TERM to every process of the job (scancel, qdel, a time limit, a
 # requeue, preemption): this shell forwards nothing, waits for the ranks' stop checkpoint, starts nothing
 # new, and reports. USR1 and USR2 never end the job: on Slurm USR1 is the time-limit warning
-# (--signal=B:USR1@N, to this shell only, and at any moment of a short job's start-up); on PBS `qsig` sends
-# them to every process of the job, this shell included, and a shell without a handler dies and takes the
-# job with it. The steps start with USR1 and USR2 ignored, so a signal during their start-up (importing
-# torch, loading data) is no death; the trainer then takes USR1 as a stop request (checkpoint, exit 75).
+# (--signal=B:USR1@N, to this shell only, and at any moment of a short job's start-up). The steps start with
+# USR1 and USR2 ignored, so a signal during their start-up (importing torch, loading data) is no death; the
+# trainer then takes USR1 as a stop request (checkpoint, exit 75). On PBS `qsig -s USR1` reaches the job's
+# top processes, and PBS's own login shell above this script, which no job script can reach, dies of it:
+# PBS then kills the job at once (Exit_status 266, measured on the lab); qdel is the clean stop there.
 #
 # The trainer writes why it ended to $HPC_MNIST_STATUS_FILE:
 #   {"state": ..., "reason": "deadline" | "signal" | ..., "requeue": true | false, "run_dir": ..., ...}
@@ -93,7 +94,7 @@ job_launch() {
 
 job_usr1() {
     if [ "$JOB_SCHEDULER" = pbs ]; then
-        echo "hpc_mnist: SIGUSR1 (qsig): the ranks, once training, stop with a checkpoint; this shell goes on"
+        echo "hpc_mnist: SIGUSR1 (qsig) ignored by the job script (qdel stops a run with a checkpoint)"
         return 0   # a bare return in a trap returns the interrupted command's status, which set -e then obeys
     fi
     # --signal=B:USR1@N. Where squeue answers, the trainer knows the job's end time already and stops in time

@@ -17,7 +17,8 @@ from conftest import MPIEXEC, REPO, clean_env
 STUBS = REPO / "tests" / "stubs"
 LMOD = STUBS / "lmod.bash"  # `module`/`conda` shell functions whose activate step reads an unset variable
 SCRIPTS = [*sorted((REPO / "jobscripts").glob("*.sh")), *sorted((REPO / "launch").glob("*.sh")), REPO / ".ci" / "run",
-           *sorted((REPO / "tests" / "stubs").iterdir())]
+           *sorted((REPO / "tests" / "stubs").iterdir()), *sorted((REPO / "tests" / "cluster" / "pals").iterdir()),
+           *(REPO / "tests" / "cluster" / name for name in ("pbs_lab.sh", "onpbs", "pbs-tmrsh"))]
 COMMAND = ["--", "python", "-m", "hpc_mnist.train"]
 
 

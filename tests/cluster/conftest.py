@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from conftest import REPO, clean_env
+from hpc_mnist import pbs
 
 HERE = Path(__file__).resolve().parent
 LAB_SH = HERE / "lab.sh"
@@ -221,3 +222,117 @@ def finished(lab: Lab, job: str, out: Path, timeout: float) -> Job:
     result = lab.wait(job, out, timeout)
     wait_gone(lab, job)
     return result
+
+
+# The PBS lab (tests/cluster/pbs_lab.sh): a real OpenPBS server on hp-head and a pbs_mom on hp-n1 and hp-n2,
+# sharing this machine's whole file system. Jobs are submitted from hp-head (tests/cluster/onpbs), as root or as
+# PbsLab.job_user.
+PBS_LAB_SH = HERE / "pbs_lab.sh"
+ONPBS = HERE / "onpbs"
+PBS_TMRSH = HERE / "pbs-tmrsh"  # HYDRA_LAUNCHER=rsh HYDRA_LAUNCHER_EXEC=PBS_TMRSH: Hydra through PBS's task manager
+PBS_LAB_DIR = Path(os.environ.get("HP_LAB_DIR", "/tmp/hp-lab"))
+PBS_HEAD = "hp-head"
+PBS_JOB_USER = os.environ.get("HP_LAB_USER", "hpuser")
+
+
+@dataclass
+class PbsLab:
+    """The PBS lab. Jobs run as `user`, the ordinary account pbs_lab.sh up creates, as users' jobs do: pbs_mom
+    does not track root-owned processes, so a root job's qdel, qsig and walltime kills reach only the top
+    shell's process group and the job ends as soon as that group is gone, leaving the rest running."""
+
+    dir: Path
+    hosts: list[str]
+    env: dict[str, str]
+    user: str = PBS_JOB_USER
+
+    def workdir(self, name: str) -> Path:
+        """A fresh folder for a test's files, writable by any job user (every host sees the whole file system)."""
+        path = self.dir / "shared" / f"{os.getpid()}-{next(_counter)}-{name}"
+        path.mkdir(parents=True)
+        path.chmod(0o777)
+        return path
+
+    def run(self, cmd: list[str], *, host: str = PBS_HEAD, timeout: float = 30, cwd: Path = REPO,
+            check: bool = True) -> subprocess.CompletedProcess:
+        """`cmd` on a lab host (PBS's commands first on PATH)."""
+        full = [str(ONPBS), host, *cmd]
+        result = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=cwd)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{shlex.join(full)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def qsub(self, script: Path | str, *qsub_args: str, variables: dict[str, str] | None = None,
+             cwd: Path = REPO, user: str | None = None) -> str:
+        """Submit from hp-head in `cwd` (the job's PBS_O_WORKDIR; the job starts in $HOME, as PBS jobs do) as
+        `user` (default self.user); `variables` go to the job with -v. Returns the job id (`12.hp-head`)."""
+        user = user or self.user
+        args = ["-v", pbs.variable_list(variables)] if variables else []
+        as_user = [] if user == "root" else ["runuser", "-u", user, "--"]
+        return self.run([*as_user, "qsub", *args, *qsub_args, str(script)], cwd=cwd).stdout.strip()
+
+    def info(self, job: str) -> dict:
+        """`qstat -x -f -F json JOB`: the job's attributes (job_state, Exit_status, exec_host, ...)."""
+        out = self.run(["qstat", "-x", "-f", "-F", "json", job]).stdout
+        return json.loads(out)["Jobs"][job]
+
+    def wait(self, job: str, timeout: float) -> dict:
+        """Until the job has finished (job_state F); qdel it and fail when that takes too long."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.info(job)
+            if info.get("job_state") == "F":
+                return info
+            time.sleep(0.5)
+        self.qdel(job, check=False)
+        raise AssertionError(f"job {job} not finished within {timeout:.0f} s: {json.dumps(self.info(job), indent=1)}")
+
+    def qdel(self, job: str, *args: str, check: bool = True) -> None:
+        self.run(["qdel", *args, job], check=check)
+
+    def qsig(self, job: str, sig: str) -> None:
+        self.run(["qsig", "-s", sig, job])
+
+    def qrerun(self, job: str) -> None:
+        self.run(["qrerun", job])
+
+
+def _reachable_by(user: str, env: dict[str, str]) -> str:
+    """Let the job user reach this Python, its environment and the repository (only the folders' search bit for
+    others is added: pyenv's Python lives under /root, mode 700, and CI's venv in a mktemp -d folder, mode 700);
+    returns what still fails, or ''."""
+    for path in {Path(os.path.realpath(PY)), Path(sys.prefix), REPO}:
+        for folder in [*reversed(path.parents), path]:
+            if folder.is_dir() and not folder.stat().st_mode & 0o001:
+                folder.chmod(folder.stat().st_mode | 0o001)
+    probe = subprocess.run(["runuser", "-u", user, "--", PY, "-c", "import torch, hpc_mnist"], capture_output=True,
+                           text=True, env=env, cwd="/", timeout=120)
+    return "" if probe.returncode == 0 else f"job user {user} cannot run {PY}: {probe.stderr.strip()[-300:]}"
+
+
+@pytest.fixture(scope="session")
+def pbs_lab() -> PbsLab:
+    if os.geteuid() != 0:
+        pytest.skip("PBS lab needs root (network namespaces, PBS daemons)")
+    env = clean_env("HP_LAB_", HP_LAB_DIR=str(PBS_LAB_DIR), HP_LAB_USER=PBS_JOB_USER, OMP_NUM_THREADS="1",
+                    PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    already = subprocess.run([str(PBS_LAB_SH), "status"], capture_output=True, text=True, env=env).returncode == 0
+    started = time.monotonic()
+    try:  # a fresh machine first builds OpenPBS: ~80 s of apt, ~4 min of make on 2 cores
+        up = subprocess.run([str(PBS_LAB_SH), "up"], capture_output=True, text=True, env=env, timeout=900)
+    except subprocess.TimeoutExpired:
+        up = subprocess.CompletedProcess([], 1, "", "pbs_lab.sh up took more than 15 minutes")
+    if up.returncode != 0:
+        reason = (up.stderr.strip().splitlines() or ["pbs_lab.sh up failed"])[-1]
+        if up.returncode == 3 or os.environ.get("CI") != "true":
+            pytest.skip(f"PBS lab unavailable: {reason}")
+        pytest.fail(f"PBS lab failed to start (CI=true): {up.stdout}\n{up.stderr}")
+    print(f"\npbs lab up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    reachable = _reachable_by(PBS_JOB_USER, env)
+    if reachable:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PBS lab: {reachable}")
+        pytest.skip(f"PBS lab: {reachable}")
+    yield PbsLab(PBS_LAB_DIR, ["hp-n1", "hp-n2"], env)
+    if not already:
+        subprocess.run([str(PBS_LAB_SH), "down"], capture_output=True, env=env, timeout=300)

@@ -1,0 +1,300 @@
+"""The PBS job scripts on the lab's real OpenPBS (2 execution hosts), submitted with qsub and edited only as
+their headers say: a 2 x 2 run with the pre-flight check, a run longer than its walltime that continues by
+itself, qdel, qrerun, qsig, a walltime the trainer did not foresee, arrays, a scaling sweep, and Polaris's and
+Aurora's scripts through the one stand-in (tests/cluster/pals: Cray PALS's mpiexec over MPICH Hydra).
+
+Ranks reach the second host the way PBS means them to: MPICH Hydra through PBS's task manager
+(tests/cluster/pbs-tmrsh), so every rank is inside the job and gets PBS's signals. The job's PATH comes from
+the login shell (/etc/profile), so the venv is activated by the site file (HPC_MNIST_VENV), as on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.conftest import (
+    PBS_TMRSH,
+    PY,
+    SLOW,
+    SMOKE,
+    PbsLab,
+    assert_same_weights,
+    assert_whole_checkpoint,
+    epochs_logged,
+    load_weights,
+    status,
+)
+from conftest import REPO
+
+pytestmark = pytest.mark.cluster
+
+VENV = Path(sys.prefix)
+PALS = Path(__file__).resolve().parent / "pals"
+LONG_EPOCHS = 12  # ~40 s of training on 4 ranks: several 90 s jobs that each train ~20 s
+
+
+def edited_script(work: Path, name: str, walltime: str = "00:05:00", select: str = "2:ncpus=2") -> Path:
+    """jobscripts/<name> changed only where its header tells a user to: no project (-A) or queue (-q) (the lab
+    has one queue), select (2 hosts of 2 cores), walltime. ALCF's `filesystems` resource does not exist on the
+    lab, so that line goes too."""
+    text = (REPO / "jobscripts" / name).read_text()
+    for pattern, replacement in [(r"#PBS -A \S+\n", ""), (r"#PBS -q \S+\n", ""),
+                                 (r"#PBS -l select=\S+", f"#PBS -l select={select}"),
+                                 (r"#PBS -l walltime=\S+", f"#PBS -l walltime={walltime}")]:
+        text, count = re.subn(pattern, replacement, text)
+        assert count == 1, f"jobscripts/{name} no longer has one line matching {pattern!r}"
+    text = re.sub(r"#PBS -l filesystems=\S+\n", "", text)
+    path = work / name
+    path.write_text(text)
+    return path
+
+
+def pals_venv(work: Path) -> Path:
+    """HPC_MNIST_VENV for Polaris and Aurora on the lab: the venv, with the PALS stand-in's mpiexec first."""
+    fake = work / "pals-venv"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "bin" / "activate").write_text(f'. "{VENV}/bin/activate"\nexport PATH="{PALS}:$PATH"\n')
+    return fake
+
+
+def variables(work: Path, overrides: str, pals: bool = False, **more: str) -> dict[str, str]:
+    """What a user passes with qsub -v, plus the lab's launch settings."""
+    values = {"CONFIG": "configs/smoke.yaml", "PYTHON": PY, "HPC_MNIST_VENV": str(pals_venv(work) if pals else VENV),
+              "RANKS_PER_NODE": "2", "DOCTOR": "0", "HPC_MNIST_JOB_FILES": str(work / "jobfiles"),
+              "HYDRA_LAUNCHER": "rsh", "HYDRA_LAUNCHER_EXEC": str(PBS_TMRSH),
+              "OVERRIDES": f"log.console=plain train.precision=fp32 log.tensorboard=false log.dir={work / 'runs'} "
+                           f"{overrides}"}
+    if pals:  # the stand-in, and no site modules or high-speed-network names
+        values.update(SITE_MODULES="0", HPC_MNIST_MASTER_DOMAIN="", PALS_HYDRA=str(VENV / "bin" / "mpiexec"),
+                      PALS_LOG=str(work / "pals.log"))
+    return {**values, **more}
+
+
+def submit(lab: PbsLab, work: Path, script: str, overrides: str, *qsub_args: str, walltime: str = "00:05:00",
+           pals: bool = False, **more: str) -> str:
+    out = work / f"{script}.{len(list(work.glob('*.out')))}.out"
+    return lab.qsub(edited_script(work, script, walltime), "-o", str(out), *qsub_args,
+                    variables=variables(work, overrides, pals, **more))
+
+
+def log_of(info: dict) -> str:
+    path = Path(info.get("Output_Path", ":").split(":", 1)[1])
+    return path.read_text() if path.exists() else ""
+
+
+def wait_for_epoch(lab: PbsLab, job: str, run_dir: Path, epoch: int = 1, timeout: float = 150) -> None:
+    deadline = time.monotonic() + timeout
+    while len(epochs_logged(run_dir)) < epoch:
+        info = lab.info(job)
+        assert info["job_state"] in ("Q", "R", "E", "H"), f"job {job} ended before epoch {epoch}:\n{log_of(info)}"
+        assert time.monotonic() < deadline, f"job {job} logged no epoch {epoch} within {timeout} s"
+        time.sleep(0.3)
+
+
+def stamp(pbs_time: str) -> float:
+    """'Wed Dec  2 04:03:38 2026' (qstat's local time, 1 s resolution) as unix time."""
+    return time.mktime(time.strptime(" ".join(pbs_time.split()), "%a %b %d %H:%M:%S %Y"))
+
+
+def unique_name(work: Path) -> str:
+    """A Job_Name no other job of the lab's history has (it starts with a letter, as PBS requires)."""
+    return "j" + work.name.split("-", 2)[0] + "x" + work.name.split("-", 2)[1]
+
+
+def jobs_named(lab: PbsLab, name: str) -> list[str]:
+    """Every job (finished ones too) whose Job_Name is `name`, oldest first."""
+    out = lab.run(["qstat", "-x", "-f", "-F", "json"]).stdout
+    jobs = json.loads(out).get("Jobs", {})
+    return sorted((j for j, info in jobs.items() if info.get("Job_Name") == name), key=lambda j: int(j.split(".")[0]))
+
+
+def reference(lab: PbsLab, work: Path, epochs: int, extra: str = "") -> Path:
+    """The uninterrupted run: torchrun, 4 ranks on this machine, one thread each."""
+    subprocess.run([str(VENV / "bin" / "torchrun"), "--standalone", "--nproc_per_node=4", "-m", "hpc_mnist.train",
+                    *SMOKE, *SLOW.split(), f"train.epochs={epochs}", f"log.dir={work}", "log.name=reference",
+                    *extra.split()], check=True, capture_output=True, timeout=300, env=lab.env, cwd=REPO)
+    return work / "reference" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def straight(pbs_lab: PbsLab) -> Path:
+    return reference(pbs_lab, pbs_lab.workdir("reference"), LONG_EPOCHS)
+
+
+def test_pbs_sh_two_hosts_with_the_doctor_equals_torchrun(pbs_lab: PbsLab):
+    """(a) The generic PBS script as a user edits it, 2 hosts x 2 ranks, pre-flight check on: PBS's
+    OMP_NUM_THREADS=2 (the chunk's ncpus) must not make 2 ranks x 2 threads on 2 cores (the doctor failed every
+    such job); the weights equal torchrun's 4 ranks with one thread each, bit for bit."""
+    work = pbs_lab.workdir("pbs-2x2")
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs=2 log.name=run", DOCTOR="1")
+    info = pbs_lab.wait(job, timeout=240)
+    log = log_of(info)
+    assert info["Exit_status"] == 0, log
+    assert "unhealthy" not in log and "FAIL" not in log, log
+    assert "1 CPU thread(s) per rank: its share of 2 core(s) among 2 rank(s); PBS's OMP_NUM_THREADS=2" in log, log
+    summary = json.loads((work / "runs" / "run" / "summary.json").read_text())
+    assert (summary["world_size"], summary["num_nodes"], summary["launcher"]) == (4, 2, "mpi"), summary
+    assert_same_weights(work / "runs" / "run" / "model.pt", reference(pbs_lab, work, 2))
+
+
+def test_a_run_longer_than_its_walltime_continues_by_itself(pbs_lab: PbsLab, straight: Path):
+    """(b) 90 s jobs: each stops with a checkpoint train.deadline_margin (70 s here, so that a job trains
+    about 10 s and the run takes several) before its walltime (the trainer reads stime and walltime from
+    qstat), submits its continuation (same run directory, after this job has ended), and the last one
+    completes: the straight run's weights, every epoch once in metrics.jsonl and in TensorBoard."""
+    work = pbs_lab.workdir("long")
+    name = unique_name(work)
+    first = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS} log.tensorboard=true "
+                   "train.deadline_margin=70", "-N", name, walltime="00:01:30")
+    deadline = time.monotonic() + 600
+    while True:  # until the newest job of the chain has ended other than by a stop for the walltime (75)
+        jobs = jobs_named(pbs_lab, name)
+        infos = [pbs_lab.info(j) for j in jobs]
+        if infos[-1]["job_state"] == "F" and infos[-1].get("Exit_status") != 75:
+            break
+        assert time.monotonic() < deadline, [(i["job_state"], i.get("Exit_status")) for i in infos]
+        time.sleep(1)
+    logs = [log_of(i) for i in infos]
+    assert len(jobs) >= 2, logs
+    print(f"\n{len(jobs)} jobs carried the run", file=sys.stderr)
+    run_dir = work / "runs" / first.split(".")[0]
+    for job, info, log in zip(jobs[:-1], infos[:-1], logs[:-1], strict=True):
+        assert info["Exit_status"] == 75, log  # stopped with a checkpoint, not killed at the walltime (-29)
+        assert f"continues run {run_dir.name} after job {job} ends" in log, log
+    assert infos[-1]["Exit_status"] == 0, logs[-1]
+    for earlier, later in zip(infos[:-1], infos[1:], strict=True):  # chained: each held until the one before had ended
+        assert stamp(later["stime"]) >= stamp(earlier["obittime"]), (earlier, later)
+        assert str(later["Variable_List"]["RUN_NAME"]) == run_dir.name  # qstat gives 60, not "60"
+    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", straight)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert [e.step for e in events.Scalars("accuracy/val")] == list(range(1, LONG_EPOCHS + 1))
+
+
+def test_qdel_ends_the_run_and_a_resubmission_resumes(pbs_lab: PbsLab, straight: Path):
+    """(c) A user's qdel: TERM to every rank, a whole stop checkpoint, no continuation; the same RUN_NAME
+    submitted again resumes to the straight run's weights."""
+    work = pbs_lab.workdir("qdel")
+    name = unique_name(work)
+    run_dir = work / "runs" / "deleted"
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}", "-N", name, RUN_NAME="deleted")
+    wait_for_epoch(pbs_lab, job, run_dir)
+    pbs_lab.qdel(job)
+    info = pbs_lab.wait(job, timeout=60)
+    st = status(run_dir)
+    assert (st["state"], st["reason"], st["signal"], st["requeue"]) == ("stopped", "signal", "SIGTERM", False), \
+        (st, log_of(info))
+    assert_whole_checkpoint(run_dir, st)
+    time.sleep(3)
+    assert jobs_named(pbs_lab, name) == [job], "a qdel'd run was continued"
+    again = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}", RUN_NAME="deleted")
+    info = pbs_lab.wait(again, timeout=240)
+    assert info["Exit_status"] == 0, log_of(info)
+    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", straight)
+
+
+def test_qrerun_resumes_under_the_same_job_id(pbs_lab: PbsLab, straight: Path):
+    """(d) qrerun (an operator's, or PBS's after a node failure): the same job id, so the same run directory,
+    resumed from the stop checkpoint to the straight run's weights."""
+    work = pbs_lab.workdir("qrerun")
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}")
+    run_dir = work / "runs" / job.split(".")[0]
+    wait_for_epoch(pbs_lab, job, run_dir)
+    pbs_lab.qrerun(job)
+    info = pbs_lab.wait(job, timeout=300)
+    assert info["Exit_status"] == 0 and int(info["run_count"]) == 2, log_of(info)
+    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", straight)
+
+
+def test_qsig_usr1_ends_the_job_at_once_and_the_last_checkpoint_stays(pbs_lab: PbsLab, straight: Path):
+    """(e) qsig -s USR1 reaches the job's top processes, PBS's own login shell above the job script included.
+    No job script can give that shell a handler: it dies, and PBS kills the whole job within milliseconds
+    (Exit_status 266 = 256 + SIGUSR1), before any rank could write a stop checkpoint. So qdel is the clean stop
+    on PBS (test_qdel_...), and this test holds what remains true: the last epoch's checkpoint is whole and the
+    same RUN_NAME resumes from it to the straight run's weights."""
+    work = pbs_lab.workdir("qsig")
+    run_dir = work / "runs" / "signalled"
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}", RUN_NAME="signalled")
+    wait_for_epoch(pbs_lab, job, run_dir, epoch=2)
+    pbs_lab.qsig(job, "SIGUSR1")
+    info = pbs_lab.wait(job, timeout=60)
+    assert info["Exit_status"] == 266, log_of(info)
+    newest = max(run_dir.glob("checkpoint-*.pt"))
+    assert load_weights(newest), newest  # whole: it loads
+    again = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}", RUN_NAME="signalled")
+    info = pbs_lab.wait(again, timeout=240)
+    assert info["Exit_status"] == 0, log_of(info)
+    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", straight)
+
+
+def test_a_walltime_the_trainer_did_not_foresee(pbs_lab: PbsLab):
+    """(f) No deadline known (train.job_deadline=false): PBS's TERM at the walltime on both hosts, KILL
+    kill_delay (10 s) later. The ranks stop with a whole checkpoint within it."""
+    work = pbs_lab.workdir("walltime")
+    run_dir = work / "runs" / "killed"
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs=200 train.job_deadline=false", walltime="00:01:00",
+                 RUN_NAME="killed")
+    info = pbs_lab.wait(job, timeout=200)
+    log = log_of(info)
+    assert "walltime" in log and "exceeded limit" in log, log
+    st = status(run_dir)
+    assert (st["state"], st["reason"], st["signal"]) == ("stopped", "signal", "SIGTERM"), (st, log)
+    assert_whole_checkpoint(run_dir, st)
+    started = stamp(info["stime"])
+    term_to_checkpoint = Path(st["checkpoint"]).stat().st_mtime - (started + 60)
+    print(f"\nwalltime TERM to stop checkpoint: {term_to_checkpoint:.1f} s", file=sys.stderr)
+    assert term_to_checkpoint < 10, term_to_checkpoint
+
+
+def test_array_subjobs_have_a_run_directory_each(pbs_lab: PbsLab):
+    """(g) qsub -J 1-2: two subjobs, each its own run directory (<array>-<index>), each completed."""
+    work = pbs_lab.workdir("array")
+    array = pbs_lab.qsub(edited_script(work, "pbs.sh"), "-J", "1-2", "-o", str(work / "array.^array_index^.out"),
+                         variables=variables(work, "train.epochs=1"))
+    number = array.split("[")[0]
+    for index in (1, 2):
+        info = pbs_lab.wait(f"{number}[{index}].{array.split('.', 1)[1]}", timeout=240)
+        assert info["Exit_status"] == 0, log_of(info)
+        assert status(work / "runs" / f"{number}-{index}")["state"] == "completed"
+
+
+def test_scaling_sweep_of_one_and_two_nodes_in_one_job(pbs_lab: PbsLab):
+    """(h) jobscripts/scaling_polaris.sh through the PALS stand-in: 1 and 2 nodes in one PBS job, its report."""
+    work = pbs_lab.workdir("scaling")
+    job = submit(pbs_lab, work, "scaling_polaris.sh", "", pals=True, EPOCHS="1", SWEEP_DIR=str(work / "sweep"),
+                 OVERRIDES="log.console=plain train.precision=fp32 log.tensorboard=false data.synthetic_train=4000")
+    info = pbs_lab.wait(job, timeout=300)
+    assert info["Exit_status"] == 0, log_of(info)
+    assert (work / "sweep" / "scaling.md").exists(), log_of(info)
+    launches = (work / "pals.log").read_text()
+    assert "mpiexec -n 2 --ppn 2 --depth 8 --cpu-bind depth" in launches, launches
+    assert "mpiexec -n 4 --ppn 2 --depth 8 --cpu-bind depth" in launches, launches
+
+
+@pytest.mark.parametrize("script", ["polaris.sh", "aurora.sh"])
+def test_alcf_scripts_through_the_pals_stand_in(pbs_lab: PbsLab, script: str):
+    """(i) Polaris's and Aurora's scripts as users edit them, with the stand-in for PALS's mpiexec and no site
+    modules (SITE_MODULES=0): the PBS environment, the node file, the launch line, the GPU-affinity wrapper's
+    invocation (Polaris), the doctor and the run are real."""
+    work = pbs_lab.workdir(script.split(".")[0])
+    job = submit(pbs_lab, work, script, "train.epochs=1 log.name=run", pals=True, DOCTOR="1")
+    info = pbs_lab.wait(job, timeout=240)
+    log = log_of(info)
+    assert info["Exit_status"] == 0, log
+    assert "SITE_MODULES=0" in log, log
+    summary = json.loads((work / "runs" / "run" / "summary.json").read_text())
+    assert (summary["world_size"], summary["num_nodes"], summary["launcher"]) == (4, 2, "mpi"), summary
+    launches = (work / "pals.log").read_text()
+    wrapper = "gpu_affinity_polaris.sh" if script == "polaris.sh" else "--cpu-bind list:"
+    assert launches.count("mpiexec -n 4 --ppn 2 ") == 2 and wrapper in launches, launches  # doctor, training
