@@ -25,7 +25,7 @@ from typing import Any
 from hpc_mnist.errors import UserError
 
 CARRIED_RESOURCES = ("select", "place", "walltime")  # what a user sets; ncpus, nodect, ... PBS derives from them
-COUNT_VAR = "RESUBMIT_COUNT"  # how many jobs before this one carried the run
+COUNT_VAR = "RESUBMIT_COUNT"  # 0 in the first job of a run, 1 in its first continuation, ...
 
 
 def _qstat(*args: str) -> str:

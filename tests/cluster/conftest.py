@@ -119,6 +119,24 @@ def _shared_paths() -> str:
     return " ".join(str(p) for p in {Path(sys.prefix), REPO} if str(p).startswith("/tmp/"))
 
 
+def start_lab(script: Path, name: str, env: dict[str, str], timeout: float) -> bool:
+    """`script up`; whether the lab was up already (then the session leaves it up). Where the machine cannot
+    host it (exit 3), or outside CI, the tests skip with the reason; under CI=true any other failure fails."""
+    already = subprocess.run([str(script), "status"], capture_output=True, text=True, env=env).returncode == 0
+    started = time.monotonic()
+    try:
+        up = subprocess.run([str(script), "up"], capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        up = subprocess.CompletedProcess([], 1, "", f"{script.name} up took more than {timeout / 60:.0f} minutes")
+    if up.returncode != 0:
+        reason = (up.stderr.strip().splitlines() or [f"{script.name} up failed"])[-1]
+        if up.returncode == 3 or os.environ.get("CI") != "true":
+            pytest.skip(f"{name} unavailable: {reason}")
+        pytest.fail(f"{name} failed to start (CI=true): {up.stdout}\n{up.stderr}")
+    print(f"\n{name} up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return already
+
+
 @pytest.fixture(scope="session")
 def lab() -> Lab:
     if os.geteuid() != 0:
@@ -126,18 +144,7 @@ def lab() -> Lab:
     env = clean_env("HM_LAB_", SLURM_CONF=str(LAB_DIR / "slurm" / "slurm.conf"), HM_LAB_DIR=str(LAB_DIR),
                     HM_LAB_SHARED=_shared_paths(), OMP_NUM_THREADS="1",
                     PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    already = subprocess.run([str(LAB_SH), "status"], capture_output=True, text=True, env=env).returncode == 0
-    started = time.monotonic()
-    try:
-        up = subprocess.run([str(LAB_SH), "up"], capture_output=True, text=True, env=env, timeout=600)
-    except subprocess.TimeoutExpired:
-        up = subprocess.CompletedProcess([], 1, "", "lab.sh up took more than 10 minutes")
-    if up.returncode != 0:
-        reason = (up.stderr.strip().splitlines() or ["lab.sh up failed"])[-1]
-        if up.returncode == 3 or os.environ.get("CI") != "true":
-            pytest.skip(f"cluster lab unavailable: {reason}")
-        pytest.fail(f"cluster lab failed to start (CI=true): {up.stdout}\n{up.stderr}")
-    print(f"\ncluster lab up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    already = start_lab(LAB_SH, "cluster lab", env, timeout=600)
     nodes = int(os.environ.get("HM_LAB_NODES", "2"))
     yield Lab(LAB_DIR, [f"hm-n{i}" for i in range(1, nodes + 1)], env)
     if not already:
@@ -316,18 +323,7 @@ def pbs_lab() -> PbsLab:
         pytest.skip("PBS lab needs root (network namespaces, PBS daemons)")
     env = clean_env("HP_LAB_", HP_LAB_DIR=str(PBS_LAB_DIR), HP_LAB_USER=PBS_JOB_USER, OMP_NUM_THREADS="1",
                     PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    already = subprocess.run([str(PBS_LAB_SH), "status"], capture_output=True, text=True, env=env).returncode == 0
-    started = time.monotonic()
-    try:  # a fresh machine first builds OpenPBS: ~80 s of apt, ~4 min of make on 2 cores
-        up = subprocess.run([str(PBS_LAB_SH), "up"], capture_output=True, text=True, env=env, timeout=900)
-    except subprocess.TimeoutExpired:
-        up = subprocess.CompletedProcess([], 1, "", "pbs_lab.sh up took more than 15 minutes")
-    if up.returncode != 0:
-        reason = (up.stderr.strip().splitlines() or ["pbs_lab.sh up failed"])[-1]
-        if up.returncode == 3 or os.environ.get("CI") != "true":
-            pytest.skip(f"PBS lab unavailable: {reason}")
-        pytest.fail(f"PBS lab failed to start (CI=true): {up.stdout}\n{up.stderr}")
-    print(f"\npbs lab up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    already = start_lab(PBS_LAB_SH, "PBS lab", env, timeout=900)  # a fresh machine builds OpenPBS first (~5 min)
     reachable = _reachable_by(PBS_JOB_USER, env)
     if reachable:
         if os.environ.get("CI") == "true":
