@@ -28,20 +28,21 @@ CARRIED_RESOURCES = ("select", "place", "walltime")  # what a user sets; ncpus, 
 COUNT_VAR = "RESUBMIT_COUNT"  # 0 in the first job of a run, 1 in its first continuation, ...
 
 
-def _qstat(*args: str) -> str:
+def _run(cmd: list[str], timeout: float) -> str:
+    """A PBS command's output; one line naming it and what it said when it fails."""
     try:
-        done = subprocess.run(["qstat", *args], capture_output=True, text=True, timeout=15)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as e:
-        raise UserError(f"qstat {' '.join(args)} failed: {e}") from None
+        raise UserError(f"{cmd[0]} failed: {e}") from None
     if done.returncode != 0:
-        raise UserError(f"qstat {' '.join(args)} failed: {(done.stderr or done.stdout).strip()[:200]}")
+        raise UserError(f"{cmd[0]} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[:300]}")
     return done.stdout
 
 
 def job_info(job_id: str) -> dict[str, Any]:
     """The job's attributes, as `qstat -f -F json` gives them (Resource_List, Variable_List, stime, ...)."""
     try:
-        jobs = json.loads(_qstat("-f", "-F", "json", job_id)).get("Jobs", {})
+        jobs = json.loads(_run(["qstat", "-f", "-F", "json", job_id], timeout=15)).get("Jobs", {})
     except json.JSONDecodeError as e:
         raise UserError(f"qstat -f -F json {job_id} printed no JSON ({e})") from None
     if not jobs:
@@ -101,14 +102,7 @@ def continuation(info: dict[str, Any], job_id: str, script: str, run_name: str, 
 
 
 def submit_continuation(job_id: str, script: str, run_name: str, count: int) -> str:
-    cmd = continuation(job_info(job_id), job_id, script, run_name, count)
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise UserError(f"qsub failed: {e}") from None
-    if done.returncode != 0:
-        raise UserError(f"qsub failed ({done.returncode}): {(done.stderr or done.stdout).strip()[:300]}")
-    return done.stdout.strip()
+    return _run(continuation(job_info(job_id), job_id, script, run_name, count), timeout=60).strip()
 
 
 def main(argv: list[str] | None = None) -> int:
