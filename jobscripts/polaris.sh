@@ -25,6 +25,7 @@
 #PBS -k doe
 #PBS -j oe
 #PBS -N hpc_mnist
+trap '' USR1 USR2   # at once: a short job's time-limit warning can come before job_begin below
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-.}"
 source launch/jobs.sh && job_begin pbs   # signals handled from here on (launch/jobs.sh)

@@ -15,6 +15,7 @@
 #SBATCH -t 01:00:00
 #SBATCH -J hpc_mnist_scaling
 #SBATCH -o hpc_mnist_scaling-%j.out
+trap '' USR1 USR2   # at once: a short job's time-limit warning can come before job_begin below
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
 source launch/jobs.sh && job_begin slurm   # signals handled from here on (launch/jobs.sh)

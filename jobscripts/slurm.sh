@@ -19,6 +19,7 @@
 # this script then requeues the job (same job id, so the same run directory, and with --open-mode=append
 # the same log) and the next start resumes. --signal is only a fallback for where the ranks cannot ask
 # squeue. A scancel stops the ranks with a checkpoint and ends the job: resubmit with RUN_NAME to resume.
+trap '' USR1 USR2   # at once: a short job's time-limit warning can come before job_begin below
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
 source launch/jobs.sh && job_begin slurm   # signals handled from here on (launch/jobs.sh)
