@@ -32,13 +32,12 @@ import torch.nn.functional as F
 from rich.table import Table
 from torch import nn
 
-from hpc_mnist import config, dist, models, optim
+from hpc_mnist import config, dist, models, optim, resources
 from hpc_mnist.config import Config
 from hpc_mnist.data import synthetic, write_idx_split
 from hpc_mnist.logger import make_console
 from hpc_mnist.train import Trainer, sum_dtype
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_BATCH = {"linear": 128, "mlp": 128, "cnn": 512}
 
 
@@ -69,7 +68,7 @@ def run_config(model: str, precision: str, batch: int, args: argparse.Namespace,
                schedule: bool = False) -> Config:
     """--config (default: the shipped config for `model`), pointed at the benchmark's data. Throughput runs
     leave out the schedule, whose length depends on epochs the benchmark never runs."""
-    cfg = config.build(args.config or str(CONFIGS / f"{model}.yaml"), [
+    cfg = config.build(args.config or str(resources.folder("configs") / f"{model}.yaml"), [
         f"model.name={model}", f"train.precision={precision}", f"train.batch_size={batch}",
         f"train.device={args.device}", f"train.seed={seed}", "data.name=mnist", f"data.root={args.data_root}",
         "data.download=false", "log.tensorboard=false", *([] if schedule else ["optim.scheduler=none"]),
@@ -373,7 +372,7 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hpc_mnist.bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="hpc-mnist bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--models", type=_csv(str), default=["mlp", "cnn"], help="comma list (default mlp,cnn)")
@@ -401,7 +400,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--time-to-99", action="store_true",
                    help="run only the time-to-99%% protocol on the bundled full MNIST: --protocol-config for "
                         "--seeds seeds, then pytorch/examples' recipe in the same run")
-    p.add_argument("--protocol-config", default=str(CONFIGS / "lean.yaml"),
+    p.add_argument("--protocol-config", default=str(resources.folder("configs") / "lean.yaml"),
                    help="preset for --time-to-99 (default configs/lean.yaml)")
     p.add_argument("--reference-seeds", type=int, default=1,
                    help="seeds of pytorch/examples' recipe for --time-to-99 (0: skip; about 4 min each here)")

@@ -1,6 +1,6 @@
 """All-reduce benchmark: latency and bandwidth of the collective DDP runs every step, as nccl-tests reports them.
 
-    torchrun --standalone --nproc_per_node=2 -m hpc_mnist.scaling comm --json comm.json
+    torchrun --standalone --nproc_per_node=2 -m hpc_mnist.comm --json comm.json
     mpiexec -n 8 --ppn 4 ... python -m hpc_mnist.comm                 # any launcher the trainer accepts
 
 Times a float32 all-reduce over a size sweep (4 B to 64 MiB, x2 steps) and at each model's gradient size
@@ -158,7 +158,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
     try:
         if rt.world_size < 2:
             raise UserError("the all-reduce benchmark needs 2 or more ranks: torchrun --standalone "
-                            "--nproc_per_node=2 -m hpc_mnist.scaling comm (or any launcher)")
+                            "--nproc_per_node=2 -m hpc_mnist.comm (or any launcher)")
         rows = [row(s, time_allreduce(s, rt.device, rt.world_size, args.budget), rt.world_size, "sweep")
                 for s in sweep_sizes(args.min_bytes, args.max_bytes)]
         rows += [row(s, time_allreduce(s, rt.device, rt.world_size, args.budget), rt.world_size, f"{name} gradients")

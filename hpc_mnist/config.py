@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from hpc_mnist import resources
 from hpc_mnist.errors import UserError
 
 
@@ -225,8 +226,18 @@ def _set(cfg: Config, key: str, value: Any, where: str) -> None:
     setattr(getattr(cfg, section), name, _check(key, value, f, tp))
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def _config_path(path: str) -> Path:
+    """The file as given; `configs/...` that is not here is the package's own preset (an installed package)."""
     p = Path(path)
+    if not p.exists() and p.parts[:1] == ("configs",):
+        shipped = resources.folder("configs").joinpath(*p.parts[1:])
+        if shipped.exists():
+            return shipped
+    return p
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    p = _config_path(path)
     try:
         text = p.read_text()
     except OSError as e:

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DistributedSampler, random_split
 
 from hpc_mnist.config import DataConfig
-from hpc_mnist.errors import UserError
+from hpc_mnist.errors import UserError, report
 
 # torchvision class name (also the folder name) and the usual (mean, std) of the training pixels in [0, 1].
 DATASETS = {
@@ -351,7 +351,7 @@ def make_sampler(subset: Subset, rank: int, world_size: int, seed: int) -> Distr
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hpc_mnist.data", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="hpc-mnist data", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     dl = sub.add_parser("download", help="fetch dataset files (run where there is internet; MNIST needs none)")
     dl.add_argument("--root", default="",
@@ -364,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             root = prepare(DataConfig(name=name, root=args.root, download=True), command=True)
             print(f"{name}: ready in {root}" + (" (bundled with hpc_mnist)" if root == BUNDLED else ""))
     except UserError as e:
-        print(f"hpc_mnist: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return report(e)
     return 0
 
 

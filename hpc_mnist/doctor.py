@@ -491,7 +491,7 @@ def show(report: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hpc_mnist.doctor", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="hpc-mnist doctor", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--timeout", type=float, default=float(os.environ.get("HPC_MNIST_DOCTOR_TIMEOUT", DEFAULT_TIMEOUT)),
@@ -513,8 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code, report = diagnose(args)
     except UserError as e:
-        print(f"hpc_mnist.doctor: error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
+        return report(e)
     except Failure as e:
         print(f"hpc_mnist.doctor: FAIL {e}", file=sys.stderr, flush=True)
         return 1

@@ -7,6 +7,8 @@ traceback.
 
 from __future__ import annotations
 
+import sys
+
 EXIT_USAGE = 2
 
 
@@ -17,3 +19,9 @@ class UserError(Exception):
         super().__init__(message)
         self.exit_code = exit_code
         self.on_all_ranks = on_all_ranks
+
+
+def report(error: UserError) -> int:
+    """Print the error as the one line every tool uses (one process; ranks go through dist.report_error)."""
+    print(f"hpc_mnist: error: {error}", file=sys.stderr, flush=True)
+    return error.exit_code

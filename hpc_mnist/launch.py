@@ -22,9 +22,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpc_mnist.errors import UserError
+from hpc_mnist import resources
+from hpc_mnist.errors import UserError, report
 
-LAUNCH_DIR = Path(os.environ.get("HPC_MNIST_LAUNCH_DIR", Path(__file__).resolve().parents[1] / "launch"))
 # Aurora: 2 sockets x 52 cores; ALCF reserves cores 0 and 52 for the system.
 AURORA_SOCKET_CORES = (range(1, 52), range(53, 104))
 PERLMUTTER_CORES, PERLMUTTER_GPUS = 64, 4  # one AMD Milan (2 hardware threads per core), 4 A100
@@ -141,7 +141,7 @@ def launch_line(name: str, nodes: int, ppn: int, cpu_bind: str | None, hosts: li
             line += ["--cpu-bind", cpu_bind]
         line += ["--hostfile", _hostfile(hosts, nodes)]
         if name == "polaris":  # Cray MPICH does not bind GPUs; the helper sets CUDA_VISIBLE_DEVICES per rank
-            line.append(str(LAUNCH_DIR / "gpu_affinity_polaris.sh"))
+            line.append(str(resources.site_folder() / "gpu_affinity_polaris.sh"))
         return line + command
     if name == "perlmutter":  # all 4 GPUs visible to every task; CPUs shared out as NERSC's 2 x floor(64 / ppn)
         if ppn > PERLMUTTER_CORES:
@@ -171,7 +171,7 @@ def _torchrun() -> str:
 
 
 def site_file(name: str) -> Path:
-    return LAUNCH_DIR / f"{name}.sh"
+    return resources.site_folder() / f"{name}.sh"
 
 
 def site_preview(name: str) -> tuple[list[str], dict[str, str]]:
@@ -201,7 +201,7 @@ def default_ranks_per_node(name: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hpc_mnist.launch", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="hpc-mnist launch", description=__doc__.split("\n\n")[0],
                                 usage="%(prog)s [options] -- COMMAND...")
     p.add_argument("--system", choices=list(SYSTEMS), help="override detection")
     p.add_argument("--nodes", type=int, help="nodes to use (default: all allocated)")
@@ -238,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--ppn must be at least 1 (got {ppn})")
         line = launch_line(name, nodes, ppn, args.cpu_bind, hosts, args.command)
     except UserError as e:
-        print(f"hpc_mnist.launch: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return report(e)
     if args.dry_run:
         site = f"site settings {site_file(name)}" if site_file(name).exists() else "no site settings"
         where = "; outside a job: placeholder hosts" if preview else ""
@@ -257,9 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         os.execvp(line[0], line)
     except FileNotFoundError:
-        print(f"hpc_mnist.launch: error: {line[0]} not found on PATH: load the site's MPI or PyTorch module "
-              f"(see {site_file(name)})", file=sys.stderr)
-        return 2
+        return report(UserError(f"{line[0]} not found on PATH: load the site's MPI or PyTorch module "
+                                f"(see {site_file(name)})"))
 
 
 if __name__ == "__main__":

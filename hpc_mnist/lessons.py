@@ -24,9 +24,9 @@ from typing import Any
 
 from rich.table import Table
 
+from hpc_mnist import resources
+from hpc_mnist.errors import UserError, report
 from hpc_mnist.logger import make_console
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,11 @@ def train_once(config_file: Path, overrides: list[str], log_dir: Path, name: str
 def run_lesson(lesson: Lesson, log_dir: Path, recipe_only: bool, overrides: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"lesson": lesson.name, "title": lesson.title, "published": lesson.published,
                            "published_value": lesson.published_value, "metric": lesson.metric, "note": lesson.note}
-    row["recipe"] = train_once(CONFIGS / "lessons" / lesson.recipe, overrides, log_dir, f"{lesson.name}-recipe")
+    configs = resources.folder("configs")
+    row["recipe"] = train_once(configs / "lessons" / lesson.recipe, overrides, log_dir, f"{lesson.name}-recipe")
     if not recipe_only:
         config_file, *extra = lesson.defaults
-        row["defaults"] = train_once(CONFIGS / config_file, [*extra, *overrides], log_dir, f"{lesson.name}-defaults")
+        row["defaults"] = train_once(configs / config_file, [*extra, *overrides], log_dir, f"{lesson.name}-defaults")
     return row
 
 
@@ -94,7 +95,7 @@ def _figure(run: dict[str, Any] | None, metric: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hpc_mnist.lessons", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="hpc-mnist lessons", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--only", default=",".join(LESSONS), help=f"comma list of {', '.join(LESSONS)}")
@@ -107,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in LESSONS]
     if unknown:
-        print(f"hpc_mnist: error: unknown lesson {unknown[0]} (choose from {', '.join(LESSONS)})", file=sys.stderr)
-        return 2
+        return report(UserError(f"unknown lesson {unknown[0]} (choose from {', '.join(LESSONS)})"))
     console = make_console()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

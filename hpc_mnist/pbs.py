@@ -22,7 +22,7 @@ import subprocess
 import sys
 from typing import Any
 
-from hpc_mnist.errors import UserError
+from hpc_mnist.errors import UserError, report
 
 CARRIED_RESOURCES = ("select", "place", "walltime")  # what a user sets; ncpus, nodect, ... PBS derives from them
 COUNT_VAR = "RESUBMIT_COUNT"  # 0 in the first job of a run, 1 in its first continuation, ...
@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("no PBS job here (PBS_JOBID is not set): nothing to continue")
         print(submit_continuation(args.job, args.script, args.run_name, args.count))
     except UserError as e:
-        print(f"hpc_mnist: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return report(e)
     return 0
 
 

@@ -31,7 +31,7 @@ import yaml
 from rich.table import Table
 
 from hpc_mnist import config, launch
-from hpc_mnist.errors import UserError
+from hpc_mnist.errors import UserError, report
 from hpc_mnist.logger import make_console
 
 COLUMNS = [  # (key, header)
@@ -415,7 +415,7 @@ def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None)
     try:
         fit = json.loads(comm_json.read_text())["fit"]
     except (OSError, ValueError, KeyError):
-        raise UserError(f"{comm_json} is not an all-reduce benchmark's JSON (python -m hpc_mnist.scaling comm "
+        raise UserError(f"{comm_json} is not an all-reduce benchmark's JSON (python -m hpc_mnist.comm "
                         "--json FILE)") from None
     name = _model_name(table, model)
     buckets = scaling_model.ddp_buckets(build(ModelConfig(name=name)))
@@ -446,7 +446,7 @@ def report_paths(paths: list[Path], target: float, out: Path, comm_json: Path | 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hpc_mnist.scaling", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="hpc-mnist scaling", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="verb", required=True)
@@ -475,12 +475,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rep.add_argument("--target", type=float, default=0.9,
                      help="validation accuracy for 'time to target' (default: 0.9)")
     rep.add_argument("--out", type=Path, help="output folder (default: the first path)")
-    rep.add_argument("--comm", type=Path, help="an all-reduce benchmark's JSON (scaling comm --json): add the "
+    rep.add_argument("--comm", type=Path, help="an all-reduce benchmark's JSON (hpc_mnist.comm --json): add the "
                      "scaling model's predicted samples/s and its error on each measured point (default: none)")
     rep.add_argument("--model", choices=["linear", "mlp", "cnn"],
                      help="the model trained, for --comm (default: read from the runs' config.yaml)")
-    sub.add_parser("comm", help="all-reduce benchmark under a launcher; options: scaling comm --help",
-                   add_help=False)
     args = p.parse_args(argv)
     if args.verb == "run" and args.trainer_args[:1] == ["--"]:
         args.trainer_args = args.trainer_args[1:]
@@ -489,18 +487,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["comm"]:  # the benchmark has its own options and runs on every rank
-        from hpc_mnist import comm
-
-        return comm.main(argv[1:])
+    if argv[:1] == ["comm"]:
+        return report(UserError("the all-reduce benchmark has one home now: python -m hpc_mnist.comm under the "
+                                "launcher (torchrun ... -m hpc_mnist.comm, mpiexec ... python -m hpc_mnist.comm)"))
     args = parse_args(argv)
     try:
         if args.verb == "run":
             return run(args)
         return report_paths(args.paths, args.target, args.out or args.paths[0], args.comm, args.model)
     except UserError as e:
-        print(f"hpc_mnist.scaling: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return report(e)
 
 
 if __name__ == "__main__":

@@ -257,7 +257,7 @@ def markdown(report: dict[str, Any], nodes_shown: list[int]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hpc_mnist.scaling_model", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="hpc-mnist model", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", default="32,128,512", help="per-rank batches (default: 32,128,512)")

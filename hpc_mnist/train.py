@@ -4,7 +4,8 @@
     torchrun --standalone --nproc_per_node=4 -m hpc_mnist.train --config configs/cnn.yaml
 
 Run the same command again to continue a stopped run. Exit codes: 0 completed (or finished already);
-2 a usage or input error (one line says which); 3 the loss became non-finite; 75 stopped early with a
+2 a usage or input error (one line says which); 3 the loss became non-finite; 4 a collective timed out (a rank
+hung; its stack is in the run directory); 75 stopped early with a
 checkpoint (a signal or the deadline; status.json in the run directory says which); 130 a second
 Ctrl-C stopped it at once. torchrun reports any of these but 0 as 1.
 """

@@ -23,7 +23,7 @@ def test_bus_bandwidth_factor_and_gradient_sizes():
 
 def test_allreduce_benchmark_on_two_ranks(tmp_path):
     out = tmp_path / "comm.json"
-    result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "hpc_mnist.scaling", "comm",
+    result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "hpc_mnist.comm",
                              "--max-bytes", "4096", "--budget", "0.02", "--validate", "mlp", "--batch", "16",
                              "--json", str(out)], capture_output=True,
                             text=True, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1", COLUMNS="160"), timeout=120)
@@ -47,10 +47,18 @@ def test_allreduce_benchmark_on_two_ranks(tmp_path):
 
 
 def test_allreduce_benchmark_needs_peers():
-    result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "comm"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "hpc_mnist.comm"], capture_output=True, text=True,
                             cwd=REPO, env=clean_env(), timeout=60)
     assert result.returncode == 2 and result.stderr.startswith("hpc_mnist: error: the all-reduce benchmark needs 2")
     assert result.stderr.count("\n") == 1
+
+
+def test_the_benchmark_has_one_home(capsys):
+    """`scaling comm` was a second way in; it now says in one line where the benchmark is."""
+    assert scaling.main(["comm", "--json", "x.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hpc_mnist: error: the all-reduce benchmark has one home now: "
+                                                   "python -m hpc_mnist.comm"), err
 
 
 def test_report_shows_predicted_beside_measured(tmp_path):

@@ -2,15 +2,13 @@ import gzip
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
-import zipfile
 from urllib.error import URLError
 
 import pytest
 import torch
 
-from conftest import REPO, clean_env, run_train, write_mnist_root
+from conftest import REPO, run_train, write_mnist_root
 from hpc_mnist import data
 from hpc_mnist.config import DataConfig
 from hpc_mnist.data import DeviceData, make_sampler
@@ -313,29 +311,3 @@ def test_main_job_trains_on_the_bundled_mnist_offline(tmp_path):
     summary = json.loads((tmp_path / "main" / "summary.json").read_text())
     assert summary["test_acc"] > 0.8  # 48,000 real digits, 2 ranks: 188 steps of the tutorial MLP (0.83 here)
     assert not (REPO / "data").exists() or not (REPO / "data" / "MNIST").exists()
-
-
-def test_package_data_ships_in_a_wheel(tmp_path):
-    """A non-editable install carries the four files (package data), and finds them from its own folder."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src)
-    shutil.copytree(REPO / "hpc_mnist", src / "hpc_mnist", ignore=shutil.ignore_patterns("__pycache__"))
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(tmp_path / "dist"), str(src)], check=True, capture_output=True, text=True, timeout=300)
-    # setuptools warns of what it will stop building (the table form of `license` from 2027-02-18)
-    assert "Warning" not in build.stdout + build.stderr, build.stdout + build.stderr
-    wheel = next((tmp_path / "dist").glob("hpc_mnist-*.whl"))
-    with zipfile.ZipFile(wheel) as z:
-        names = set(z.namelist())
-        z.extractall(tmp_path / "site")
-        metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    assert "License-Expression: MIT AND CC-BY-SA-3.0" in metadata  # the code's licence and the bundled MNIST's
-    assert {f"hpc_mnist/mnist/{name}.gz" for name in data.BUNDLED_MD5} <= names
-    assert "hpc_mnist/mnist/README.md" in names
-    out = subprocess.run([sys.executable, "-c", "from hpc_mnist import data; print(data.BUNDLED); "
-                          "print(len(data.read_idx(data.BUNDLED / 't10k-labels-idx1-ubyte.gz', 'labels')))"],
-                         capture_output=True, text=True, cwd=tmp_path, check=True,
-                         env={**clean_env(), "PYTHONPATH": str(tmp_path / "site")}).stdout.split()
-    assert out == [str(tmp_path / "site" / "hpc_mnist" / "mnist"), "10000"]

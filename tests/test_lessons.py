@@ -3,18 +3,18 @@
 import json
 
 from conftest import run_train
-from hpc_mnist import config, lessons
+from hpc_mnist import config, lessons, resources
 
 TOLERANCE = 0.007  # points of accuracy: seeds 0-2 of both lessons fell within 0.3 of the published figures
 
 
 def test_every_lesson_preset_is_a_valid_config():
     for lesson in lessons.LESSONS.values():
-        config.build(str(lessons.CONFIGS / "lessons" / lesson.recipe))
-        config.build(str(lessons.CONFIGS / lesson.defaults[0]), list(lesson.defaults[1:]))
-    cnn = config.build(str(lessons.CONFIGS / "lessons" / "alcf_cnn.yaml"))
+        config.build(str(resources.folder("configs") / "lessons" / lesson.recipe))
+        config.build(str(resources.folder("configs") / lesson.defaults[0]), list(lesson.defaults[1:]))
+    cnn = config.build(str(resources.folder("configs") / "lessons" / "alcf_cnn.yaml"))
     assert cnn.model.softmax_before_loss and not cnn.data.normalize and not cnn.data.shuffle
-    assert not config.build(str(lessons.CONFIGS / "cnn.yaml")).model.softmax_before_loss
+    assert not config.build(str(resources.folder("configs") / "cnn.yaml")).model.softmax_before_loss
 
 
 def test_fast_lessons_reproduce_the_published_figures(tmp_path):
@@ -37,4 +37,4 @@ def test_unknown_lesson_is_one_line():
 
 def test_lessons_command_names_its_presets():
     assert {lesson.recipe for lesson in lessons.LESSONS.values()} == {
-        p.name for p in (lessons.CONFIGS / "lessons").glob("*.yaml")}
+        p.name for p in (resources.folder("configs") / "lessons").glob("*.yaml")}

@@ -225,7 +225,7 @@ def test_dry_run_with_nodes_outside_an_allocation_is_one_error(tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=60,
                             env=clean_env("HPC_MNIST_", TMPDIR=str(tmp_path)))
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("hpc_mnist.scaling: error: --nodes ")
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("hpc_mnist: error: --nodes ")
     assert "not inside a batch job" in result.stderr
 
 

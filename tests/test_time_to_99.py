@@ -7,7 +7,7 @@ import json
 import torch
 
 from conftest import run_train
-from hpc_mnist import bench, config, models
+from hpc_mnist import bench, config, models, resources
 
 
 def test_protocol_runs_every_seed_to_the_end_then_tests_once(tmp_path):
@@ -27,7 +27,7 @@ def test_protocol_runs_every_seed_to_the_end_then_tests_once(tmp_path):
 
 
 def test_lean_preset_is_much_cheaper_than_the_tutorial_cnn():
-    lean = models.build(config.build(str(bench.CONFIGS / "lean.yaml")).model)
+    lean = models.build(config.build(str(resources.folder("configs") / "lean.yaml")).model)
     tutorial = models.build(config.ModelConfig(name="cnn"))
     assert models.flops_per_sample(lean) * 5 < models.flops_per_sample(tutorial)
 
