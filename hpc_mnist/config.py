@@ -113,7 +113,8 @@ class DistConfig:
 @dataclass
 class LogConfig:
     dir: str = opt("runs", "parent folder of run directories")
-    name: str = opt("", "run directory name; empty: the batch job id, else the config file's name, else the model")
+    name: str = opt("", "run directory name; empty: the batch job id, else the config file's name (\"default\" "
+                    "without one) and a digest of the settings the command line changes")
     console: Literal["auto", "rich", "plain"] = opt(
         "auto", "auto: progress bars on a terminal, plain lines in job logs")
     tensorboard: bool = opt(True, "write TensorBoard event files into the run directory")

@@ -204,20 +204,25 @@ def _download(cfg: DataConfig, root: Path, command: bool) -> None:
         raise UserError(f"could not download {cfg.name} into {root} ({reason}); {where}") from None
 
 
+def check_root(cfg: DataConfig, *, command: bool = False) -> Path:
+    """A root the user named must exist: it is never created here (a typo would otherwise pass for a missing
+    download); the `download` command (`command=True`) creates the root it is given. Cheap: checked before a
+    run decides anything, a finished one included."""
+    root = resolve_root(cfg.root, cfg.name)
+    named = _root_source(cfg)
+    if cfg.name != "synthetic" and named and not root.is_dir() and (not command or root.exists()):
+        what = "does not exist" if not root.exists() else "is not a folder"
+        raise UserError(f"{named} {what}: check the path (nothing was created there)"
+                        + ("" if cfg.name != "mnist" else "; unset it to use the MNIST copy bundled with hpc_mnist"))
+    return root
+
+
 def prepare(cfg: DataConfig, *, command: bool = False) -> Path:
     """Make sure the files are present and sound; fetch them if allowed (rank 0 runs this while the others
-    wait). A root the user named must exist: it is never created here (a typo would otherwise pass for a
-    missing download); the `download` command (`command=True`) creates the root it is given."""
-    root = resolve_root(cfg.root, cfg.name)
+    wait)."""
+    root = check_root(cfg, command=command)
     if cfg.name == "synthetic":
         return root
-    named = _root_source(cfg)
-    if named and not root.is_dir():
-        if not command or root.exists():
-            what = "does not exist" if not root.exists() else "is not a folder"
-            raise UserError(f"{named} {what}: check the path (nothing was created there)"
-                            + ("" if cfg.name != "mnist" else "; unset it to use the MNIST copy bundled with "
-                               "hpc_mnist"))
     try:
         locate(cfg, root)
     except FilesMissing:

@@ -1,7 +1,9 @@
 """The run directory: what names a run, what a directory holds, and what a rerun does with it.
 
 1. A run is named by `log.name`; else by the batch job id (a requeued job finds its run again); else by
-   the config file's name; else by the model's. So the same command, run again, meets the same run.
+   the config file's name ("default" without one), with a short digest of the settings the command line
+   changes that change the result (not epochs, paths or bookkeeping). So the same command, run again, meets
+   the same run, and another command meets its own.
 2. A directory holds one run: config.yaml (what ran last), one lineage of checkpoints ordered by
    training position, metrics.jsonl, TensorBoard files, summary.json and status.json (why it ended).
 3. Meeting its run, a command continues it (`train.resume=auto`): changed settings apply from the
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -34,14 +37,36 @@ SILENT_KEYS = {"train.resume", "train.time_limit", "train.deadline", "train.dead
                "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size"}
 
 
-def default_name(cfg: Config, config_file: str | None) -> str:
+def identity(cfg: Config, config_file: str | None) -> list[str]:
+    """The settings this command changes from its config file (or the defaults) that change the result:
+    'key=value' words. Epochs are not among them: raising train.epochs continues a run."""
+    base = _flat(config.build(config_file).to_dict())
+    return [f"{key}={value!r}" for key, value in sorted(_flat(cfg.to_dict()).items())
+            if value != base.get(key) and not key.startswith(("log.", "dist.")) and key != "train.epochs"
+            and key not in SILENT_KEYS | FREE_KEYS]
+
+
+def job_name() -> str | None:
+    """The batch job's id: '12.server' -> 12; a PBS subjob '5[1].server' of array '5[].server' -> 5-1."""
     job = os.environ.get("PBS_ARRAY_ID") or os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")
-    if job:  # '12.server' -> 12; a PBS subjob '5[1].server' of array '5[].server' -> 5-1
-        array = os.environ.get("PBS_ARRAY_INDEX") or os.environ.get("SLURM_ARRAY_TASK_ID")
-        return job.split(".")[0].removesuffix("[]") + (f"-{array}" if array else "")
-    if config_file:
-        return Path(config_file).stem
-    return cfg.model.name
+    if not job:
+        return None
+    array = os.environ.get("PBS_ARRAY_INDEX") or os.environ.get("SLURM_ARRAY_TASK_ID")
+    return job.split(".")[0].removesuffix("[]") + (f"-{array}" if array else "")
+
+
+def default_name(cfg: Config, config_file: str | None) -> str:
+    name = Path(config_file).stem if config_file else "default"
+    changes = identity(cfg, config_file)
+    return job_name() or (f"{name}-{hashlib.sha1(' '.join(changes).encode()).hexdigest()[:6]}" if changes else name)
+
+
+def name_notes(cfg: Config, config_file: str | None) -> list[str]:
+    """Why a run directory has a digest in its name, for the start panel."""
+    if cfg.log.name or job_name() or not (changes := identity(cfg, config_file)):
+        return []
+    return [f"run named for {config_file or 'the defaults'} with {', '.join(changes)} (the same command continues "
+            "it; log.name=NAME names a run yourself)"]
 
 
 def path_for(cfg: Config, config_file: str | None = None) -> Path:

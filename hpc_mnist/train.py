@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hpc_mnist import checkpoint, config, deadline, dist, hang, models, optim, precision, rundir, timing
 from hpc_mnist.config import Config
-from hpc_mnist.data import DeviceData, Subset, make_sampler, prepare
+from hpc_mnist.data import DeviceData, Subset, check_root, make_sampler, prepare
 from hpc_mnist.errors import UserError
 from hpc_mnist.logger import RunLogger
 from hpc_mnist.signals import EXIT_STOPPED, StopRequest
@@ -309,6 +309,7 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
         if cfg.log.debug:
             dist.debug_environment(str(run_dir))
         rt = dist.setup(cfg.dist, cfg.train.device)
+        dist.on_main(lambda: check_root(cfg.data))  # every setting checked before "nothing to do"
         plan = dist.on_main(lambda: rundir.plan(cfg, run_dir))
         if plan.action == "finished":
             return _finished(cfg, rt, run_dir, plan)
@@ -329,7 +330,7 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
                      f"{t.steps_per_epoch} steps/epoch",
             "optimizer": f"{cfg.optim.name} lr {t.lr:g}, schedule {cfg.optim.scheduler}",
             "stop by": stop_at.describe(),
-        }, notes=plan.notes[1:] + notes + _oversubscribed(rt))
+        }, notes=plan.notes[1:] + notes + rundir.name_notes(cfg, config_file) + _oversubscribed(rt))
         summary = {"model": cfg.model.name, "dataset": cfg.data.name, "world_size": rt.world_size,
                    "num_nodes": rt.num_nodes, "launcher": rt.launcher, "device": str(rt.device),
                    "backend": rt.backend, "precision": t.amp, "threads_per_rank": rt.threads,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from hpc_mnist.data import BUNDLED, read_idx, write_idx_split
 
@@ -32,6 +35,13 @@ def write_mnist_root(root: Path, train_count: int = TRAIN_DIGITS) -> Path:
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     return write_mnist_root(tmp_path_factory.mktemp("mnist"))
+
+
+def free_port() -> int:
+    """A port the OS has just handed out: fixed ports collided when tests ran side by side."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def clean_env(*more_prefixes: str, **values: str) -> dict[str, str]:
@@ -57,3 +67,74 @@ def without_timing(row: dict) -> dict:
     """An epoch row less what clocks measure (times, rates, per-rank timing): what two equal runs share."""
     return {k: v for k, v in row.items()
             if not (k.endswith("_s") or "_s_" in k or k.startswith("slowest_") or k == "stragglers")}
+
+
+# --- training runs as real processes: shared by the resume, stop-contract and hang tests ---
+
+# Small but not instant: a CNN epoch takes ~1-2 s here, so signals land mid-run.
+BASE = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=false", "train.precision=fp32",
+        "data.synthetic_train=1500", "data.synthetic_test=200", "train.batch_size=32", "model.name=cnn",
+        "optim.name=adam", "optim.lr=1e-3", "train.eval_batch_size=256"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [without_timing(row) for row in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "model.pt")
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert metrics(a) == metrics(b)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert (sa["status"], sa["test_acc"], sa["test_loss"]) == (sb["status"], sb["test_acc"], sb["test_loss"])
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def popen(args: list[str], launcher: list[str]) -> subprocess.Popen:
+    env = clean_env()
+    return subprocess.Popen([*launcher, "-m", "hpc_mnist.train", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def wait_for_rows(run_dir: Path, rows: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    path = run_dir / "metrics.jsonl"
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= rows:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"no {rows} metrics rows in {timeout} s")
+
+
+def worker_pids(agent_pid: int) -> dict[int, int]:
+    """torchrun's worker processes by rank, read from their environments."""
+    found = {}
+    for child in Path(f"/proc/{agent_pid}/task/{agent_pid}/children").read_text().split():
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        rank = next((int(v[5:]) for v in env if v.startswith(b"RANK=")), None)
+        if rank is not None:
+            found[rank] = int(child)
+    return found
+
+
+def fake_run(root: Path, name: str, ranks: int, samples_per_s: float, epochs: list[tuple[float, float]],
+             test_acc: float = 0.95, status: str = "completed") -> Path:
+    """A run directory as the trainer writes it, with known numbers."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({
+        "status": status, "world_size": ranks, "num_nodes": 1, "global_batch": 64 * ranks,
+        "samples_per_s": samples_per_s, "test_acc": test_acc}))
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": i + 1, "epoch_time_s": t, "val_acc": acc}) + "\n" for i, (t, acc) in enumerate(epochs)))
+    return run_dir

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from test_scaling import fake_run
 
-from conftest import REPO, clean_env
+from conftest import REPO, clean_env, fake_run
 from hpc_mnist import comm, scaling
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
@@ -21,6 +20,7 @@ def test_bus_bandwidth_factor_and_gradient_sizes():
     assert comm.sweep_sizes()[0] == 4 and comm.sweep_sizes()[-1] == 64 * 2**20 and len(comm.sweep_sizes()) == 25
 
 
+@pytest.mark.slow
 def test_allreduce_benchmark_on_two_ranks(tmp_path):
     out = tmp_path / "comm.json"
     result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "hpc_mnist.comm",
@@ -46,6 +46,7 @@ def test_allreduce_benchmark_on_two_ranks(tmp_path):
     assert "Polaris" in result.stdout and "busbw GB/s" in result.stdout and "alpha-beta fit" in result.stdout
 
 
+@pytest.mark.slow
 def test_allreduce_benchmark_needs_peers():
     result = subprocess.run([sys.executable, "-m", "hpc_mnist.comm"], capture_output=True, text=True,
                             cwd=REPO, env=clean_env(), timeout=60)

@@ -291,6 +291,7 @@ def test_download_command_on_a_ready_root_needs_no_network(mnist_root):
     assert data.main(["download", "--root", str(mnist_root)]) == 0
 
 
+@pytest.mark.slow
 def test_trainer_exits_2_on_a_missing_data_root_and_creates_nothing(tmp_path):
     missing = tmp_path / "nothing"
     result = run_train([f"data.root={missing}", f"log.dir={tmp_path / 'runs'}"])
@@ -301,6 +302,7 @@ def test_trainer_exits_2_on_a_missing_data_root_and_creates_nothing(tmp_path):
     assert not missing.exists()
 
 
+@pytest.mark.slow
 def test_main_job_trains_on_the_bundled_mnist_offline(tmp_path):
     """The README's main command (one epoch): no data.root, no $HPC_MNIST_DATA, no network, full MNIST."""
     result = run_train(["--config", "configs/mlp.yaml", "train.epochs=1", f"log.dir={tmp_path}", "log.name=main",

@@ -160,6 +160,7 @@ def _mpiexec_2(args, extra_env=None, program=None):
     return run_train(args, env=extra_env, launcher=[MPIEXEC, "-n", "2", sys.executable], program=program)
 
 
+@pytest.mark.slow
 def test_mpiexec_two_ranks_train_with_identical_parameters(tmp_path):
     result = _mpiexec_2([str(tmp_path), *SMOKE, f"log.dir={tmp_path}", "log.name=run"],
                         program=[str(REPO / "tests" / "helpers" / "train_and_dump.py")])
@@ -171,6 +172,7 @@ def test_mpiexec_two_ranks_train_with_identical_parameters(tmp_path):
     assert summary["test_acc"] > 0.2
 
 
+@pytest.mark.slow
 def test_launcher_and_mpi4py_disagree(tmp_path):
     result = _mpiexec_2([*SMOKE, f"log.dir={tmp_path}"], extra_env={"OMPI_COMM_WORLD_SIZE": "3"})
     assert result.returncode != 0
@@ -178,6 +180,7 @@ def test_launcher_and_mpi4py_disagree(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_mpi_launch_without_mpi4py(tmp_path):
     shim = tmp_path / "shim" / "mpi4py"
     shim.mkdir(parents=True)
@@ -190,6 +193,7 @@ def test_mpi_launch_without_mpi4py(tmp_path):
         "(or pip install 'hpc_mnist[mpi]' off clusters), or launch with torchrun"]
 
 
+@pytest.mark.slow
 def test_bare_python_in_a_slurm_batch_shell_runs_alone(tmp_path):
     result = run_train([*SMOKE, f"log.dir={tmp_path}", "log.name=run", "dist.timeout=20"],
                        env={"SLURM_JOB_ID": "42", "SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_NNODES": "2"})

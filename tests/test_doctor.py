@@ -12,17 +12,11 @@ import time
 
 import pytest
 
-from conftest import REPO, clean_env
+from conftest import REPO, clean_env, free_port
 from hpc_mnist import doctor
 from hpc_mnist.doctor import RankInfo
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _by_hand(rank: int, port: int, *args: str, taskset: str | None = None) -> subprocess.Popen:
@@ -34,6 +28,7 @@ def _by_hand(rank: int, port: int, *args: str, taskset: str | None = None) -> su
                             stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
 
 
+@pytest.mark.slow
 def test_two_ranks_under_torchrun_are_healthy(tmp_path):
     result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "hpc_mnist.doctor", "--timeout",
                              "20", "--json", str(tmp_path / "doctor.json")], capture_output=True, text=True,
@@ -52,9 +47,10 @@ def test_two_ranks_under_torchrun_are_healthy(tmp_path):
     assert checks["CPU binding"]["status"] == "skip" and checks["threads"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_missing_rank_is_named_within_the_timeout():
     start = time.monotonic()
-    rank0 = _by_hand(0, _port(), "--timeout", "3")
+    rank0 = _by_hand(0, free_port(), "--timeout", "3")
     out, err = rank0.communicate(timeout=90)
     assert rank0.returncode == 1, out + err
     assert "FAIL rendezvous: 1 of 2 ranks checked in within 3 s; checked in: rank 0 " \
@@ -62,8 +58,9 @@ def test_a_missing_rank_is_named_within_the_timeout():
     assert time.monotonic() - start < 60  # 3 s of waiting plus start-up, never the 10-minute collective timeout
 
 
+@pytest.mark.slow
 def test_a_missing_rank_0_is_named_by_the_others():
-    rank1 = _by_hand(1, _port(), "--timeout", "3")
+    rank1 = _by_hand(1, free_port(), "--timeout", "3")
     out, err = rank1.communicate(timeout=90)
     assert rank1.returncode == 1 and out == ""
     lines = err.strip().splitlines()
@@ -72,9 +69,10 @@ def test_a_missing_rank_0_is_named_by_the_others():
     assert "did not: rank 0" in err and "checked in: rank 1" in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="no taskset")
 def test_two_ranks_bound_to_one_core_fail(tmp_path):
-    port = _port()
+    port = free_port()
     ranks = [_by_hand(r, port, "--timeout", "20", "--json", str(tmp_path / f"r{r}.json"), taskset="0")
              for r in (0, 1)]
     outs = [p.communicate(timeout=120) for p in ranks]

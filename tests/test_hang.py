@@ -11,7 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, clean_env, run_train
+import pytest
+
+from conftest import REPO, clean_env, free_port, run_train
+
+pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 
 ARGS = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=false", "data.synthetic_train=4000"]
 
@@ -45,14 +49,15 @@ def test_a_stalled_rank_is_named_and_every_rank_leaves_its_stacks(tmp_path):
 
 
 def test_a_rank_that_never_starts_fails_the_start_up_in_one_line(tmp_path):
+    port = free_port()
     started = time.monotonic()
     result = run_train([*ARGS, "dist.init_timeout=5", f"log.dir={tmp_path}"],
                        env={"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2",
-                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29657"}, timeout=120)
+                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}, timeout=120)
     assert result.returncode == 2
     assert time.monotonic() - started < 60
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert "rank 0 could not join the job's rendezvous at 127.0.0.1:29657 within 5 s (dist.init_timeout)" \
+    assert f"rank 0 could not join the job's rendezvous at 127.0.0.1:{port} within 5 s (dist.init_timeout)" \
         in result.stderr
     assert "1/2 clients joined" in result.stderr
     assert not any(tmp_path.iterdir())  # a failed start leaves no run directory

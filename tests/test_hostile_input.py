@@ -85,6 +85,7 @@ def test_hostile_input(case, tmp_path, capsys, request):
     assert not list(tmp_path.rglob("checkpoint-*.pt"))
 
 
+@pytest.mark.slow
 def test_more_ranks_than_training_samples(tmp_path):
     result = run_train([*SMOKE, "data.synthetic_train=2", "data.val_fraction=0.5", f"log.dir={tmp_path}"],
                        launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])

@@ -256,6 +256,7 @@ def test_shell_scripts_parse_and_pass_shellcheck(script):
     ("polaris.sh", "pbs"), ("aurora.sh", "pbs"), ("perlmutter.sh", "slurm"), ("frontier.sh", "slurm"),
     ("slurm.sh", "slurm"), ("pbs.sh", "pbs"),
 ])
+@pytest.mark.slow
 def test_job_script_runs_under_a_simulated_scheduler(tmp_path, script, scheduler):
     """Stub srun/mpiexec first on PATH translate to local processes; 2 CPU ranks, smoke config. `module` and
     `conda` are shell functions (BASH_ENV) whose activate step reads an unset variable, as conda's does: the
@@ -345,6 +346,7 @@ def test_perlmutter_requeues_automatically_only_outside_debug(tmp_path, qos, req
     assert ("scontrol requeue 78" in log.read_text()) == requeued
 
 
+@pytest.mark.slow
 def test_slurm_early_warning_stops_with_a_checkpoint_and_requeues(tmp_path):
     """USR1 to the batch shell (as --signal=B:USR1@120 sends it) becomes the ranks' stop file: a deadline stop."""
     if MPIEXEC is None:

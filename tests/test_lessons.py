@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import run_train
 from hpc_mnist import config, lessons, resources
 
@@ -17,6 +19,7 @@ def test_every_lesson_preset_is_a_valid_config():
     assert not config.build(str(resources.folder("configs") / "cnn.yaml")).model.softmax_before_loss
 
 
+@pytest.mark.slow
 def test_fast_lessons_reproduce_the_published_figures(tmp_path):
     out = tmp_path / "lessons.json"
     result = run_train(["--only", "linear,mlp", "--recipe-only", "--json", str(out), "--log-dir", str(tmp_path)],

@@ -44,6 +44,7 @@ def run_installed(site: Path, *args: str) -> subprocess.CompletedProcess:
                           cwd=site.parent / "elsewhere", env=clean_env("PBS_", "SLURM_", PYTHONPATH=str(site)))
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_mnist_and_reads_it_from_its_own_folder(installed):
     out = subprocess.run([sys.executable, "-c", "from hpc_mnist import data; print(data.BUNDLED); "
                           "print(len(data.read_idx(data.BUNDLED / 't10k-labels-idx1-ubyte.gz', 'labels')))"],
@@ -54,6 +55,7 @@ def test_the_wheel_carries_mnist_and_reads_it_from_its_own_folder(installed):
     assert (installed / "hpc_mnist" / "mnist" / "README.md").exists()
 
 
+@pytest.mark.slow
 def test_an_installed_package_launches_with_its_sites_settings(installed):
     """Found by a review: the launcher looked for launch/ beside the package, which a wheel did not have, and
     printed a Polaris line without modules or NCCL settings through an affinity wrapper that did not exist."""
@@ -68,6 +70,7 @@ def test_an_installed_package_launches_with_its_sites_settings(installed):
     assert wrapper == site / "gpu_affinity_polaris.sh" and os.access(wrapper, os.X_OK)
 
 
+@pytest.mark.slow
 def test_init_writes_a_project_folder_once(installed, tmp_path):
     out = run_installed(installed, "init", str(tmp_path / "proj"))
     assert out.returncode == 0 and "wrote " in out.stdout, out.stderr
@@ -89,6 +92,7 @@ def test_init_writes_a_project_folder_once(installed, tmp_path):
     assert "export EDITED=1" in edited.stdout and "module load conda" not in edited.stdout, edited.stdout
 
 
+@pytest.mark.slow
 def test_presets_are_found_by_their_usual_path_from_any_folder(installed):
     """`--config configs/smoke.yaml` where there is no configs/ folder: the package's own preset."""
     out = run_installed(installed, "train", "--config", "configs/smoke.yaml", "train.epochs=1", "log.dir=runs")

@@ -6,69 +6,27 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, clean_env, read_jsonl, run_train, without_timing
+from conftest import (
+    BASE,
+    REPO,
+    TORCHRUN,
+    assert_same_run,
+    clean_env,
+    ok,
+    popen,
+    read_jsonl,
+    run_train,
+    wait_for_rows,
+    worker_pids,
+)
 from hpc_mnist import checkpoint
 
-# Small but not instant: a CNN epoch takes ~1-2 s here, so signals land mid-run.
-BASE = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=false", "train.precision=fp32",
-        "data.synthetic_train=1500", "data.synthetic_test=200", "train.batch_size=32", "model.name=cnn",
-        "optim.name=adam", "optim.lr=1e-3", "train.eval_batch_size=256"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [without_timing(row) for row in read_jsonl(run_dir / "metrics.jsonl")]
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "model.pt")
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    assert metrics(a) == metrics(b)
-    wa, wb = weights(a), weights(b)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
-    assert (sa["status"], sa["test_acc"], sa["test_loss"]) == (sb["status"], sb["test_acc"], sb["test_loss"])
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
-
-
-def popen(args: list[str], launcher: list[str]) -> subprocess.Popen:
-    env = clean_env()
-    return subprocess.Popen([*launcher, "-m", "hpc_mnist.train", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-
-
-def wait_for_rows(run_dir: Path, rows: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    path = run_dir / "metrics.jsonl"
-    while time.time() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) >= rows:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError(f"no {rows} metrics rows in {timeout} s")
-
-
-def worker_pids(agent_pid: int) -> dict[int, int]:
-    """torchrun's worker processes by rank, read from their environments."""
-    found = {}
-    for child in Path(f"/proc/{agent_pid}/task/{agent_pid}/children").read_text().split():
-        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
-        rank = next((int(v[5:]) for v in env if v.startswith(b"RANK=")), None)
-        if rank is not None:
-            found[rank] = int(child)
-    return found
+pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 
 
 @pytest.fixture(scope="module")

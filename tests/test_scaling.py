@@ -10,23 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MPIEXEC, REPO, clean_env
+from conftest import MPIEXEC, REPO, clean_env, fake_run
 from hpc_mnist import scaling
 
 STUBS = REPO / "tests" / "stubs"
-
-
-def fake_run(root: Path, name: str, ranks: int, samples_per_s: float, epochs: list[tuple[float, float]],
-             test_acc: float = 0.95, status: str = "completed") -> Path:
-    """A run directory as the trainer writes it, with known numbers."""
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    (run_dir / "summary.json").write_text(json.dumps({
-        "status": status, "world_size": ranks, "num_nodes": 1, "global_batch": 64 * ranks,
-        "samples_per_s": samples_per_s, "test_acc": test_acc}))
-    (run_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"epoch": i + 1, "epoch_time_s": t, "val_acc": acc}) + "\n" for i, (t, acc) in enumerate(epochs)))
-    return run_dir
 
 
 @pytest.fixture
@@ -100,6 +87,7 @@ def test_strong_mode_needs_a_divisible_global_batch(capsys):
     assert "3 does not divide it" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_dry_run_prints_each_launch_line():
     env = clean_env()
     result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "run", "--ranks", "1,2", "--mode", "strong",
@@ -114,6 +102,7 @@ def test_dry_run_prints_each_launch_line():
                                   "train.batch_size=32 ")
 
 
+@pytest.mark.slow
 def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
     env = clean_env()
     result = subprocess.run(
@@ -133,6 +122,7 @@ def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
     assert "scale_lr: true" in config  # weak scaling grows the global batch: linear lr scaling
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["scaling_polaris.sh", "scaling_slurm.sh"])
 def test_scaling_job_script_on_two_fake_nodes(tmp_path, script):
     if MPIEXEC is None:
@@ -200,6 +190,7 @@ def test_strong_mode_splits_the_configured_global_batch(tmp_path):
         _plan(["--mode", "strong", "--", "train.batch_size=64"], tmp_path)
 
 
+@pytest.mark.slow
 def test_sweep_prints_what_it_sets(capsys):
     env = clean_env()
     result = subprocess.run([sys.executable, "-m", "hpc_mnist.scaling", "run", "--dry-run", "--sweep-dir", "/tmp/x",

@@ -11,10 +11,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume import BASE, TORCHRUN, assert_same_run, ok, popen, wait_for_rows, worker_pids
 
-from conftest import REPO, clean_env, read_jsonl, run_train
+from conftest import (
+    BASE,
+    REPO,
+    TORCHRUN,
+    assert_same_run,
+    clean_env,
+    ok,
+    popen,
+    read_jsonl,
+    run_train,
+    wait_for_rows,
+    worker_pids,
+)
 from hpc_mnist import checkpoint, config
+
+pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 
 SMALL = [*BASE, "data.synthetic_train=1000", "train.epochs=2"]  # 25 steps of 32 per epoch on one process
 

@@ -4,10 +4,13 @@ tested: benchmarks/RESULTS.md.)"""
 
 import json
 
+import pytest
 import torch
 
 from conftest import run_train
 from hpc_mnist import bench, config, models, resources
+
+pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 
 
 def test_protocol_runs_every_seed_to_the_end_then_tests_once(tmp_path):

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env, read_jsonl, run_train
+from conftest import REPO, clean_env, free_port, read_jsonl, run_train
 from hpc_mnist import scaling
 from hpc_mnist.timing import summarize
+
+pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 
 ARGS = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=false", "train.precision=fp32",
         "model.name=cnn", "data.synthetic_train=2500", "data.synthetic_test=100", "train.batch_size=32",
@@ -49,7 +51,7 @@ def two_pinned_ranks(run_dir: Path, busy_core: int | None, port: int) -> None:
 
 @needs_two_cores
 def test_a_rank_on_a_loaded_core_is_named_with_its_host_and_nobody_without_load(tmp_path):
-    two_pinned_ranks(tmp_path / "loaded", busy_core=1, port=29611)
+    two_pinned_ranks(tmp_path / "loaded", busy_core=1, port=free_port())
     rows = read_jsonl(tmp_path / "loaded" / "metrics.jsonl")
     host = socket.gethostname()
     for row in rows:
@@ -58,7 +60,7 @@ def test_a_rank_on_a_loaded_core_is_named_with_its_host_and_nobody_without_load(
     summary = json.loads((tmp_path / "loaded" / "summary.json").read_text())
     assert summary["stragglers"] == {f"rank 1 on {host}": 2}
 
-    two_pinned_ranks(tmp_path / "quiet", busy_core=None, port=29612)
+    two_pinned_ranks(tmp_path / "quiet", busy_core=None, port=free_port())
     assert all(row["stragglers"] == [] for row in read_jsonl(tmp_path / "quiet" / "metrics.jsonl"))
 
     table = scaling.aggregate(scaling.collect([tmp_path / "loaded", tmp_path / "quiet"], 0.5)[0])

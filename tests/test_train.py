@@ -9,6 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import REPO, read_jsonl, run_train, without_timing
 from hpc_mnist import config, dist, train
 
+pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
+
 SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

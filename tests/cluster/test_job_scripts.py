@@ -124,6 +124,7 @@ def wait_for(predicate, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_batch_shell_forwards_no_signal(tmp_path):
     """Slurm signals the tasks itself (TERM at scancel and time limit); the early warning (USR1) goes
     to the batch shell only and must not reach ranks, which may not handle it yet. With no end time
