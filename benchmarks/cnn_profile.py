@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hpc_mnist import config, dist, train
+from hpc_mnist import config, dist, trainer
 
 CONFIG = Path(__file__).parents[1] / "configs" / "cnn.yaml"
 # torch.profiler operator -> what it does in this model (self time, so nothing is counted twice)
@@ -112,7 +112,7 @@ def profile(args: argparse.Namespace) -> dict:
     cfg = config.build(str(CONFIG), [f"train.batch_size={args.batch}", "train.seed=0"])
     with TemporaryDirectory() as scratch:
         rt = dist.Runtime(0, 0, 1, 1, "none", torch.device("cpu"), None, args.threads, ("local",))
-        t = train.Trainer(cfg, rt, Path(scratch))
+        t = trainer.Trainer(cfg, rt, Path(scratch))
         t.sampler.set_epoch(1)
         batches = t.data.train_batches(t.sampler, cfg.train.batch_size)
         warm, timed_batches = batches[:3], batches[3:3 + args.steps]

@@ -12,7 +12,7 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from hpc_mnist import config, dist, train
+from hpc_mnist import config, dist, trainer
 from hpc_mnist.timing import StepTimer
 
 
@@ -38,18 +38,18 @@ def interleaved(model: str, steps: int, rounds: int) -> tuple[float, float, floa
         f"model.name={model}", "data.synthetic_train=40000", "train.precision=fp32", "train.batch_size=128"])
     with TemporaryDirectory() as scratch:
         rt = dist.Runtime(0, 0, 1, 1, "none", torch.device("cpu"), None, torch.get_num_threads(), ("local",))
-        t = train.Trainer(cfg, rt, Path(scratch))
+        t = trainer.Trainer(cfg, rt, Path(scratch))
         t.sampler.set_epoch(1)
         batches = t.data.train_batches(t.sampler, cfg.train.batch_size)[:steps]
         seconds: dict[bool, list[float]] = {True: [], False: []}
         for r in range(rounds):
             for on in ((True, False) if r % 2 == 0 else (False, True)):
-                t.timer.enabled = on
+                t.monitor.timer.enabled = on
                 sums = torch.zeros(3, dtype=torch.float64)
                 start = time.perf_counter()
                 t.train_steps(batches, sums)
                 seconds[on].append((time.perf_counter() - start) / len(batches))
-                t.timer.phase_seconds()
+                t.monitor.timer.phase_seconds()
     on, off = statistics.median(seconds[True]), statistics.median(seconds[False])
     return on, off, (on - off) / off
 

@@ -36,7 +36,7 @@ from hpc_mnist import config, dist, models, optim, resources
 from hpc_mnist.config import Config
 from hpc_mnist.data import synthetic, write_idx_split
 from hpc_mnist.logger import make_console
-from hpc_mnist.train import Trainer, sum_dtype
+from hpc_mnist.trainer import Trainer, sum_dtype
 
 DEFAULT_BATCH = {"linear": 128, "mlp": 128, "cnn": 512}
 
@@ -100,11 +100,7 @@ class Ours:
         return go
 
     def epoch(self, epoch: int) -> None:
-        t = self.trainer
-        t.sampler.set_epoch(epoch)
-        batches = t.data.train_batches(t.sampler, self.cfg.train.batch_size)
-        sums = torch.zeros(3, dtype=sum_dtype(t.rt.device), device=t.rt.device)
-        t.train_steps(batches, sums, epoch=epoch)
+        self.trainer.train_epoch(epoch)
 
     def test_accuracy(self) -> float:
         t = self.trainer

@@ -1,8 +1,8 @@
 """Reproduce the lessons this project grew from, then train the same networks with this project's defaults.
 
-    python -m hpc_mnist.lessons                        # all five lessons (about 15 min on 2 CPU cores)
-    python -m hpc_mnist.lessons --only linear,mlp      # the fast ones
-    python -m hpc_mnist.lessons --recipe-only          # skip the runs with this project's defaults
+    hpc-mnist lessons                        # all five (about 50 min on 2 CPU cores; the CNN's two runs: 44)
+    hpc-mnist lessons --only linear,mlp      # the fast ones (about 2 min)
+    hpc-mnist lessons --recipe-only          # skip the runs with this project's defaults
 
 For each lesson it prints the published figure, ours with the lesson's recipe (configs/lessons/*.yaml),
 ours with this project's defaults, and the wall time of each run. Every run is an ordinary

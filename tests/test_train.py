@@ -7,7 +7,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, read_jsonl, run_train, without_timing
-from hpc_mnist import config, dist, train
+from hpc_mnist import config, dist, trainer
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 
@@ -95,7 +95,7 @@ def test_distributed_metrics_equal_single_process_evaluation(two_rank_run):
     run_dir = out / "run"
     cfg = config.build(str(run_dir / "config.yaml"))
     one = dist.Runtime(0, 0, 1, 1, "none", torch.device("cpu"), None, 1)
-    t = train.Trainer(cfg, one, out / "scratch")
+    t = trainer.Trainer(cfg, one, out / "scratch")
     t.model.load_state_dict(torch.load(run_dir / "model.pt"))
     val_loss, val_acc, _ = t.evaluate(t.data.val)
     last = read_jsonl(run_dir / "metrics.jsonl")[-1]

@@ -1,0 +1,199 @@
+"""One run's life around the training step: where it stands, when it checkpoints and stops, what it writes.
+
+The Trainer trains and evaluates; the RunController decides everything else. It opens the run directory and
+the start panel, keeps `status.json` true (running, stopped, completed, failed), times each epoch, writes the
+epoch's row and checkpoint on its cadence, stops with a checkpoint when the ranks agree to, and writes the
+summary. Rank 0 alone writes files; every rank takes part in checkpoints (RNG states, partial sums).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpc_mnist import dist, hang, models, rundir
+from hpc_mnist.errors import UserError
+from hpc_mnist.logger import RunLogger
+from hpc_mnist.signals import EXIT_STOPPED
+from hpc_mnist.stopping import StopAgreement
+from hpc_mnist.trainer import Position, Trainer
+
+
+@dataclass
+class Result:
+    summary: dict[str, Any]  # as written to summary.json
+    model: nn.Module  # the trained model, unwrapped from DDP
+    exit_code: int = 0
+
+
+class RunController:
+    def __init__(self, trainer: Trainer, pos: Position, agreement: StopAgreement, started: float):
+        self.t, self.cfg, self.rt, self.run_dir = trainer, trainer.cfg, trainer.rt, trainer.run_dir
+        self.pos, self.agreement, self.started = pos, agreement, started
+        self.first_epoch = pos.epochs_done + 1
+        self.val_loss = self.val_acc = float("nan")
+        self.checkpoint: Path | None = None
+        self.stragglers: dict[str, int] = {}  # 'rank R on HOST' -> epochs it was named in
+        self.log: RunLogger  # opened with the run directory (running)
+        self._epoch: dict[str, Any] = {}
+
+    # --- the run's frame ---
+
+    @contextlib.contextmanager
+    def running(self, notes: list[str]) -> Iterator[RunController]:
+        """Open the run directory and the start panel, mark the run running; on the way out of a failure,
+        say which rank a timed-out collective waited for and record `failed` in status.json."""
+        cfg, rt, t = self.cfg, self.rt, self.t
+        dist.on_main(lambda: rundir.open_run(cfg, self.run_dir))  # only now: a failed start leaves nothing behind
+        self.log = RunLogger(cfg.log, self.run_dir, enabled=rt.is_main, epochs_done=self.pos.epochs_done)
+        self.log.start(notes[0], {
+            "run directory": self.run_dir,
+            "ranks": f"{rt.world_size} on {rt.num_nodes} node(s), launcher {rt.launcher}",
+            "device": f"{rt.device} ({rt.threads} CPU thread(s) per rank: {rt.threads_why})",
+            "backend / precision": f"{rt.backend or 'none'} / {t.amp}",
+            "model": f"{cfg.model.name}, {models.parameter_count(t.model):,} parameters",
+            "data": f"{cfg.data.name}: {len(t.data.train):,} train / {len(t.data.val):,} val / "
+                    f"{len(t.data.test):,} test" + (" (val = the test set)" if t.data.test_as_val else ""),
+            "batch": f"{cfg.train.batch_size} per rank, {cfg.train.batch_size * rt.world_size} global, "
+                     f"{t.steps_per_epoch} steps/epoch",
+            "optimizer": f"{cfg.optim.name} lr {t.lr:g}, schedule {cfg.optim.scheduler}",
+            "stop by": self.agreement.deadline.describe() if self.agreement.deadline else "none",
+        }, notes=notes[1:] + _oversubscribed(rt))
+        self._status("running")
+        try:
+            with t.monitor.watchdog:
+                yield self
+        except RuntimeError as e:
+            if not hang.is_timeout(e):
+                self._failed(e)
+                raise
+            error = UserError(f"a collective timed out after {cfg.dist.timeout:g} s (dist.timeout): "
+                              f"{hang.who_is_behind(rt.world_size, list(rt.hosts))}; every rank's stacks are in "
+                              f"{self.run_dir}/hang-rank*.txt", hang.EXIT_HUNG, on_all_ranks=True)
+            self._failed(error)
+            raise error from None
+        except BaseException as e:
+            self._failed(e)
+            raise
+
+    def epochs(self) -> range:
+        return range(self.pos.epochs_done + 1, self.cfg.train.epochs + 1)
+
+    # --- one epoch ---
+
+    @contextlib.contextmanager
+    def epoch(self, epoch: int) -> Iterator[Callable[[int, float, float], None]]:
+        """Around an epoch's steps: its clock, the progress line, the profiler on this segment's first epoch."""
+        self._epoch = {"start": time.perf_counter(), "lr": self.t.scheduler.get_last_lr()[0],
+                       "earlier": int(self.pos.partial[2]) if self.pos.partial else 0}  # samples before a stop
+        profiling = self.t.profiled() if epoch == self.first_epoch else contextlib.nullcontext()
+        with profiling, self.log.progress(epoch, self.cfg.train.epochs, self.t.steps_per_epoch) as update:
+            yield update
+        self._epoch["seconds"] = time.perf_counter() - self._epoch["start"]
+        self.pos.train_time += self._epoch["seconds"]
+
+    def stop_mid_epoch(self, step: int, sums: torch.Tensor, reason: str) -> Result:
+        """The ranks agreed to stop inside an epoch: checkpoint there (with every rank's partial sums)."""
+        self.pos.step, self.pos.partial = step, None
+        return self.stopped(reason, self.t.save_checkpoint(self.pos, self.wall(), sums))
+
+    def end_epoch(self, epoch: int, sums: torch.Tensor, times: dict[str, Any], val: tuple[float, float, Any],
+                  stopping: str | None) -> None:
+        """A whole epoch done: its global figures, the checkpoint when due, its row in the log."""
+        loss_sum, correct, samples = dist.all_reduce_sum(sums).tolist()
+        new_samples = samples - self._epoch["earlier"] * self.rt.world_size
+        self.pos.epochs_done, self.pos.step, self.pos.partial = epoch, 0, None
+        self.pos.train_samples += int(new_samples)
+        self.val_loss, self.val_acc, _ = val
+        every = self.cfg.train.checkpoint_every
+        if (every and epoch % every == 0) or epoch == self.cfg.train.epochs or stopping:
+            self.checkpoint = self.t.save_checkpoint(self.pos, self.wall())
+        seconds = self._epoch["seconds"]
+        self.log.epoch({"epoch": epoch, "train_loss": loss_sum / samples, "train_acc": correct / samples,
+                        "val_loss": self.val_loss, "val_acc": self.val_acc, "lr": self._epoch["lr"],
+                        "epoch_time_s": time.perf_counter() - self._epoch["start"], "train_time_s": seconds,
+                        "samples_per_s": new_samples / seconds, **times})
+        for s in times.get("stragglers", []):
+            name = f"rank {s['rank']} on {s['host']}"
+            self.stragglers[name] = self.stragglers.get(name, 0) + 1
+
+    # --- the end ---
+
+    def stopped(self, reason: str, checkpoint: Path | None = None) -> Result:
+        """Stopped with a checkpoint (a signal, the deadline): exit 75; the same command continues."""
+        checkpoint = checkpoint or self.checkpoint
+        signal = self.agreement.stop.name() if reason == "signal" and self.agreement.stop else None
+        summary = self._summary("stopped", reason=reason, signal=signal, epochs_done=self.pos.epochs_done,
+                                step=self.pos.step, checkpoint=str(checkpoint))
+        self.log.stopped(summary)
+        self._status("stopped", reason=reason, signal=signal, exit_code=EXIT_STOPPED, checkpoint=str(checkpoint))
+        return Result(summary, self.t.model, EXIT_STOPPED)
+
+    def finish(self) -> Result:
+        """All epochs done: the final test evaluation, the model's weights, the summary."""
+        t, cfg = self.t, self.cfg
+        if math.isnan(self.val_acc):  # continued after the last epoch (e.g. stopped in the final evaluation)
+            self.val_loss, self.val_acc, _ = t.evaluate(t.data.val)
+        test_loss, test_acc, wrong = t.evaluate(t.data.test, keep_failures=cfg.log.failures)
+        dist.on_main(lambda: torch.save(t.model.state_dict(), self.run_dir / "model.pt"))
+        summary = self._summary("completed", epochs=cfg.train.epochs, val_loss=self.val_loss, val_acc=self.val_acc,
+                                test_loss=test_loss, test_acc=test_acc, wall_time_s=self.wall(),
+                                stragglers=self.stragglers, samples_per_s=self.pos.train_samples / self.pos.train_time
+                                if self.pos.train_time else 0.0)
+        failures = None
+        if wrong:
+            rows = t.data.test.index[wrong[0].to(t.data.test.index.device)]
+            failures = (t.data.test.images[rows], wrong[1], t.data.test.labels[rows])
+        self.log.finish(summary, _flat_hparams(cfg), failures)
+        self._status("completed", checkpoint=str(self.checkpoint) if self.checkpoint else None)
+        return Result(summary, t.model)
+
+    # --- what the run writes ---
+
+    def wall(self) -> float:
+        """This run's time over all its segments, up to now."""
+        return self.pos.wall_time + time.perf_counter() - self.started
+
+    def _summary(self, status: str, **facts: Any) -> dict[str, Any]:
+        cfg, rt = self.cfg, self.rt
+        return {"model": cfg.model.name, "dataset": cfg.data.name, "world_size": rt.world_size,
+                "num_nodes": rt.num_nodes, "launcher": rt.launcher, "device": str(rt.device), "backend": rt.backend,
+                "precision": self.t.amp, "threads_per_rank": rt.threads, "batch_per_rank": cfg.train.batch_size,
+                "global_batch": cfg.train.batch_size * rt.world_size, "run_dir": str(self.run_dir),
+                "status": status, **facts, "train_time_s": self.pos.train_time, "segments": self.pos.segments}
+
+    def _status(self, state: str, **facts: Any) -> None:
+        """status.json, the one record a job script reads to decide what comes next (rank 0 writes it)."""
+        where = {"epochs_done": self.pos.epochs_done, "step": self.pos.step}
+        dist.on_main(lambda: rundir.write_status(self.run_dir, state, **where, **facts))
+
+    def _failed(self, error: BaseException) -> None:
+        """Without a collective: the other ranks may be gone."""
+        if self.rt.is_main:
+            code = error.exit_code if isinstance(error, UserError) else 1
+            rundir.write_status(self.run_dir, "failed", reason="error", exit_code=code, error=str(error)[:500],
+                                epochs_done=self.pos.epochs_done, step=self.pos.step)
+
+
+def _flat_hparams(cfg) -> dict[str, Any]:
+    return {f"{section}.{key}": str(value) if isinstance(value, list) else value
+            for section, values in cfg.to_dict().items() for key, value in values.items()}
+
+
+def _oversubscribed(rt: dist.Runtime) -> list[str]:
+    """A note when this node's ranks want more threads than it has cores (4 ranks on 2 cores ran 2.4x slower)."""
+    cores = len(os.sched_getaffinity(0)) if rt.local_world_size == 1 else os.cpu_count() or 1
+    wanted = rt.local_world_size * rt.threads
+    if wanted <= cores:
+        return []
+    return [f"oversubscribed: {rt.local_world_size} rank(s) x {rt.threads} thread(s) on {cores} CPU core(s); "
+            "each rank runs at a fraction of its speed (use fewer ranks per node)"]
