@@ -12,8 +12,9 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from hpc_mnist import config, dist, trainer
-from hpc_mnist.timing import StepTimer
+from hpc_mnist.core import config, trainer
+from hpc_mnist.runtime import dist
+from hpc_mnist.runtime.timing import StepTimer
 
 
 def timer_cost_us(steps: int = 200_000) -> float:

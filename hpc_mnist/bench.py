@@ -32,11 +32,13 @@ import torch.nn.functional as F
 from rich.table import Table
 from torch import nn
 
-from hpc_mnist import config, dist, models, optim, resources
-from hpc_mnist.config import Config
-from hpc_mnist.data import synthetic, write_idx_split
-from hpc_mnist.logger import make_console
-from hpc_mnist.trainer import Trainer, sum_dtype
+from hpc_mnist import resources
+from hpc_mnist.core import config, models, optim
+from hpc_mnist.core.config import Config
+from hpc_mnist.core.data import synthetic, write_idx_split
+from hpc_mnist.core.trainer import Trainer, sum_dtype
+from hpc_mnist.runtime import dist
+from hpc_mnist.runtime.logger import make_console
 
 DEFAULT_BATCH = {"linear": 128, "mlp": 128, "cnn": 512}
 
@@ -280,7 +282,7 @@ def time_to_99(args: argparse.Namespace, rt: dist.Runtime, scratch: Path, consol
     report["ours"] = run_protocol("ours", lambda s: Ours(protocol_config(args, s), rt, scratch), cfg.train.epochs,
                                   seeds, console)
     if args.reference_seeds:
-        from hpc_mnist.data import DeviceData
+        from hpc_mnist.core.data import DeviceData
 
         full = DeviceData(config.DataConfig(val_fraction=0, shuffle=False), torch.device("cpu"))
         root = scratch / "examples"

@@ -28,10 +28,11 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from hpc_mnist import dist, scaling_model
-from hpc_mnist.config import DistConfig, ModelConfig
+from hpc_mnist import scaling_model
+from hpc_mnist.core.config import DistConfig, ModelConfig
+from hpc_mnist.core.models import build, parameter_count
 from hpc_mnist.errors import UserError
-from hpc_mnist.models import build, parameter_count
+from hpc_mnist.runtime import dist
 
 MODELS = ("linear", "mlp", "cnn")
 # argonne-lcf/alcf-nccl-tests, NCCL 2.18 with ALCF's tuned environment (aws-ofi-nccl, FI_CXI_* settings):
@@ -187,7 +188,7 @@ def _size(nbytes: int) -> str:
 def show(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from hpc_mnist.logger import make_console
+    from hpc_mnist.runtime.logger import make_console
 
     console = make_console()
     ref = {p["bytes"]: p for p in report["reference"]["points"]}

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from hpc_mnist import dist
 from hpc_mnist.errors import UserError
+from hpc_mnist.runtime import dist
 
 DEFAULT_TIMEOUT = 60.0
 ALLREDUCE_BYTES = 4 * 2**20
@@ -472,7 +472,7 @@ def _verdict(report: dict[str, Any], infos: list[RankInfo], allreduce: dict[str,
 def show(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from hpc_mnist.logger import make_console
+    from hpc_mnist.runtime.logger import make_console
 
     console = make_console()
     table = Table(title=f"hpc_mnist doctor: {len(report['ranks'])} rank(s), backend {report['backend']}")

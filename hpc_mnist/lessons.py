@@ -26,7 +26,7 @@ from rich.table import Table
 
 from hpc_mnist import resources
 from hpc_mnist.errors import UserError, report
-from hpc_mnist.logger import make_console
+from hpc_mnist.runtime.logger import make_console
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from hpc_mnist import config, launch
+from hpc_mnist import launch
+from hpc_mnist.core import config
 from hpc_mnist.errors import UserError, report
-from hpc_mnist.logger import make_console
+from hpc_mnist.runtime.logger import make_console
 
 COLUMNS = [  # (key, header)
     ("nodes", "nodes"), ("ranks", "ranks"), ("global_batch", "global batch"), ("samples_per_s", "samples/s"),
@@ -409,8 +410,8 @@ def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None)
     """The scaling model's samples/s beside the measured ones, from an all-reduce benchmark's fit."""
     from hpc_mnist import scaling_model
     from hpc_mnist.comm import gradient_bytes
-    from hpc_mnist.config import ModelConfig
-    from hpc_mnist.models import build
+    from hpc_mnist.core.config import ModelConfig
+    from hpc_mnist.core.models import build
 
     try:
         fit = json.loads(comm_json.read_text())["fit"]

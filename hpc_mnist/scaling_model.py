@@ -207,8 +207,8 @@ def sweep(compute: Compute, net: Network, grad_bytes: int, batch: int, nodes: li
 
 def polaris_report(batches: list[int], nodes: list[int], ranks_per_node: int = 4) -> dict[str, Any]:
     """Predictions for each shipped model on a Polaris-like machine."""
-    from hpc_mnist.config import ModelConfig
-    from hpc_mnist.models import build, parameter_count
+    from hpc_mnist.core.config import ModelConfig
+    from hpc_mnist.core.models import build, parameter_count
 
     net = polaris()
     out: dict[str, Any] = {"network": network_dict(net), "ranks_per_node": ranks_per_node, "models": {}}

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import torch
 
-from hpc_mnist import config, deadline, dist, models, rundir
-from hpc_mnist.config import Config
-from hpc_mnist.controller import Result, RunController
-from hpc_mnist.data import check_root
+from hpc_mnist.core import config, models
+from hpc_mnist.core.config import Config
+from hpc_mnist.core.data import check_root
+from hpc_mnist.core.trainer import Position, Trainer
 from hpc_mnist.errors import UserError
-from hpc_mnist.signals import StopRequest
-from hpc_mnist.stopping import StopAgreement
-from hpc_mnist.trainer import Position, Trainer
+from hpc_mnist.runtime import deadline, dist, rundir
+from hpc_mnist.runtime.controller import Result, RunController
+from hpc_mnist.runtime.signals import StopRequest
+from hpc_mnist.runtime.stopping import StopAgreement
 
 
 def run(cfg: Config, config_file: str | None = None) -> Result:

@@ -131,7 +131,7 @@ continue_pbs_job() {
     if [ "$count" -ge "${MAX_RESUBMITS:-10}" ]; then
         echo "hpc_mnist: stopped for the walltime with a checkpoint; not continuing run $run again ($count jobs" \
             "submitted, MAX_RESUBMITS=${MAX_RESUBMITS:-10}): resubmit with RUN_NAME=$run"
-    elif new=$("${PYTHON:-python}" -m hpc_mnist.pbs continue --script "$0" --run-name "$run" \
+    elif new=$("${PYTHON:-python}" -m hpc_mnist.runtime.pbs continue --script "$0" --run-name "$run" \
             --count $((count + 1))); then
         echo "hpc_mnist: stopped for the walltime with a checkpoint; job $new continues run $run after job $JOB_ID ends"
     else

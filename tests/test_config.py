@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from conftest import run_train
-from hpc_mnist import config
+from hpc_mnist.core import config
 from hpc_mnist.errors import UserError
 
 

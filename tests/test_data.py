@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import REPO, run_train, write_mnist_root
-from hpc_mnist import data
-from hpc_mnist.config import DataConfig
-from hpc_mnist.data import DeviceData, make_sampler
+from hpc_mnist import data as data_command
+from hpc_mnist.core import data
+from hpc_mnist.core.config import DataConfig
+from hpc_mnist.core.data import DeviceData, make_sampler
 from hpc_mnist.errors import UserError
 
 CPU = torch.device("cpu")
@@ -186,7 +187,7 @@ def test_a_data_root_that_does_not_exist_is_named_and_not_created(download, tmp_
 
 
 def test_mnist_download_into_an_empty_root_copies_the_bundled_files(tmp_path):
-    assert data.main(["download", "--root", str(tmp_path)]) == 0
+    assert data_command.main(["download", "--root", str(tmp_path)]) == 0
     assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(
         f"{name}.gz" for name in data.BUNDLED_MD5)
     ds = DeviceData(DataConfig(root=str(tmp_path)), CPU)
@@ -196,7 +197,7 @@ def test_mnist_download_into_an_empty_root_copies_the_bundled_files(tmp_path):
 def test_other_datasets_missing_offline_hint_names_the_dataset(tmp_path):
     with pytest.raises(UserError) as err:
         data.prepare(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False))
-    assert f"python -m hpc_mnist.data download --name fashion_mnist --root {tmp_path}`" in str(err.value)
+    assert f"hpc-mnist data download --name fashion_mnist --root {tmp_path}`" in str(err.value)
 
 
 def test_failed_download_command_does_not_send_the_user_to_run_it_again(tmp_path, monkeypatch, capsys):
@@ -207,11 +208,11 @@ def test_failed_download_command_does_not_send_the_user_to_run_it_again(tmp_path
 
     monkeypatch.setattr(tv_utils.urllib.request, "urlopen", offline)  # as on a compute node: no network
     target = tmp_path / "new" / "datasets"
-    assert data.main(["download", "--name", "kmnist", "--root", str(target)]) == 2
+    assert data_command.main(["download", "--name", "kmnist", "--root", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not download kmnist" in err[0] and "Name or service not known" in err[0]
     assert "login node" not in err[0].split("; ", 1)[1].replace("where there is (a login node", "")
-    assert "python -m hpc_mnist.data download" not in err[0]
+    assert "hpc-mnist data download" not in err[0]
     assert list(tmp_path.iterdir()) == []  # no empty folders left behind
     with pytest.raises(UserError, match="--name kmnist --root") as trainer_err:
         data.prepare(DataConfig(name="kmnist", root=str(tmp_path), download=True))
@@ -288,7 +289,7 @@ def test_label_count_mismatch(broken_root, tmp_path):
 
 
 def test_download_command_on_a_ready_root_needs_no_network(mnist_root):
-    assert data.main(["download", "--root", str(mnist_root)]) == 0
+    assert data_command.main(["download", "--root", str(mnist_root)]) == 0
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import LAUNCH_VARS, MPIEXEC, REPO, run_train
-from hpc_mnist import dist
-from hpc_mnist.dist import Placement
 from hpc_mnist.errors import UserError
+from hpc_mnist.runtime import dist
+from hpc_mnist.runtime.dist import Placement
 
 SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32"]
 

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from conftest import run_train
-from hpc_mnist import config, lessons, resources
+from hpc_mnist import lessons, resources
+from hpc_mnist.core import config
 
 TOLERANCE = 0.007  # points of accuracy: seeds 0-2 of both lessons fell within 0.3 of the published figures
 

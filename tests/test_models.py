@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from hpc_mnist import models
-from hpc_mnist.config import ModelConfig
+from hpc_mnist.core import models
+from hpc_mnist.core.config import ModelConfig
 
 
 @pytest.mark.parametrize("name, params", [("linear", 7_850), ("mlp", 44_860), ("cnn", 1_199_882)])
@@ -77,7 +77,7 @@ def test_configurable_cnn_layers_and_shape():
 
 
 def test_cnn_lists_must_agree_and_fit_the_digit():
-    from hpc_mnist import config
+    from hpc_mnist.core import config
     from hpc_mnist.errors import UserError
 
     with pytest.raises(UserError, match="one entry per convolution"):

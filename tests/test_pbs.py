@@ -1,4 +1,4 @@
-"""hpc_mnist.pbs without a server: the walltime's end and the continuation's qsub line, from `qstat -f -F json`
+"""hpc_mnist.runtime.pbs without a server: the walltime's end and the continuation's qsub line, from `qstat -f -F json`
 as OpenPBS 23.06 prints it (recorded on the lab). The same on the lab's real server: tests/cluster/test_pbs.py."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import datetime
 
 import pytest
 
-from hpc_mnist import pbs
+from hpc_mnist.runtime import pbs
 
 # A running job of the lab, trimmed: numbers in Variable_List come back as JSON numbers.
 INFO = {

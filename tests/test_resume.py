@@ -24,7 +24,7 @@ from conftest import (
     wait_for_rows,
     worker_pids,
 )
-from hpc_mnist import checkpoint
+from hpc_mnist.core import checkpoint
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 

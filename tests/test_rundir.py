@@ -5,7 +5,8 @@ import shlex
 import pytest
 
 from conftest import REPO, run_train
-from hpc_mnist import config, rundir
+from hpc_mnist.core import config
+from hpc_mnist.runtime import rundir
 
 
 def name_of(words: list[str], monkeypatch: pytest.MonkeyPatch) -> str:

@@ -155,7 +155,7 @@ def test_scaling_job_script_on_two_fake_nodes(tmp_path, script):
 
 def _trainer_sees(point: scaling.Point) -> "object":
     """The configuration the trainer of one point resolves from its command line."""
-    from hpc_mnist import config
+    from hpc_mnist.core import config
 
     args = config.parser("train", "").parse_args(point.command[point.command.index("hpc_mnist.train") + 1:])
     return config.build(args.config, args.overrides)

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from hpc_mnist import scaling_model as sm
-from hpc_mnist.config import ModelConfig
-from hpc_mnist.models import build
+from hpc_mnist.core.config import ModelConfig
+from hpc_mnist.core.models import build
 
 
 def test_fit_recovers_alpha_and_bus_bandwidth():

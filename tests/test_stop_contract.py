@@ -25,7 +25,7 @@ from conftest import (
     wait_for_rows,
     worker_pids,
 )
-from hpc_mnist import checkpoint, config
+from hpc_mnist.core import checkpoint, config
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import run_train
-from hpc_mnist import bench, config, models, resources
+from hpc_mnist import bench, resources
+from hpc_mnist.core import config, models
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 

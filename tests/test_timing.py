@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, clean_env, free_port, read_jsonl, run_train
 from hpc_mnist import scaling
-from hpc_mnist.timing import summarize
+from hpc_mnist.runtime.timing import summarize
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 

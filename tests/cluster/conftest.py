@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import REPO, clean_env
-from hpc_mnist import pbs
+from hpc_mnist.runtime import pbs
 
 HERE = Path(__file__).resolve().parent
 LAB_SH = HERE / "lab.sh"

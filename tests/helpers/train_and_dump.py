@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-from hpc_mnist import config, dist, train
+from hpc_mnist import train
+from hpc_mnist.core import config
+from hpc_mnist.runtime import dist
 
 out = Path(sys.argv[1])
 args = config.parser("train_and_dump", "").parse_args(sys.argv[2:])

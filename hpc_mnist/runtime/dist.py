@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as tdist
 
-from hpc_mnist.config import DistConfig
+from hpc_mnist.core.config import DistConfig
 from hpc_mnist.errors import UserError
 
 T = TypeVar("T")

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 import torchvision
 from torch.nn.parallel import DistributedDataParallel
 
-from hpc_mnist import checkpoint, dist, hang, models, optim, precision, timing
-from hpc_mnist.config import Config
-from hpc_mnist.data import DeviceData, Subset, make_sampler, prepare
+from hpc_mnist.core import checkpoint, models, optim, precision
+from hpc_mnist.core.config import Config
+from hpc_mnist.core.data import DeviceData, Subset, make_sampler, prepare
 from hpc_mnist.errors import UserError
-from hpc_mnist.stopping import StopAgreement
+from hpc_mnist.runtime import dist, hang, timing
+from hpc_mnist.runtime.stopping import StopAgreement
 
 EXIT_DIVERGED = 3
 

@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpc_mnist import pbs
-from hpc_mnist.config import TrainConfig
+from hpc_mnist.core.config import TrainConfig
 from hpc_mnist.errors import UserError
+from hpc_mnist.runtime import pbs
 
 STOP_FILE_VAR = "HPC_MNIST_STOP_FILE"
 

@@ -8,7 +8,7 @@ place, walltime`), its log beside this one's (`hpc_mnist.o1234.1`, `.2`, ... aft
 run directory (RUN_NAME), held until this job has ended (`-W depend=afterany:<job>`), so the two never train
 at once.
 
-    python -m hpc_mnist.pbs continue --script "$0" --run-name NAME --count N   (inside a job: prints the new id)
+    python -m hpc_mnist.runtime.pbs continue --script "$0" --run-name NAME --count N   (inside a job: prints the new id)
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def submit_continuation(job_id: str, script: str, run_name: str, count: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hpc_mnist.pbs", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hpc_mnist.runtime.pbs", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     cont = sub.add_parser("continue", help="submit the job that continues this job's run after it ends")
     cont.add_argument("--script", required=True, help="the job script to submit (PBS's copy: $0 in the job)")

@@ -18,7 +18,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hpc_mnist.config import LogConfig
+from hpc_mnist.core.config import LogConfig
 
 EPOCH_COLUMNS = [  # (key, header, width, format spec)
     ("epoch", "epoch", 5, "d"), ("train_loss", "train loss", 10, ".4f"), ("train_acc", "train acc", 9, ".2%"),

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc_mnist import checkpoint, config
-from hpc_mnist.config import Config
+from hpc_mnist.core import checkpoint, config
+from hpc_mnist.core.config import Config
 from hpc_mnist.errors import UserError
 
 STATUS_FILE_VAR = "HPC_MNIST_STATUS_FILE"  # a copy of status.json where a job script can find it

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from hpc_mnist import dist
-from hpc_mnist.deadline import Deadline
-from hpc_mnist.hang import Watchdog
-from hpc_mnist.signals import StopRequest
+from hpc_mnist.runtime import dist
+from hpc_mnist.runtime.deadline import Deadline
+from hpc_mnist.runtime.hang import Watchdog
+from hpc_mnist.runtime.signals import StopRequest
 
 CHECK_EVERY = 16  # steps between the one small all-reduce that agrees on stops and non-finite losses
 

@@ -20,12 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpc_mnist import dist, hang, models, rundir
+from hpc_mnist.core import models
+from hpc_mnist.core.trainer import Position, Trainer
 from hpc_mnist.errors import UserError
-from hpc_mnist.logger import RunLogger
-from hpc_mnist.signals import EXIT_STOPPED
-from hpc_mnist.stopping import StopAgreement
-from hpc_mnist.trainer import Position, Trainer
+from hpc_mnist.runtime import dist, hang, rundir
+from hpc_mnist.runtime.logger import RunLogger
+from hpc_mnist.runtime.signals import EXIT_STOPPED
+from hpc_mnist.runtime.stopping import StopAgreement
 
 
 @dataclass

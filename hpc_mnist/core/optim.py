@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from hpc_mnist.config import OptimConfig
+from hpc_mnist.core.config import OptimConfig
 
 
 def learning_rate(cfg: OptimConfig, world_size: int) -> float:

@@ -1,0 +1,1 @@
+"""The training core: configuration, models, data, optimizer, precision, checkpoints, the Trainer."""
