@@ -75,9 +75,12 @@ class StepMonitor:
         self.timer.start()
 
     def mark(self, phase: str) -> None:
-        if phase == "wait":  # the backward pass (and DDP's all-reduce) returned: alive again
-            self.watchdog.beat(self.epoch, self.step)
         self.timer.mark(phase)
+
+    def backward_done(self) -> None:
+        """Backward compute ended at the last gradient bucket; the rest of the phase waited on peers."""
+        self.watchdog.beat(self.epoch, self.step)  # DDP's all-reduce returned: alive again
+        self.timer.mark("wait")
 
     def end(self) -> None:
         self.timer.mark("optimizer")
@@ -167,7 +170,7 @@ class Trainer:
             monitor.mark("forward")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()  # DDP all-reduces the gradients here
-            monitor.mark("wait")  # backward compute ended at the last gradient bucket; the rest waited on peers
+            monitor.backward_done()
             self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
             self.scaler.update()
             self.scheduler.step()

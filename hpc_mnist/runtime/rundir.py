@@ -37,13 +37,17 @@ SILENT_KEYS = {"train.resume", "train.time_limit", "train.deadline", "train.dead
                "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size"}
 
 
+def _bookkeeping(key: str) -> bool:
+    """Logging, process-group and per-job settings: never part of what a run is."""
+    return key.startswith(("log.", "dist.")) or key in SILENT_KEYS
+
+
 def identity(cfg: Config, config_file: str | None) -> list[str]:
     """The settings this command changes from its config file (or the defaults) that change the result:
     'key=value' words. Epochs are not among them: raising train.epochs continues a run."""
     base = _flat(config.build(config_file).to_dict())
     return [f"{key}={value!r}" for key, value in sorted(_flat(cfg.to_dict()).items())
-            if value != base.get(key) and not key.startswith(("log.", "dist.")) and key != "train.epochs"
-            and key not in SILENT_KEYS | FREE_KEYS]
+            if value != base.get(key) and not _bookkeeping(key) and key != "train.epochs" and key not in FREE_KEYS]
 
 
 def job_name() -> str | None:
@@ -83,7 +87,7 @@ def compare(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> t
     refused, changed = [], []
     for key, value in new_flat.items():
         before = old_flat.get(key, value)
-        if before == value or key.startswith(("log.", "dist.")) or key in SILENT_KEYS:
+        if before == value or _bookkeeping(key):
             continue
         line = f"{key}: {before!r} -> {value!r}"
         free = key.split(".")[0] in FREE_SECTIONS or key in FREE_KEYS
