@@ -85,6 +85,9 @@ class RunController:
         except BaseException as e:
             self._failed(e)
             raise
+        finally:
+            if rt.is_main:
+                rundir.close_run(self.run_dir)
 
     def epochs(self) -> range:
         return range(self.pos.epochs_done + 1, self.cfg.train.epochs + 1)

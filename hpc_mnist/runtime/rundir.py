@@ -152,7 +152,7 @@ def plan(cfg: Config, run_dir: Path) -> Plan:
     return Plan("continue", path, notes)
 
 
-_LOCKS: list[int] = []  # lock files held for the life of the process
+_LOCKS: dict[Path, int] = {}  # run directory -> its lock file, held from open_run to close_run
 
 
 def _lock(run_dir: Path) -> None:
@@ -166,7 +166,7 @@ def _lock(run_dir: Path) -> None:
                         "another log.name") from None
     except OSError:
         pass  # a file system without flock (some parallel file systems): run unlocked
-    _LOCKS.append(fd)
+    _LOCKS[run_dir] = fd
 
 
 def open_run(cfg: Config, run_dir: Path) -> None:
@@ -180,6 +180,14 @@ def open_run(cfg: Config, run_dir: Path) -> None:
     except OSError as e:
         raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}; "
                         "set log.dir to a writable folder") from None
+
+
+def close_run(run_dir: Path) -> None:
+    """Release the run directory: the same command may continue it from this process (a notebook's second
+    run()) or from another one."""
+    fd = _LOCKS.pop(run_dir, None)
+    if fd is not None:
+        os.close(fd)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

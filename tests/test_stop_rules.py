@@ -1,0 +1,169 @@
+"""The stop contract's rules and the resume rules, in this process, in seconds.
+
+The trainer runs here as a single process (`train.main`); a second rank is played by a fake collective: the
+agreement's all-reduce (`dist.any_rank`) returns what a peer would add to it (a signal it received, a
+non-finite loss it saw, its deadline). What needs real processes (signals delivered to processes, torchrun,
+several ranks' checkpoints) stays in test_stop_contract.py and test_resume.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import BASE, LAUNCH_VARS, REPO, assert_same_run
+from hpc_mnist import train
+from hpc_mnist.core import checkpoint, config
+from hpc_mnist.runtime import dist
+from hpc_mnist.runtime.stopping import CHECK_EVERY
+
+# An MLP (milliseconds a step) on 1,200 synthetic train samples: 38 steps of 32 per epoch, checks at 16, 32 and 38.
+SMALL = [*BASE, "model.name=mlp", "train.epochs=2"]
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+class PeerRank:
+    """The other rank of a two-rank run, seen only through the agreement's all-reduce (MAX of the first
+    non-finite step, the signal number and the deadline flag): from its `from_check`-th check on, it adds
+    its own flags."""
+
+    def __init__(self, from_check: int, bad_step: int = 0, signum: int = 0, late: int = 0):
+        self.from_check, self.flags, self.checks = from_check, torch.tensor([bad_step, signum, late]), 0
+
+    def __call__(self, flags: torch.Tensor) -> torch.Tensor:
+        self.checks += 1
+        return torch.maximum(flags, self.flags) if self.checks >= self.from_check else flags
+
+
+@pytest.fixture
+def train_here(monkeypatch, capsys):
+    """Run `python -m hpc_mnist.train ARGS` in this process, optionally beside a fake peer rank."""
+    for key in list(os.environ):
+        if key.startswith((*LAUNCH_VARS, "HPC_MNIST_")):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(REPO)
+
+    def run(args: list[str], env: dict[str, str] | None = None, peer: PeerRank | None = None) -> Outcome:
+        with monkeypatch.context() as m:
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            if peer:
+                m.setattr(dist, "any_rank", peer)
+            code = train.main(args)
+        out, err = capsys.readouterr()
+        return Outcome(code, out, err)
+
+    return run
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def stop_file(tmp_path: Path) -> dict[str, str]:
+    """An existing stop file: the deadline has passed, so the ranks stop at their first check (step 16)."""
+    (tmp_path / "stop-now").touch()
+    return {"HPC_MNIST_STOP_FILE": str(tmp_path / "stop-now")}
+
+
+# --- the agreement: whatever one rank sees, every rank stops at the same check ---
+
+def test_a_peers_signal_stops_this_rank_at_the_next_check_and_the_same_command_continues_exactly(train_here, tmp_path):
+    args = [*SMALL, f"log.dir={tmp_path}"]
+    assert train_here([*args, "log.name=straight"]).code == 0
+    peer = PeerRank(from_check=2, signum=signal.SIGTERM)  # SIGTERM reached the peer between steps 16 and 32
+    stopped = train_here([*args, "log.name=r"], peer=peer)
+    assert stopped.code == 75, stopped.err
+    st = status(tmp_path / "r")
+    assert (st["state"], st["reason"], st["signal"], st["epochs_done"], st["step"]) == (
+        "stopped", "signal", "SIGTERM", 0, 2 * CHECK_EVERY)
+    saved = checkpoint.load(Path(st["checkpoint"]))
+    assert (saved["epochs_done"], saved["step"], len(saved["partial"])) == (0, 2 * CHECK_EVERY, 1)
+    resumed = train_here([*args, "log.name=r"])
+    assert resumed.code == 0 and resumed.out.startswith("hpc_mnist: continuing"), resumed.out[:500]
+    assert_same_run(tmp_path / "straight", tmp_path / "r")
+
+
+def test_a_peers_deadline_is_a_deadline_stop_here(train_here, tmp_path):
+    result = train_here([*SMALL, f"log.dir={tmp_path}", "log.name=r"], peer=PeerRank(from_check=1, late=1))
+    assert result.code == 75
+    assert (status(tmp_path / "r")["reason"], status(tmp_path / "r")["step"]) == ("deadline", CHECK_EVERY)
+
+
+def test_a_peers_non_finite_loss_stops_every_rank_naming_its_step(train_here, tmp_path):
+    result = train_here([*SMALL, f"log.dir={tmp_path}", "log.name=r"], peer=PeerRank(from_check=1, bad_step=7))
+    assert result.code == 3
+    assert result.err.count("\n") == 1 and "non-finite in epoch 1 at step 7 (learning rate 0.001)" in result.err
+    st = status(tmp_path / "r")
+    assert (st["state"], st["exit_code"]) == ("failed", 3)
+
+
+def test_no_check_between_checks(train_here, tmp_path):
+    """The agreement costs one all-reduce every CHECK_EVERY steps and one at an epoch's last step, no more."""
+    peer = PeerRank(from_check=10**9)
+    assert train_here([*SMALL, f"log.dir={tmp_path}", "log.name=r"], peer=peer).code == 0
+    assert peer.checks == 2 * 3  # steps 16, 32 and 38 of each epoch
+
+
+# --- the resume rules: the same command with one change, after a mid-epoch stop ---
+
+CHANGES = [  # (words for the second command, expected: "continue" + text on the first line, or "refuse" + text)
+    (["train.epochs=3"], "continue", "train.epochs: 2 -> 3"),
+    (["optim.scheduler=cosine"], "continue", "optim.scheduler: 'none' -> 'cosine'"),
+    (["optim.lr=5e-4"], "continue", "optim.lr: 0.001 -> 0.0005"),
+    (["train.precision=bf16"], "continue", "train.precision: 'fp32' -> 'bf16'"),
+    (["train.batch_size=16"], "continue", "global batch 32 -> 16"),
+    (["model.name=linear"], "refuse", "model.name: 'mlp' -> 'linear'"),
+    (["optim.name=sgd"], "refuse", "optim.name: 'adam' -> 'sgd'"),
+    (["train.seed=1"], "refuse", "train.seed: 0 -> 1"),
+    (["train.resume=never"], "refuse", "train.resume=never would mix two runs"),
+]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """A run stopped at step 16 of epoch 1 by the stop file (made once, copied by each test)."""
+    root = tmp_path_factory.mktemp("stopped")
+    with pytest.MonkeyPatch.context() as m:
+        for key in list(os.environ):
+            if key.startswith((*LAUNCH_VARS, "HPC_MNIST_")):
+                m.delenv(key)
+        m.chdir(REPO)
+        for key, value in stop_file(root).items():
+            m.setenv(key, value)
+        assert train.main([*SMALL, f"log.dir={root}", "log.name=r"]) == 75
+    assert status(root / "r")["step"] == CHECK_EVERY
+    return root / "r"
+
+
+@pytest.mark.parametrize("words,outcome,text", CHANGES, ids=[" ".join(c[0]) for c in CHANGES])
+def test_resume_rules_after_a_mid_epoch_stop(train_here, stopped_run, tmp_path, words, outcome, text):
+    """The same command with one change continues with it and says so on its first line, or refuses in one
+    line naming the change and leaves the run as it was."""
+    shutil.copytree(stopped_run, tmp_path / "r")
+    args = [*SMALL, f"log.dir={tmp_path}", "log.name=r"]
+    before = sorted(p.name for p in (tmp_path / "r").rglob("*"))
+    result = train_here([*args, *words])
+    if outcome == "refuse":
+        assert result.code == 2 and result.err.startswith("hpc_mnist: error: ") and text in result.err
+        assert result.err.count("\n") == 1
+        assert sorted(p.name for p in (tmp_path / "r").rglob("*")) == before
+        return
+    assert result.code == 0, result.err[-2000:]
+    assert result.out.startswith("hpc_mnist: continuing") and text in result.out.replace("\n", " ")
+    saved = config.build(str(tmp_path / "r" / "config.yaml"))
+    assert saved == config.build(str(REPO / "configs" / "smoke.yaml"), [*args[2:], *words])
+    assert status(tmp_path / "r")["state"] == "completed"
