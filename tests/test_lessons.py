@@ -18,6 +18,8 @@ def test_every_lesson_preset_is_a_valid_config():
     cnn = config.build(str(resources.folder("configs") / "lessons" / "alcf_cnn.yaml"))
     assert cnn.model.softmax_before_loss and not cnn.data.normalize and not cnn.data.shuffle
     assert not config.build(str(resources.folder("configs") / "cnn.yaml")).model.softmax_before_loss
+    fastai = config.build(str(resources.folder("configs") / "lessons" / "fastai_scratch.yaml"))
+    assert fastai.model.loss == "sigmoid_one_vs_rest" and fastai.optim.lr == 50.0 and fastai.model.init == "normal"
 
 
 @pytest.mark.slow

@@ -119,3 +119,23 @@ def test_glorot_init_is_keras_dense_default():
         bound = (6 / (layer.in_features + layer.out_features)) ** 0.5
         assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
         assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_fastai_lesson_loss_is_its_sigmoid_distance():
+    logits = torch.tensor([[0.0] * 10, [8.0] + [-8.0] * 9, [-8.0] + [8.0] * 9])
+    targets = torch.tensor([3, 0, 0])
+    loss = models.sigmoid_one_vs_rest(logits, targets, reduction="none")
+    # The lesson's own formula, on one-hot targets: torch.where(targets == 1, 1 - p, p).mean() per sample.
+    p = torch.sigmoid(logits)
+    onehot = torch.nn.functional.one_hot(targets, 10)
+    expected = torch.where(onehot == 1, 1 - p, p).mean(dim=1)
+    torch.testing.assert_close(models.sigmoid_one_vs_rest(logits, targets), expected.mean())
+    torch.testing.assert_close(models.sigmoid_one_vs_rest(logits, targets, reduction="sum"), expected.sum())
+    assert loss.shape == (3,) and loss[0].item() == 0.5 and loss[1].item() < 1e-3 and loss[2].item() > 0.999
+    # Bounded by 1 however wrong the logits: no log, so large lr values do not blow it up.
+    assert models.sigmoid_one_vs_rest(torch.full((2, 10), 1e6), torch.tensor([0, 1])).item() <= 1.0
+
+
+def test_loss_setting_picks_the_loss():
+    assert models.loss_function(ModelConfig()) is torch.nn.functional.cross_entropy
+    assert models.loss_function(ModelConfig(loss="sigmoid_one_vs_rest")) is models.sigmoid_one_vs_rest

@@ -65,6 +65,9 @@ class ModelConfig:
     softmax_before_loss: bool = opt(
         False, "lesson fidelity only: output softmax probabilities, so cross-entropy applies a second softmax "
         "(the CNN tutorial's bug)")
+    loss: Literal["cross_entropy", "sigmoid_one_vs_rest"] = opt(
+        "cross_entropy", "lesson fidelity only: sigmoid_one_vs_rest is the fastai from-scratch lesson's loss "
+        "(mean over the 10 outputs of sigmoid(logit), or 1 - sigmoid(logit) for the true class)")
     channels_last: bool = opt(True, "cnn: channels_last memory format (faster with bf16/tensor cores)")
 
 

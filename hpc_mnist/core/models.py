@@ -1,12 +1,16 @@
 """The tutorial models and a configurable CNN. Each returns logits: CrossEntropyLoss applies log-softmax itself.
 
 (The CNN tutorial applied softmax before CrossEntropyLoss; that double softmax caps the loss near 1.46
-and slows learning. It is available only behind model.softmax_before_loss, to reproduce the lesson.)
+and slows learning. It is available only behind model.softmax_before_loss, to reproduce the lesson; the
+fastai from-scratch lesson's own loss likewise only behind model.loss=sigmoid_one_vs_rest.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hpc_mnist.core.config import ModelConfig
@@ -104,6 +108,22 @@ def build(cfg: ModelConfig) -> nn.Module:
                 else:
                     p.zero_()
     return SoftmaxOutput(model) if cfg.softmax_before_loss else model
+
+
+def sigmoid_one_vs_rest(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The fastai from-scratch lesson's loss: each output's sigmoid is pushed towards 1 for the true class and
+    towards 0 for the others, by its distance (not its log), averaged over the 10 outputs of each sample."""
+    p = torch.sigmoid(logits.float())
+    truth = F.one_hot(targets, logits.shape[1]).bool()
+    per_sample = torch.where(truth, 1 - p, p).mean(dim=1)
+    if reduction == "none":
+        return per_sample
+    return per_sample.sum() if reduction == "sum" else per_sample.mean()
+
+
+def loss_function(cfg: ModelConfig) -> Callable[..., torch.Tensor]:
+    """(logits, targets, reduction="mean"|"sum") -> loss: cross-entropy unless a lesson asks for its own."""
+    return sigmoid_one_vs_rest if cfg.loss == "sigmoid_one_vs_rest" else F.cross_entropy
 
 
 def uses_channels_last(cfg: ModelConfig) -> bool:

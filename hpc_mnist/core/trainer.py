@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch.nn.parallel import DistributedDataParallel
 
@@ -99,6 +98,7 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = models.build(cfg.model).to(rt.device)
+        self.loss = models.loss_function(cfg.model)
         self.channels_last = models.uses_channels_last(cfg.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -166,7 +166,7 @@ class Trainer:
             lrs[step] = self.scheduler.get_last_lr()[0]
             with precision.autocast(self.amp, self.rt.device):
                 logits = self.ddp_model(x)
-                loss = F.cross_entropy(logits, y)
+                loss = self.loss(logits, y)
             monitor.mark("forward")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()  # DDP all-reduces the gradients here
@@ -216,7 +216,7 @@ class Trainer:
             with precision.autocast(self.amp, self.rt.device):
                 logits = self.model(x).float()
             predicted = logits.argmax(dim=1)
-            totals[0] += F.cross_entropy(logits, y, reduction="sum")
+            totals[0] += self.loss(logits, y, reduction="sum")
             totals[1] += (predicted == y).sum()
             totals[2] += len(y)
             if keep_failures:
