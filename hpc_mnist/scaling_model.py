@@ -1,21 +1,23 @@
 """A performance model of data-parallel training: predict step time, samples/s and efficiency at any size.
 
-    python -m hpc_mnist.scaling_model                          # Polaris-like figures, 1 to 1,024 nodes
-    python -m hpc_mnist.scaling_model --comm comm.json --compute-ms cnn:128=40.1 --ranks-per-node 1
+    python -m hpc_mnist.scaling_model                                # Polaris, 1 to 1,024 nodes
+    python -m hpc_mnist.scaling_model --comm n2.txt --comm n8.txt --check n540.txt    # fit small, check large
+    python -m hpc_mnist.scaling_model --comm comm.json --compute-ms cnn:128=4.1 --ranks-per-node 4
+    python -m hpc_mnist.scaling_model --predict-ranks 8,64,512 --json predicted.json
 
 A weak-scaling step on n ranks takes the rank's own compute t_c(b) (forward, backward, optimizer at per-rank
 batch b) plus the gradient all-reduce of S bytes that DDP adds:
 
-    t_allreduce(S, n) = alpha(n) + S x 2(n-1)/n / busbw        (alpha-beta; ring bandwidth term)
-    alpha(n) = alpha_ref x log2(n) / log2(n_ref)              (tree latency: NCCL's small-message algorithm)
-    no overlap:   t_step = t_c + t_allreduce
-    with overlap: t_step = t_c + max(0, t_allreduce - backward share x t_c)   (DDP buckets during backward)
+    no overlap:   t_step = t_c + t_allreduce(S, n)
+    with overlap: t_step = t_c + max(0, t_allreduce(all buckets but the last) - backward share x t_c)
+                  + t_allreduce(last bucket)       (DDP reduces buckets during backward; the last one after it)
 
-Efficiency is t_c / t_step: throughput against n x one rank without communication. The bandwidth term
-levels off at 2 S / busbw as n grows (each rank sends and receives about twice its gradients whatever n), so
-weak scaling of a fixed model loses a constant share to bandwidth and a slowly (log n) growing share to
-latency. The latency term grows with log2(n), not n, because NCCL switches to its tree algorithm for
-latency-bound messages across nodes; a ring's latency would grow as 2(n-1) hops (`latency="ring"`).
+Efficiency is t_c / t_step: throughput against n x one rank without communication. t_allreduce comes from
+`allreduce_model`: fitted to all-reduce sweeps (this project's `comm --json` or nccl-tests' output, `--comm`,
+any number of rank counts); without `--comm`, to ALCF's published Polaris sweeps at 2, 8 and 540 nodes
+(hpc_mnist/sweeps/). Fitted on the 2- and 8-node sweeps alone, it predicted the 540-node one (270x the ranks)
+within 38% at 4 B, 64 KiB, 1 MiB, 4 MiB and 64 MiB, 24% in the median over 4 B-64 MiB
+(benchmarks/allreduce-model-validation.md). Compute per step is measured (`--compute-ms`) or assumed (an A100).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from hpc_mnist import allreduce_model
+from hpc_mnist.errors import UserError, report
 
 TRAIN_SPLIT = 48_000  # MNIST's 60,000 training digits less the 20% validation split
 
@@ -95,19 +100,14 @@ def fit(rows: list[dict[str, Any]], ranks: int) -> Network:
     return Network(alpha, 1 / slope, ranks, max_rel_error=error, busbw_is_lower_bound=bound)
 
 
-def network_dict(net: Network) -> dict[str, Any]:
-    return {**asdict(net), "busbw_gbs": net.busbw / 1e9}
+def network_from_dict(data: dict[str, Any]) -> Network:
+    return Network(data["alpha_s"], data["busbw"], data["ref_ranks"], data.get("latency", "tree"),
+                   data.get("max_rel_error", 0.0), data.get("busbw_is_lower_bound", False))
 
 
-POLARIS_LARGE_BUSBW = 36e9
-
-
-def polaris() -> Network:
-    """ALCF's published Polaris all-reduce (2 nodes x 4 A100 = 8 ranks, NCCL 2.18, tuned environment): 22 us
-    for tiny messages and 368 us at 4 MB, fitted exactly. These two bracket the models' gradients (31 kB to
-    4.8 MB); the fit's 21 GB/s bus bandwidth then understates the ~36 GB/s published for large messages,
-    which these models never send (mid-size messages do not reach the asymptotic bandwidth)."""
-    return fit([{"bytes": 8, "time_us": 22.0}, {"bytes": 4 * 2**20, "time_us": 368.0}], 8)
+def polaris() -> allreduce_model.AllReduceModel:
+    """The all-reduce model fitted to ALCF's published Polaris sweeps (2, 8 and 540 nodes x 4 A100, NCCL 2.18)."""
+    return allreduce_model.fit(allreduce_model.shipped_sweeps())
 
 
 @dataclass(frozen=True)
@@ -205,34 +205,52 @@ def sweep(compute: Compute, net: Network, grad_bytes: int, batch: int, nodes: li
     return [{"nodes": n, **predict(compute, net, grad_bytes, batch, n * ranks_per_node, buckets)} for n in nodes]
 
 
-def polaris_report(batches: list[int], nodes: list[int], ranks_per_node: int = 4) -> dict[str, Any]:
-    """Predictions for each shipped model on a Polaris-like machine."""
+def polaris_report(batches: list[int], nodes: list[int], ranks_per_node: int = 4,
+                   net: Any = None, measured: dict[tuple[str, int], float] | None = None) -> dict[str, Any]:
+    """Predictions for each shipped model: on Polaris' network unless `net` is given, with an assumed A100's
+    compute unless `measured` gives the milliseconds of a step for (model, batch)."""
     from hpc_mnist.core.config import ModelConfig
     from hpc_mnist.core.models import build, parameter_count
 
-    net = polaris()
+    net = net or polaris()
     out: dict[str, Any] = {"network": network_dict(net), "ranks_per_node": ranks_per_node, "models": {}}
     for name in ("linear", "mlp", "cnn"):
         model = build(ModelConfig(name=name))
-        compute, grad, buckets = a100_compute(model), 4 * parameter_count(model), ddp_buckets(model)
-        entry: dict[str, Any] = {"gradient_bytes": grad, "ddp_buckets": buckets, "compute": asdict(compute),
-                                 "batches": {}}
+        grad, buckets = 4 * parameter_count(model), ddp_buckets(model)
+        entry: dict[str, Any] = {"gradient_bytes": grad, "ddp_buckets": buckets, "batches": {}}
         for b in batches:
+            compute = a100_compute(model)
+            if measured and (name, b) in measured:
+                compute = Compute(0.0, measured[(name, b)] / 1e3 / b, source=f"measured: {measured[(name, b)]:g} ms "
+                                  f"a step at batch {b}")
             rows = sweep(compute, net, grad, b, nodes, ranks_per_node, buckets)
             data_limit = next((n for n, r in zip(nodes, rows, strict=True) if r["steps_per_epoch"] < 1), None)
+            entry["compute"] = asdict(compute)
             entry["batches"][b] = {"rows": rows, "below_90": where_it_stops(rows, nodes, 0.9),
                                    "below_50": where_it_stops(rows, nodes, 0.5),
-                                   "global_batch_exceeds_data_at": data_limit}
+                                   "global_batch_exceeds_data_at": data_limit, "compute": asdict(compute)}
         out["models"][name] = entry
     return out
 
 
-def markdown(report: dict[str, Any], nodes_shown: list[int]) -> str:
-    net = report["network"]
-    lines = [f"Network: alpha {net['alpha_s'] * 1e6:.1f} us at {net['ref_ranks']} ranks (log2 growth), bus bandwidth "
-             f"{net['busbw_gbs']:.1f} GB/s (fit to ALCF's published points, largest error "
-             f"{net['max_rel_error']:.0%}); {report['ranks_per_node']} ranks per node.", ""]
-    for name, entry in report["models"].items():
+def network_dict(net: Any) -> dict[str, Any]:
+    if isinstance(net, allreduce_model.AllReduceModel):
+        return net.to_dict()
+    return {**asdict(net), "busbw_gbs": net.busbw / 1e9}
+
+
+def describe(net: Any) -> str:
+    if isinstance(net, allreduce_model.AllReduceModel):
+        ranks = ", ".join(f"{n:,}" for n in net.fitted_ranks)
+        return (f"all-reduce model fitted to sweeps at {ranks} ranks ({len(net.regimes)} regime(s); latency "
+                f"{net.latency_s(8) * 1e6:.0f} us at 8 ranks, {net.latency_s(4096) * 1e6:.0f} us at 4,096)")
+    return (f"alpha {net.alpha_s * 1e6:.1f} us at {net.ref_ranks} ranks (log2 growth), bus bandwidth "
+            f"{net.busbw / 1e9:.1f} GB/s")
+
+
+def markdown(predicted: dict[str, Any], nodes_shown: list[int], net: Any) -> str:
+    lines = [f"Network: {describe(net)}; {predicted['ranks_per_node']} ranks per node.", ""]
+    for name, entry in predicted["models"].items():
         buckets = " + ".join(f"{b / 1e6:.3f}" for b in entry["ddp_buckets"])
         lines += [f"**{name}** ({entry['gradient_bytes'] / 1e6:.3f} MB of gradients in DDP buckets of {buckets} MB, "
                   f"the last not overlappable; compute {entry['compute']['source']})", "",
@@ -256,38 +274,92 @@ def markdown(report: dict[str, Any], nodes_shown: list[int]) -> str:
     return "\n".join(lines)
 
 
+def check_text(net: allreduce_model.AllReduceModel, measured: allreduce_model.Sweep) -> tuple[str, dict[str, Any]]:
+    """The model's error on a sweep it was (presumably) not fitted to: every size, the median, the worst."""
+    rows = allreduce_model.errors(net, measured)
+    up_to_64m = [abs(r["error"]) for r in rows if r["bytes"] <= 64 * 2**20]
+    median = statistics.median(up_to_64m) if up_to_64m else float("nan")
+    lines = [f"Check against {measured.source} ({measured.ranks:,} ranks; fitted at "
+             f"{', '.join(str(n) for n in net.fitted_ranks)}):", "| bytes | measured us | predicted us | error |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {r['bytes']:,} | {r['measured_us']:.1f} | {r['predicted_us']:.1f} | {r['error']:+.0%} |"
+              for r in rows]
+    lines.append(f"Median |error| over 4 B-64 MiB: {median:.0%}; largest: {max(up_to_64m):.0%}.")
+    return "\n".join(lines), {"source": measured.source, "ranks": measured.ranks, "rows": rows,
+                              "median_abs_error_to_64MiB": median}
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise UserError(f"not a comma list of integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"not a comma list of positive integers: {text!r}")
+    return values
+
+
+def _compute_ms(items: list[str]) -> dict[tuple[str, int], float]:
+    """'cnn:128=4.1' -> {('cnn', 128): 4.1}: a measured step's milliseconds (forward, backward, optimizer)."""
+    out = {}
+    for item in items:
+        for part in item.split(","):
+            try:
+                key, ms = part.split("=")
+                name, batch = key.split(":")
+                out[(name, int(batch))] = float(ms)
+            except ValueError:
+                raise UserError(f"--compute-ms wants MODEL:BATCH=MS (e.g. cnn:128=4.1), not {part!r}") from None
+            if name not in ("linear", "mlp", "cnn") or out[(name, int(batch))] <= 0:
+                raise UserError(f"--compute-ms {part!r}: the model is linear, mlp or cnn and the time positive")
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="hpc-mnist model", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--comm", action="append", default=[], metavar="FILE",
+                   help="an all-reduce sweep (comm --json, or nccl-tests all_reduce_perf output); repeat for "
+                        "several rank counts (default: Polaris' published sweeps)")
+    p.add_argument("--check", action="append", default=[], metavar="FILE",
+                   help="a sweep to compare the fitted model with (e.g. a larger node count than --comm's)")
+    p.add_argument("--predict-ranks", default="", metavar="N[,N...]",
+                   help="all-reduce times at these rank counts, for each message size of the inputs (--json)")
+    p.add_argument("--compute-ms", action="append", default=[], metavar="MODEL:BATCH=MS",
+                   help="a measured step (ms) instead of the assumed A100's, e.g. cnn:128=4.1 (repeatable)")
     p.add_argument("--batches", default="32,128,512", help="per-rank batches (default: 32,128,512)")
     p.add_argument("--ranks-per-node", type=int, default=4, help="(default: 4, Polaris' A100s)")
     p.add_argument("--max-nodes", type=int, default=1024, help="(default: 1024)")
-    p.add_argument("--json", type=Path, help="write all predictions as JSON")
+    p.add_argument("--json", type=Path, help="write the predictions as JSON (all-reduce times under 'allreduce')")
     p.add_argument("--markdown", type=Path, help="write the tables as Markdown")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    nodes = [2**k for k in range(int(math.log2(args.max_nodes)) + 1)]
-    report = polaris_report([int(b) for b in args.batches.split(",")], nodes, args.ranks_per_node)
-    text = markdown(report, [n for n in nodes if n in (1, 2, 8, 32, 128, 512, 1024)])
+    try:
+        sweeps = [allreduce_model.read_sweep(f) for f in args.comm] or allreduce_model.shipped_sweeps()
+        net = allreduce_model.fit(sweeps)
+        checks = [check_text(net, allreduce_model.read_sweep(f)) for f in args.check]
+        nodes = [2**k for k in range(int(math.log2(max(1, args.max_nodes))) + 1)]
+        batches, measured = _ints(args.batches), _compute_ms(args.compute_ms)
+        predict_ranks = _ints(args.predict_ranks) if args.predict_ranks else [n * args.ranks_per_node for n in nodes]
+    except UserError as e:
+        return report(e)
+    predicted = polaris_report(batches, nodes, args.ranks_per_node, net, measured)
+    text = markdown(predicted, [n for n in nodes if n in (1, 2, 8, 32, 128, 512, 1024)], net)
     print(text)
+    for check, _ in checks:
+        print(check + "\n")
+    sizes = sorted({s for sw in sweeps for s in sw.sizes})
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        allreduce = allreduce_model.predictions(net, predict_ranks, sizes)
+        args.json.write_text(json.dumps({**predicted, "allreduce": allreduce, "fitted_to": [sw.source for sw in sweeps],
+                                         "checks": [c for _, c in checks]}, indent=2) + "\n")
     if args.markdown:
-        args.markdown.write_text(text + "\n")
+        args.markdown.write_text(text + "\n" + "".join(c + "\n\n" for c, _ in checks))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-def network_from_dict(data: dict[str, Any]) -> Network:
-    return Network(data["alpha_s"], data["busbw"], data["ref_ranks"], data.get("latency", "tree"),
-                   data.get("max_rel_error", 0.0), data.get("busbw_is_lower_bound", False))
 
 
 def annotate_measured(table: list[dict[str, Any]], net: Network, grad_bytes: int,
@@ -316,3 +388,7 @@ def annotate_measured(table: list[dict[str, Any]], net: Network, grad_bytes: int
             f"{net.busbw / 1e9:.3g} GB/s; compute per sample {per_sample * 1e6:.1f} us from the {base['ranks']}-rank "
             f"point (error 0 there by construction). Error of the predicted samples/s (no overlap) on the other "
             f"measured points: {', '.join(errors) or 'none measured'}.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
