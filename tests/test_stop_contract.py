@@ -29,7 +29,9 @@ from hpc_mnist.core import checkpoint, config
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 
-SMALL = [*BASE, "data.synthetic_train=1000", "train.epochs=2"]  # 25 steps of 32 per epoch on one process
+# A small CNN where no signal has to land mid-run (stop files and deadlines stop at a known step whatever the
+# machine's speed); the tutorial CNN of BASE where one does.
+SMALL = [*BASE, "model.channels=[8,16]", "model.fc=32", "data.synthetic_train=1000", "train.epochs=2"]  # 25 steps
 
 
 def torchrun(n: int) -> list[str]:
@@ -132,25 +134,6 @@ def test_time_limit_counts_from_process_start_and_stops_mid_epoch(tmp_path):
         "stopped", "deadline", True, 0, 16)
 
 
-def test_stop_file_is_a_deadline_stop_and_resume_is_exact(tmp_path):
-    ok(run_train([*SMALL, f"log.dir={tmp_path}", "log.name=straight"]))
-    result = run_train([*SMALL, f"log.dir={tmp_path}", "log.name=r"], env=stop_file(tmp_path))
-    assert result.returncode == 75
-    assert (status(tmp_path / "r")["reason"], status(tmp_path / "r")["step"]) == ("deadline", 16)
-    ok(run_train([*SMALL, f"log.dir={tmp_path}", "log.name=r"]))
-    assert_same_run(tmp_path / "straight", tmp_path / "r")
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert summary["segments"] == 2 and summary["train_time_s"] <= summary["wall_time_s"]
-
-
-def test_status_file_copy_for_job_scripts(tmp_path):
-    copy = tmp_path / "job-status.json"
-    ok(run_train([*SMALL, "train.epochs=1", f"log.dir={tmp_path}", "log.name=r"],
-                 env={"HPC_MNIST_STATUS_FILE": str(copy)}))
-    assert json.loads(copy.read_text()) == status(tmp_path / "r")
-    assert status(tmp_path / "r")["state"] == "completed"
-
-
 # --- exact at any world size, mid-epoch stops included ---
 
 @pytest.mark.parametrize("ranks", [2, 4])
@@ -187,39 +170,6 @@ def test_readme_main_command_ctrl_c_and_the_same_command_again_ends_as_uninterru
     assert len(read_jsonl(tmp_path / "mlp" / "metrics.jsonl")) == 3  # nothing trained again
 
 
-def test_resume_never_into_a_used_directory_is_refused_and_keeps_the_old_run(tmp_path):
-    ok(run_train([*SMALL, "train.epochs=3", f"log.dir={tmp_path}", "log.name=r"]))
-    before = sorted(p.name for p in (tmp_path / "r").iterdir())
-    result = run_train([*SMALL, "train.resume=never", f"log.dir={tmp_path}", "log.name=r"])
-    assert result.returncode == 2
-    assert "already holds a run; train.resume=never would mix two runs there" in result.stderr
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before
-    assert checkpoint.load(checkpoint.existing(tmp_path / "r")[-1])["epochs_done"] == 3
-
-
-def test_rerun_of_a_finished_run_changes_nothing(tmp_path):
-    ok(run_train([*SMALL, "train.epochs=1", f"log.dir={tmp_path}", "log.name=r"], launcher=TORCHRUN))
-    summary = (tmp_path / "r" / "summary.json").read_text()
-    result = ok(run_train(["--config", str(tmp_path / "r" / "config.yaml")]))
-    assert "finished already" in result.stdout.splitlines()[0]
-    assert (tmp_path / "r" / "summary.json").read_text() == summary
-
-
-def test_every_checkpoint_corrupt_is_refused_not_silently_restarted(tmp_path):
-    ok(run_train([*SMALL, f"log.dir={tmp_path}", "log.name=r"]))
-    for path in checkpoint.existing(tmp_path / "r"):
-        path.write_bytes(b"junk")
-    result = run_train([*SMALL, "train.epochs=3", f"log.dir={tmp_path}", "log.name=r"])
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "none of its checkpoints is usable" in result.stderr
-
-
-def test_failed_start_leaves_no_run_directory(tmp_path):
-    result = run_train([*SMALL, "data.name=mnist", f"data.root={tmp_path / 'nowhere'}", f"log.dir={tmp_path / 'runs'}"])
-    assert result.returncode == 2
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
-
-
 # --- resume under every change: continue with the new setting from the checkpoint, or refuse in one line ---
 
 # The resume rules at one process are tested in this process (test_stop_rules.py); here, the same rules where
@@ -227,7 +177,7 @@ def test_failed_start_leaves_no_run_directory(tmp_path):
 TABLE = [  # (ranks, words for the second command, "continue" + text on its first line, or "refuse" + text)
     (2, ["train.epochs=3"], "continue", "train.epochs: 2 -> 3"),
     (2, ["model.name=mlp"], "refuse", "model.name: 'cnn' -> 'mlp'"),
-    (4, ["optim.lr=5e-4"], "continue", "optim.lr: 0.001 -> 0.0005"),
+    (2, ["optim.lr=5e-4"], "continue", "optim.lr: 0.001 -> 0.0005"),
     (4, ["train.precision=bf16"], "continue", "train.precision: 'fp32' -> 'bf16'"),
 ]
 
@@ -249,30 +199,6 @@ def test_resume_rules_after_a_mid_epoch_stop_of_several_ranks(tmp_path, ranks, w
     assert result.stdout.startswith("hpc_mnist: continuing")
     saved = config.build(str(tmp_path / "r" / "config.yaml"))
     assert saved == config.build(str(REPO / "configs" / "smoke.yaml"), [*args[2:], *words])
-
-
-def test_more_epochs_rebuilds_the_one_cycle_schedule(tmp_path):
-    args = [*SMALL, "optim.scheduler=onecycle", f"log.dir={tmp_path}", "log.name=r"]
-    ok(run_train(args))
-    ok(run_train([*args, "train.epochs=3"]))  # used to fail: "Tried to step 51 times"
-    ok(run_train([*SMALL, "optim.scheduler=onecycle", "train.epochs=3", f"log.dir={tmp_path}", "log.name=s"]))
-    assert lrs(tmp_path / "r")[2] == pytest.approx(lrs(tmp_path / "s")[2])  # epoch 3 on the 3-epoch schedule
-
-
-def test_cosine_continues_downward_with_more_epochs(tmp_path):
-    args = [*SMALL, "optim.scheduler=cosine", f"log.dir={tmp_path}", "log.name=r"]
-    ok(run_train(args))
-    ok(run_train([*args, "train.epochs=4"]))
-    ok(run_train([*SMALL, "optim.scheduler=cosine", "train.epochs=4", f"log.dir={tmp_path}", "log.name=s"]))
-    assert lrs(tmp_path / "r")[2:] == pytest.approx(lrs(tmp_path / "s")[2:])
-
-
-def test_changed_lr_is_the_lr_that_trains(tmp_path):
-    args = [*SMALL, f"log.dir={tmp_path}", "log.name=r"]
-    assert run_train(args, env=stop_file(tmp_path)).returncode == 75
-    ok(run_train([*args, "optim.lr=5e-4"]))
-    assert lrs(tmp_path / "r") == [5e-4, 5e-4]
-    assert "lr: 0.0005" in (tmp_path / "r" / "config.yaml").read_text()
 
 
 def test_scale_lr_is_reapplied_at_another_world_size(tmp_path):

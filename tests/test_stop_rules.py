@@ -167,3 +167,107 @@ def test_resume_rules_after_a_mid_epoch_stop(train_here, stopped_run, tmp_path, 
     saved = config.build(str(tmp_path / "r" / "config.yaml"))
     assert saved == config.build(str(REPO / "configs" / "smoke.yaml"), [*args[2:], *words])
     assert status(tmp_path / "r")["state"] == "completed"
+
+
+# --- deadlines, status files and the run directory ---
+
+def test_the_stop_file_is_a_deadline_stop_and_the_same_command_continues_exactly(train_here, tmp_path):
+    args = [*SMALL, f"log.dir={tmp_path}"]
+    assert train_here([*args, "log.name=straight"]).code == 0
+    assert train_here([*args, "log.name=r"], env=stop_file(tmp_path)).code == 75
+    st = status(tmp_path / "r")
+    assert (st["state"], st["reason"], st["requeue"], st["step"]) == ("stopped", "deadline", True, CHECK_EVERY)
+    assert train_here([*args, "log.name=r"]).code == 0
+    assert_same_run(tmp_path / "straight", tmp_path / "r")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["segments"] == 2 and summary["train_time_s"] <= summary["wall_time_s"]
+
+
+def test_status_file_copy_for_job_scripts(train_here, tmp_path):
+    copy = tmp_path / "job-status.json"
+    result = train_here([*SMALL, "train.epochs=1", f"log.dir={tmp_path}", "log.name=r"],
+                        env={"HPC_MNIST_STATUS_FILE": str(copy)})
+    assert result.code == 0
+    assert json.loads(copy.read_text()) == status(tmp_path / "r") and status(tmp_path / "r")["state"] == "completed"
+
+
+def test_rerun_of_a_finished_run_changes_nothing(train_here, tmp_path):
+    assert train_here([*SMALL, "train.epochs=1", f"log.dir={tmp_path}", "log.name=r"]).code == 0
+    summary = (tmp_path / "r" / "summary.json").read_text()
+    result = train_here(["--config", str(tmp_path / "r" / "config.yaml")])
+    assert result.code == 0 and "finished already" in result.out.splitlines()[0]
+    assert (tmp_path / "r" / "summary.json").read_text() == summary
+
+
+def test_every_checkpoint_corrupt_is_refused_not_silently_restarted(train_here, tmp_path):
+    assert train_here([*SMALL, f"log.dir={tmp_path}", "log.name=r"]).code == 0
+    for path in checkpoint.existing(tmp_path / "r"):
+        path.write_bytes(b"junk")
+    result = train_here([*SMALL, "train.epochs=3", f"log.dir={tmp_path}", "log.name=r"])
+    assert result.code == 2
+    assert result.err.count("\n") == 1 and "none of its checkpoints is usable" in result.err
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(train_here, tmp_path):
+    args = [*SMALL, f"log.dir={tmp_path}"]
+    assert train_here([*args, "train.epochs=4", "log.name=straight"]).code == 0
+    assert train_here([*args, "train.epochs=3", "log.name=r"]).code == 0
+    newest = checkpoint.existing(tmp_path / "r")[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash on a file system without rename
+    result = train_here([*args, "train.epochs=4", "log.name=r"])
+    assert result.code == 0
+    assert f"checkpoint {newest} is unreadable" in result.out.replace("\n", " ")
+    assert "from checkpoint-0002-000000.pt" in result.out.splitlines()[0]
+    assert_same_run(tmp_path / "straight", tmp_path / "r")
+
+
+def test_a_failed_start_leaves_no_run_directory(train_here, tmp_path):
+    nowhere = tmp_path / "nowhere"
+    result = train_here([*SMALL, "data.name=mnist", f"data.root={nowhere}", f"log.dir={tmp_path / 'runs'}"])
+    assert result.code == 2
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_a_named_checkpoint_that_holds_code_is_refused(train_here, tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": 1, "payload": os.system}, evil)  # a pickle that would import and call code
+    result = train_here([*SMALL, f"train.resume={evil}", f"log.dir={tmp_path}"])
+    assert result.code == 2 and f"checkpoint {evil} is unreadable" in result.err
+
+
+def test_a_non_finite_loss_names_epoch_step_and_lr(train_here, tmp_path):
+    result = train_here([*SMALL, "optim.name=sgd", "optim.lr=1e12", f"log.dir={tmp_path}"])
+    assert result.code == 3, result.err
+    line = result.err.strip().splitlines()[-1]
+    assert line.startswith("hpc_mnist: error: the loss became non-finite in epoch 1 at step ")
+    assert "(learning rate 1e+12)" in line
+
+
+# --- schedules and learning rates across a continuation ---
+
+def lrs(run_dir: Path) -> list[float]:
+    return [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_more_epochs_rebuild_the_one_cycle_schedule(train_here, tmp_path):
+    args = [*SMALL, "optim.scheduler=onecycle", f"log.dir={tmp_path}"]
+    assert train_here([*args, "log.name=r"]).code == 0
+    assert train_here([*args, "log.name=r", "train.epochs=3"]).code == 0  # used to fail: "Tried to step 51 times"
+    assert train_here([*args, "log.name=s", "train.epochs=3"]).code == 0
+    assert lrs(tmp_path / "r")[2] == pytest.approx(lrs(tmp_path / "s")[2])  # epoch 3 on the 3-epoch schedule
+
+
+def test_cosine_continues_downward_with_more_epochs(train_here, tmp_path):
+    args = [*SMALL, "optim.scheduler=cosine", f"log.dir={tmp_path}"]
+    assert train_here([*args, "log.name=r"]).code == 0
+    assert train_here([*args, "log.name=r", "train.epochs=4"]).code == 0
+    assert train_here([*args, "log.name=s", "train.epochs=4"]).code == 0
+    assert lrs(tmp_path / "r")[2:] == pytest.approx(lrs(tmp_path / "s")[2:])
+
+
+def test_a_changed_lr_is_the_lr_that_trains(train_here, tmp_path):
+    args = [*SMALL, f"log.dir={tmp_path}", "log.name=r"]
+    assert train_here(args, env=stop_file(tmp_path)).code == 75
+    assert train_here([*args, "optim.lr=5e-4"]).code == 0
+    assert lrs(tmp_path / "r") == [5e-4, 5e-4]
+    assert "lr: 0.0005" in (tmp_path / "r" / "config.yaml").read_text()
