@@ -36,7 +36,8 @@ from hpc_mnist.errors import UserError, report
 from hpc_mnist.runtime.logger import make_console
 
 COLUMNS = [  # (key, header)
-    ("nodes", "nodes"), ("ranks", "ranks"), ("global_batch", "global batch"), ("samples_per_s", "samples/s"),
+    ("nodes", "nodes"), ("ranks", "ranks"), ("threads_per_rank", "threads/rank"), ("global_batch", "global batch"),
+    ("samples_per_s", "samples/s"),
     ("speedup", "speedup"), ("efficiency", "efficiency"), ("epoch_time_s", "epoch time s"),
     ("time_to_target_s", "time to target s"), ("test_acc", "test accuracy"), ("stragglers", "stragglers"),
     ("status", "status"),
@@ -188,14 +189,30 @@ def check_nodes(args: argparse.Namespace) -> list[str] | None:
     return hosts if system.scheduler == "pbs" else None
 
 
-def _point_env(point: Point, hosts: list[str] | None, folder: Path) -> dict[str, str] | None:
-    """On part of a PBS job, a node file naming the point's first hosts, so the launcher writes no temporary
-    hostfile of its own (those were left behind in /tmp)."""
+def threads_per_rank(args: argparse.Namespace, points: list[Point]) -> tuple[int, str]:
+    """One thread count for every point, so that the points differ in ranks alone: --threads, else the user's
+    OMP_NUM_THREADS, else this node's cores shared among the most ranks any point puts on a node. (Left to each
+    point, a 1-rank point took both cores of a 2-core machine and a 2-rank point one each: 'speedup 21.25'.)"""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: give 1 or more CPU threads per rank")
+        return args.threads, "--threads"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"]), "your OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_node = max(args.ppn if args.nodes else p.ranks for p in points)
+    return max(1, cores // per_node), f"{cores} core(s) here / {per_node} rank(s) per node at the largest point"
+
+
+def _point_env(point: Point, hosts: list[str] | None, folder: Path, threads: int) -> dict[str, str]:
+    """The point's environment: the sweep's threads per rank; on part of a PBS job, a node file naming the
+    point's first hosts, so the launcher writes no temporary hostfile of its own (those were left in /tmp)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if hosts is None or point.nodes == len(hosts):
-        return None
+        return env
     nodefile = folder / f"hostfile-n{point.nodes}.txt"
     nodefile.write_text("\n".join(hosts[:point.nodes]) + "\n")
-    return {**os.environ, "PBS_NODEFILE": str(nodefile)}
+    return {**env, "PBS_NODEFILE": str(nodefile)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,29 +220,32 @@ def run(args: argparse.Namespace) -> int:
     hosts = check_nodes(args)
     points = plan(args, sweep_dir)
     sweep = resolve(args)
+    threads, threads_why = threads_per_rank(args, points)
     sizes = ", ".join(dict.fromkeys(str(p.nodes if args.nodes else p.ranks) for p in points))
     print(f"# {args.mode} scaling at {sizes} {'node(s)' if args.nodes else 'rank(s)'}: " + "; ".join(sweep.notes))
     print("# the sweep sets: " + ", ".join(sweep.why) + f", log.dir={sweep_dir}, log.name=<mode>-n<nodes>-r<ranks>"
           "-<repeat> (words after -- win over all but the last two)", flush=True)
+    print(f"# threads per rank at every point: {threads} ({threads_why})", flush=True)
     if args.dry_run:
         failed = 0
         with tempfile.TemporaryDirectory(prefix="hpc_mnist-dry-") as folder:
             for p in points:
                 cut = p.command.index("--")
                 dry = subprocess.run([*p.command[:cut], "--dry-run", *p.command[cut:]], capture_output=True,
-                                     text=True, env=_point_env(p, hosts, Path(folder)))
+                                     text=True, env=_point_env(p, hosts, Path(folder), threads))
                 print(dry.stdout.strip().splitlines()[-1] if dry.returncode == 0 else dry.stderr.strip(),
                       file=sys.stdout if dry.returncode == 0 else sys.stderr)
                 failed += dry.returncode != 0
         return 1 if failed else 0
     sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = sweep_dir / "sweep.json"
-    meta = {"mode": args.mode, "batch": sweep.batch, "epochs": sweep.epochs, "target": args.target}
+    meta = {"mode": args.mode, "batch": sweep.batch, "epochs": sweep.epochs, "target": args.target,
+            "threads_per_rank": threads}
     for p in points:
         print(f"[{p.ranks} rank(s) on {p.nodes} node(s), repeat {p.repeat}] {p.run_dir}", flush=True)
         with open(Path(p.run_dir + ".log"), "w") as log:
             p.exit_code = subprocess.run(p.command, stdout=log, stderr=subprocess.STDOUT,
-                                         env=_point_env(p, hosts, sweep_dir)).returncode
+                                         env=_point_env(p, hosts, sweep_dir, threads)).returncode
         if p.exit_code:
             print(f"  failed with exit code {p.exit_code}: see {p.run_dir}.log", flush=True)
         manifest.write_text(json.dumps({**meta, "points": [asdict(q) for q in points]}, indent=2) + "\n")
@@ -274,6 +294,7 @@ def collect(paths: list[Path], target: float) -> tuple[list[dict[str, Any]], str
             continue
         epoch_time, reached = _epoch_metrics(run_dir, target)
         rows.append({**row, "status": "ok", "global_batch": summary["global_batch"],
+                     "threads_per_rank": summary.get("threads_per_rank"),
                      "samples_per_s": summary["samples_per_s"], "epoch_time_s": epoch_time,
                      "time_to_target_s": reached, "test_acc": summary["test_acc"],
                      "stragglers": sorted(summary.get("stragglers", {}))})
@@ -296,7 +317,9 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not ok:
             table.append({"nodes": nodes, "ranks": ranks, "status": found[0]["status"], "repeats": len(found)})
             continue
+        threads = sorted({r["threads_per_rank"] for r in ok if r.get("threads_per_rank")})
         entry = {"nodes": nodes, "ranks": ranks, "repeats": len(ok), "global_batch": ok[0]["global_batch"],
+                 "threads_per_rank": ",".join(map(str, threads)) or None,
                  "status": "ok" if len(ok) == len(found) else f"ok ({len(found) - len(ok)} failed)"}
         for key in ("samples_per_s", "epoch_time_s", "test_acc"):
             entry[key] = statistics.median(r[key] for r in ok)
@@ -311,6 +334,16 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             e["speedup"] = e["samples_per_s"] / base["samples_per_s"]
             e["efficiency"] = e["speedup"] / (e["ranks"] / base["ranks"])
     return table
+
+
+def unlike_threads(table: list[dict[str, Any]]) -> str:
+    """A warning when the points ran with different threads per rank: their speedup mixes two effects."""
+    seen = {row["threads_per_rank"] for row in table if row.get("threads_per_rank")}
+    if len(seen) < 2:
+        return ""
+    return (f"Warning: the points ran with different threads per rank ({', '.join(sorted(seen))}), so speedup and "
+            "efficiency compare unlike runs; run the sweep again with one thread count (hpc-mnist scaling run "
+            "holds it fixed: --threads, or OMP_NUM_THREADS).")
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
@@ -431,6 +464,8 @@ def report_paths(paths: list[Path], target: float, out: Path, comm_json: Path | 
     for row in table:  # the run directory of the median's first repeat, for its saved config
         row.setdefault("run_dir", next((r["run_dir"] for r in rows if r["ranks"] == row["ranks"]), ""))
     note = predictions(table, comm_json, model) if comm_json else ""
+    warning = unlike_threads(table)
+    note = "\n\n".join(n for n in (warning, note) if n)
     written = write_outputs(table, mode, target, out, note)
     console = make_console()
     view = Table(title=f"{mode} scaling")
@@ -466,6 +501,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(default: the configuration's train.batch_size)")
     r.add_argument("--epochs", type=int, help="epochs per point (default: the configuration's train.epochs)")
     r.add_argument("--repeats", type=int, default=1, help="runs per size; the report takes the median (default: 1)")
+    r.add_argument("--threads", type=int, help="CPU threads per rank at every point (default: OMP_NUM_THREADS, "
+                   "else this node's cores / the most ranks per node of any point)")
     r.add_argument("--target", type=float, default=0.9,
                    help="validation accuracy for 'time to target' (default: 0.9)")
     r.add_argument("--sweep-dir", default="", help="folder of the sweep (default: runs/scaling-<date>-<time>)")

@@ -45,14 +45,14 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
         plan = dist.on_main(lambda: rundir.plan(cfg, run_dir))
         if plan.action == "finished":
             return _finished(cfg, rt, run_dir, plan)
-        agreement = StopAgreement(stop, dist.on_main(lambda: deadline.resolve(cfg.train)))
+        agreement = StopAgreement(stop, dist.on_main(lambda: deadline.resolve(cfg.train)), cfg.train.checkpoint_minutes)
         t = Trainer(cfg, rt, run_dir)
         pos, notes = t.restore(plan.checkpoint) if plan.checkpoint else (Position(), [])
         ctl = RunController(t, pos, agreement, started)
         with ctl.running(plan.notes + notes + rundir.name_notes(cfg, config_file)):
             for epoch in ctl.epochs():
                 with ctl.epoch(epoch) as progress:
-                    step, stopping, sums = t.train_epoch(epoch, pos, agreement, progress)
+                    step, stopping, sums = t.train_epoch(epoch, pos, agreement, progress, ctl.save_mid_epoch)
                 if stopping and step < t.steps_per_epoch:
                     return ctl.stop_mid_epoch(step, sums, stopping)
                 ctl.end_epoch(epoch, sums, t.rank_times(), t.evaluate(t.data.val), stopping)

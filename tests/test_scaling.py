@@ -53,8 +53,8 @@ def test_report_files_show_failed_points(sweep, capsys):
     assert float(rows[2]["efficiency"]) == pytest.approx(0.75)
     assert rows[3]["status"] == "failed (exit code 1)" and rows[3]["samples_per_s"] == ""
     md = (sweep / "scaling.md").read_text()
-    assert "| 1 | 4 | 256 | 3,000 | 3.00 | 0.75 | 1.50 | not reached | 90.00% | none | ok |" in md
-    assert "| 1 | 8 | - | - | - | - | - | - | - | - | failed (exit code 1) |" in md
+    assert "| 1 | 4 | - | 256 | 3,000 | 3.00 | 0.75 | 1.50 | not reached | 90.00% | none | ok |" in md
+    assert "| 1 | 8 | - | - | - | - | - | - | - | - | - | failed (exit code 1) |" in md
     assert "failed (exit code 1)" in md
     assert {"throughput.png", "efficiency.png", "accuracy.png"} <= {p.name for p in sweep.iterdir()}
     assert "failed (exit code 1)" in capsys.readouterr().out
@@ -104,7 +104,7 @@ def test_dry_run_prints_each_launch_line():
 
 @pytest.mark.slow
 def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
-    env = clean_env()
+    env = clean_env("OMP_NUM_THREADS")
     result = subprocess.run(
         [sys.executable, "-m", "hpc_mnist.scaling", "run", "--ranks", "1,2", "--batch", "64", "--epochs", "2",
          "--target", "0.5", "--sweep-dir", str(tmp_path / "sweep"), "--", "--config", "configs/smoke.yaml",
@@ -118,6 +118,13 @@ def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["ranks"], r["global_batch"], r["status"]) for r in rows] == [("1", "64", "ok"), ("2", "128", "ok")]
     assert float(rows[0]["efficiency"]) == 1.0 and float(rows[1]["samples_per_s"]) > 0
+    # One thread count at both points (the 1-rank point used to take every core, the 2-rank one half each).
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert f"# threads per rank at every point: {threads} (" in result.stdout
+    assert [r["threads_per_rank"] for r in rows] == [str(threads)] * 2
+    summaries = [json.loads((sweep / f"weak-n1-r{n}-1" / "summary.json").read_text()) for n in (1, 2)]
+    assert [s["threads_per_rank"] for s in summaries] == [threads, threads]
+    assert "different threads per rank" not in (sweep / "scaling.md").read_text()
     config = (sweep / "weak-n1-r2-1" / "config.yaml").read_text()
     assert "scale_lr: true" in config  # weak scaling grows the global batch: linear lr scaling
 
@@ -240,3 +247,20 @@ def test_dry_run_on_part_of_a_pbs_job_leaves_no_hostfile(tmp_path):
             scaling.check_nodes(scaling.parse_args(["run", "--system", "pbs", "--nodes", "1,4"]))
         finally:
             del os.environ["PBS_JOBID"], os.environ["PBS_NODEFILE"]
+
+
+def test_report_warns_when_points_ran_with_different_threads(tmp_path):
+    """The README's first workstation sweep, as it ran before: 2 threads at 1 rank, 1 each at 2 ranks."""
+    for name, ranks, threads, rate in (("a", 1, 2, 1000.0), ("b", 2, 1, 42500.0)):
+        run_dir = fake_run(tmp_path, name, ranks, rate, [(1.0, 0.9)])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "threads_per_rank": threads}))
+    assert scaling.main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "scaling.md").read_text()
+    assert "| threads/rank |" in text and "different threads per rank (1, 2)" in text
+
+
+def test_threads_must_be_positive(tmp_path, capsys):
+    assert scaling.main(["run", "--threads", "0", "--sweep-dir", str(tmp_path / "s"), "--", "--config",
+                         "configs/smoke.yaml"]) == 2
+    assert capsys.readouterr().err.startswith("hpc_mnist: error: --threads 0")

@@ -178,7 +178,7 @@ TABLE = [  # (ranks, words for the second command, "continue" + text on its firs
     (2, ["train.epochs=3"], "continue", "train.epochs: 2 -> 3"),
     (2, ["model.name=mlp"], "refuse", "model.name: 'cnn' -> 'mlp'"),
     (2, ["optim.lr=5e-4"], "continue", "optim.lr: 0.001 -> 0.0005"),
-    (4, ["train.precision=bf16"], "continue", "train.precision: 'fp32' -> 'bf16'"),
+    (2, ["train.precision=bf16"], "continue", "train.precision: 'fp32' -> 'bf16'"),
 ]
 
 

@@ -37,11 +37,11 @@ class Outcome:
 
 class PeerRank:
     """The other rank of a two-rank run, seen only through the agreement's all-reduce (MAX of the first
-    non-finite step, the signal number and the deadline flag): from its `from_check`-th check on, it adds
-    its own flags."""
+    non-finite step, the signal number, the deadline flag and the timed checkpoint's): from its
+    `from_check`-th check on, it adds its own flags."""
 
-    def __init__(self, from_check: int, bad_step: int = 0, signum: int = 0, late: int = 0):
-        self.from_check, self.flags, self.checks = from_check, torch.tensor([bad_step, signum, late]), 0
+    def __init__(self, from_check: int, bad_step: int = 0, signum: int = 0, late: int = 0, due: int = 0):
+        self.from_check, self.flags, self.checks = from_check, torch.tensor([bad_step, signum, late, due]), 0
 
     def __call__(self, flags: torch.Tensor) -> torch.Tensor:
         self.checks += 1
@@ -271,3 +271,38 @@ def test_a_changed_lr_is_the_lr_that_trains(train_here, tmp_path):
     assert train_here([*args, "optim.lr=5e-4"]).code == 0
     assert lrs(tmp_path / "r") == [5e-4, 5e-4]
     assert "lr: 0.0005" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+# --- timed checkpoints inside epochs (train.checkpoint_minutes) ---
+
+def test_timed_checkpoints_inside_epochs_lose_nothing_and_change_nothing(train_here, tmp_path):
+    """Due at every check (a tiny train.checkpoint_minutes): checkpoints at steps 16 and 32 of each 38-step
+    epoch besides the epoch's own; status.json names the newest while the run goes on; after a crash right
+    after epoch 2's step-32 checkpoint the same command ends exactly as an uninterrupted run."""
+    args = [*SMALL, f"log.dir={tmp_path}", "train.keep_checkpoints=20"]
+    assert train_here([*args, "log.name=straight"]).code == 0
+    run_dir = tmp_path / "r"
+    seen: list[dict] = []
+
+    class Watch(PeerRank):  # reads status.json as each check begins, adds nothing
+        def __call__(self, flags: torch.Tensor) -> torch.Tensor:
+            seen.append(status(run_dir))
+            return super().__call__(flags)
+
+    assert train_here([*args, "log.name=r", "train.checkpoint_minutes=1e-9"], peer=Watch(10**9)).code == 0
+    assert [p.name for p in checkpoint.existing(run_dir)] == [checkpoint.name(*at) for at in (
+        (0, 16), (0, 32), (1, 0), (1, 16), (1, 32), (2, 0))]
+    assert_same_run(tmp_path / "straight", run_dir)  # writing checkpoints changes no result
+    assert (seen[1]["state"], seen[1]["epochs_done"], seen[1]["step"]) == ("running", 0, 16)
+    assert seen[1]["checkpoint"] == str(run_dir / checkpoint.name(0, 16))
+
+    # The crash: nothing after epoch 2's step-32 checkpoint was written.
+    for path in checkpoint.existing(run_dir)[-1:]:
+        path.unlink()
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text(rows[0] + "\n")
+    (run_dir / "summary.json").unlink()
+    (run_dir / "model.pt").unlink()
+    result = train_here([*args, "log.name=r"])
+    assert result.code == 0 and f"from {checkpoint.name(1, 32)}" in result.out.splitlines()[0], result.out[:300]
+    assert_same_run(tmp_path / "straight", run_dir)

@@ -94,6 +94,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
         "auto", "auto: bf16 on GPUs that have it (else fp16), bf16 cnn on CPUs with native bf16, else fp32")
     checkpoint_every: int = opt(1, "epochs between checkpoints (0: only at the end and when stopped)", ge=0)
+    checkpoint_minutes: float = opt(0.0, "also checkpoint inside an epoch once this many minutes have passed since "
+                                    "the last checkpoint, so a crash loses at most that much (0: off)", ge=0)
     keep_checkpoints: int = opt(3, "newest checkpoints kept in the run directory", ge=1)
     resume: str = opt("auto", "auto: continue the run in the run directory if there is one; never: a new run "
                                "only (refused where a run exists); or a checkpoint path to start a new run from")

@@ -8,6 +8,7 @@ RunController's (controller.py).
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import math
 import time
 import warnings
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch.nn.parallel import DistributedDataParallel
 
 from hpc_mnist.core import checkpoint, models, optim, precision
@@ -135,7 +135,9 @@ class Trainer:
         self.model.train()
 
     def train_epoch(self, epoch: int, pos: Position | None = None, agreement: StopAgreement | None = None,
-                    update: Callable[[int, float, float], None] | None = None) -> tuple[int, str | None, torch.Tensor]:
+                    update: Callable[[int, float, float], None] | None = None,
+                    checkpoint: Callable[[int, torch.Tensor], None] | None = None,
+                    ) -> tuple[int, str | None, torch.Tensor]:
         """One epoch, from pos.step on (a stopped epoch resumes there, with this rank's partial sums).
 
         Returns the last step done, why the ranks stopped there (None: the epoch ran to its end, or was not
@@ -144,14 +146,17 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         batches = self.data.train_batches(self.sampler, self.cfg.train.batch_size)
         sums = torch.tensor(pos.partial or [0.0, 0.0, 0.0], dtype=sum_dtype(self.rt.device), device=self.rt.device)
-        step, stopping = self.train_steps(batches, sums, agreement, epoch=epoch, start_step=pos.step, update=update)
+        step, stopping = self.train_steps(batches, sums, agreement, epoch=epoch, start_step=pos.step, update=update,
+                                          checkpoint=checkpoint)
         return step, stopping, sums
 
     def train_steps(self, batches: list[torch.Tensor], sums: torch.Tensor, agreement: StopAgreement | None = None,
                     *, epoch: int = 1, start_step: int = 0,
-                    update: Callable[[int, float, float], None] | None = None) -> tuple[int, str | None]:
-        """Train on batches[start_step:], adding this rank's loss sum, correct count and samples to `sums`.
-        Returns (the last step done, why all ranks stopped there or None)."""
+                    update: Callable[[int, float, float], None] | None = None,
+                    checkpoint: Callable[[int, torch.Tensor], None] | None = None) -> tuple[int, str | None]:
+        """Train on batches[start_step:], adding this rank's loss sum, correct count and samples to `sums`;
+        `checkpoint(step, sums)` where the ranks agreed a timed one is due. Returns (the last step done, why all
+        ranks stopped there or None)."""
         agreement = agreement or StopAgreement()
         monitor = self.monitor
         monitor.epoch = epoch
@@ -194,6 +199,8 @@ class Trainer:
                 update(step, loss.item(), seen / (time.perf_counter() - started))
             if verdict.reason:
                 return step, verdict.reason
+            if verdict.checkpoint and checkpoint and step < len(batches):
+                checkpoint(step, sums)
         return step, None
 
     def batch(self, subset: Subset, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +273,7 @@ class Trainer:
             "rng": dist.all_gather_object(_rng_state(self.rt.device)),
             "partial": dist.all_gather_object(sums.tolist()) if sums is not None else None,
             "config": self.cfg.to_dict(),
-            "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__)},
+            "versions": {"torch": str(torch.__version__), "torchvision": _version("torchvision")},
         }
         filename = checkpoint.name(pos.epochs_done, pos.step)
         return dist.on_main(lambda: checkpoint.save(state, self.run_dir, filename, self.cfg.train.keep_checkpoints))
@@ -305,3 +312,12 @@ class Trainer:
             for _ in range(pos.epochs_done * self.steps_per_epoch + pos.step):
                 self.scheduler.step()
         return pos, notes
+
+
+def _version(package: str) -> str:
+    """From the package's metadata: importing torchvision for its version cost every process 1.5 s of start-up
+    (it imports torch._dynamo)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

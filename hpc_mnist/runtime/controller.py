@@ -9,6 +9,7 @@ summary. Rank 0 alone writes files; every rank takes part in checkpoints (RNG st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -105,6 +106,12 @@ class RunController:
         self._epoch["seconds"] = time.perf_counter() - self._epoch["start"]
         self.pos.train_time += self._epoch["seconds"]
 
+    def save_mid_epoch(self, step: int, sums: torch.Tensor) -> None:
+        """A timed checkpoint inside the epoch (train.checkpoint_minutes), where the ranks agreed on it."""
+        at = dataclasses.replace(self.pos, step=step, partial=None,
+                                 train_time=self.pos.train_time + time.perf_counter() - self._epoch["start"])
+        self._saved(self.t.save_checkpoint(at, self.wall(), sums), at)
+
     def stop_mid_epoch(self, step: int, sums: torch.Tensor, reason: str) -> Result:
         """The ranks agreed to stop inside an epoch: checkpoint there (with every rank's partial sums)."""
         self.pos.step, self.pos.partial = step, None
@@ -120,7 +127,7 @@ class RunController:
         self.val_loss, self.val_acc, _ = val
         every = self.cfg.train.checkpoint_every
         if (every and epoch % every == 0) or epoch == self.cfg.train.epochs or stopping:
-            self.checkpoint = self.t.save_checkpoint(self.pos, self.wall())
+            self._saved(self.t.save_checkpoint(self.pos, self.wall()), self.pos)
         seconds = self._epoch["seconds"]
         self.log.epoch({"epoch": epoch, "train_loss": loss_sum / samples, "train_acc": correct / samples,
                         "val_loss": self.val_loss, "val_acc": self.val_acc, "lr": self._epoch["lr"],
@@ -174,6 +181,13 @@ class RunController:
                 "precision": self.t.amp, "threads_per_rank": rt.threads, "batch_per_rank": cfg.train.batch_size,
                 "global_batch": cfg.train.batch_size * rt.world_size, "run_dir": str(self.run_dir),
                 "status": status, **facts, "train_time_s": self.pos.train_time, "segments": self.pos.segments}
+
+    def _saved(self, path: Path, at: Position) -> None:
+        """The newest sound checkpoint: status.json says so while the run goes on (a crash leaves it true)."""
+        self.checkpoint = path
+        self.agreement.saved()
+        dist.on_main(lambda: rundir.write_status(self.run_dir, "running", epochs_done=at.epochs_done, step=at.step,
+                                                 checkpoint=str(path)))
 
     def _status(self, state: str, **facts: Any) -> None:
         """status.json, the one record a job script reads to decide what comes next (rank 0 writes it)."""

@@ -34,7 +34,7 @@ FREE_KEYS = {"data.root", "data.download", "data.resident"}
 REFUSED_KEYS = {"optim.name", "train.seed"}
 # Bookkeeping that may differ between segments on purpose (limits and deadlines are per job): not reported.
 SILENT_KEYS = {"train.resume", "train.time_limit", "train.deadline", "train.deadline_margin", "train.job_deadline",
-               "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size"}
+               "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_checkpoints", "train.eval_batch_size"}
 
 
 def _bookkeeping(key: str) -> bool:

@@ -2,11 +2,13 @@
 
 A stop request (a signal, see signals.py) may reach one rank only, the deadline passes at slightly different
 moments on different hosts, and a non-finite loss may show on one rank first: the ranks agree on all three at
-the same steps, so they stop at the same step and write one checkpoint together.
+the same steps, so they stop at the same step and write one checkpoint together. A timed checkpoint
+(train.checkpoint_minutes) is agreed the same way, since every rank takes part in writing it.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -25,11 +27,19 @@ class Verdict:
 
     bad_step: int
     reason: str | None  # "signal" | "deadline" | None
+    checkpoint: bool = False  # train.checkpoint_minutes have passed since the last checkpoint
 
 
 class StopAgreement:
-    def __init__(self, stop: StopRequest | None = None, deadline: Deadline | None = None):
+    def __init__(self, stop: StopRequest | None = None, deadline: Deadline | None = None,
+                 checkpoint_minutes: float = 0.0):
         self.stop, self.deadline = stop, deadline
+        self.checkpoint_s = checkpoint_minutes * 60
+        self.last_checkpoint = time.monotonic()
+
+    def saved(self) -> None:
+        """A checkpoint was written: the next timed one is due checkpoint_minutes from now."""
+        self.last_checkpoint = time.monotonic()
 
     def at(self, step: int, last_step: int, first_bad: torch.Tensor, watchdog: Watchdog) -> Verdict | None:
         """None between checks (no collective); at a check, what the ranks agreed."""
@@ -38,10 +48,10 @@ class StopAgreement:
         watchdog.in_collective()
         signum = (self.stop.signum or 0) if self.stop else 0
         late = int(self.deadline.reached()) if self.deadline else 0
-        flags = torch.stack([first_bad, torch.tensor(signum, device=first_bad.device),
-                             torch.tensor(late, device=first_bad.device)])
-        bad, agreed_signal, agreed_deadline = dist.any_rank(flags).tolist()
+        due = int(bool(self.checkpoint_s) and time.monotonic() - self.last_checkpoint >= self.checkpoint_s)
+        flags = torch.stack([first_bad, *(torch.tensor(v, device=first_bad.device) for v in (signum, late, due))])
+        bad, agreed_signal, agreed_deadline, agreed_due = dist.any_rank(flags).tolist()
         if agreed_signal and self.stop:
             self.stop.agreed = agreed_signal
             return Verdict(bad, "signal")
-        return Verdict(bad, "deadline" if agreed_deadline else None)
+        return Verdict(bad, "deadline" if agreed_deadline else None, bool(agreed_due))
