@@ -20,7 +20,7 @@ def test_bench_smoke(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "hpc_mnist.bench", "--models", "mlp", "--steps", "3", "--warmup", "1", "--repeats",
          "2", "--synthetic-train", "1000", "--synthetic-test", "200", "--target", "0.3", "--seeds", "1",
-         "--max-epochs", "3", "--ranks", "1,2", "--scaling-rounds", "1", "--json", str(out)],
+         "--max-epochs", "2", "--ranks", "1,2", "--scaling-rounds", "1", "--json", str(out)],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads(out.read_text())

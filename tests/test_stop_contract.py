@@ -206,7 +206,8 @@ def test_scale_lr_is_reapplied_at_another_world_size(tmp_path):
     ok(run_train(args))
     result = ok(run_train([*args, "train.epochs=3"], launcher=TORCHRUN))
     assert lrs(tmp_path / "r") == [1e-3, 1e-3, 2e-3]
-    assert "world size 1 -> 2" in result.stdout.replace("\n", " ")
+    assert "world size 1 -> 2, batch per rank 32 -> 32: global batch 32 -> 64" in result.stdout.replace("\n", " ")
+    assert [row["epoch"] for row in read_jsonl(tmp_path / "r" / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_world_size_change_is_deterministic(tmp_path):

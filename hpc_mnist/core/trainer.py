@@ -76,6 +76,11 @@ class StepMonitor:
     def mark(self, phase: str) -> None:
         self.timer.mark(phase)
 
+    def between_steps(self, phase: str, fault: str) -> None:
+        """Work outside the steps (evaluation, checkpoints, gathering timings): a hang there is named too."""
+        self.watchdog.doing(phase)
+        hang.maybe_stall(self.rank, fault)
+
     def backward_done(self) -> None:
         """Backward compute ended at the last gradient bucket; the rest of the phase waited on peers."""
         self.watchdog.beat(self.epoch, self.step)  # DDP's all-reduce returned: alive again
@@ -214,11 +219,12 @@ class Trainer:
         Also returns (positions, predictions) of up to `keep_failures` of this rank's misclassified samples.
         """
         self.model.eval()
+        self.monitor.between_steps("evaluating", "evaluate")
         positions = DeviceData.eval_positions(subset, *dist.rank_and_size())
         totals = torch.zeros(3, dtype=sum_dtype(self.rt.device), device=self.rt.device)  # loss, correct, count
         failures = []
         for chunk in positions.split(self.cfg.train.eval_batch_size):
-            self.monitor.watchdog.beat(0, 0)
+            self.monitor.watchdog.doing("evaluating")
             x, y = self.batch(subset, chunk)
             with precision.autocast(self.amp, self.rt.device):
                 logits = self.model(x).float()
@@ -229,6 +235,7 @@ class Trainer:
             if keep_failures:
                 miss = predicted != y
                 failures.append((chunk.to(miss.device)[miss][:keep_failures], predicted[miss][:keep_failures]))
+        self.monitor.watchdog.in_collective()
         dist.all_reduce_sum(totals)
         loss, correct, count = totals.tolist()
         wrong = tuple(torch.cat(parts)[:keep_failures] for parts in zip(*failures, strict=True)) if failures else ()
@@ -259,11 +266,16 @@ class Trainer:
         """This epoch's step timing across ranks (one small gather), with stragglers named; {} when off."""
         if not self.cfg.log.timing:
             return {}
+        self.monitor.between_steps("gathering step times", "rank_times")
+        self.monitor.watchdog.in_collective()
         per_rank = dist.all_gather_object(self.monitor.timer.phase_seconds())
         return timing.summarize(per_rank, list(self.rt.hosts), self.cfg.log.straggler_margin)
 
     def save_checkpoint(self, pos: Position, wall_time: float, sums: torch.Tensor | None = None) -> Path:
         """Rank 0 writes; every rank contributes its RNG state (and partial sums when mid-epoch)."""
+        watchdog = self.monitor.watchdog
+        self.monitor.between_steps("writing a checkpoint", "checkpoint")
+        watchdog.in_collective()
         state = {
             "format": checkpoint.FORMAT, "epochs_done": pos.epochs_done, "step": pos.step,
             "train_time": pos.train_time, "wall_time": wall_time, "train_samples": pos.train_samples,
@@ -276,7 +288,14 @@ class Trainer:
             "versions": {"torch": str(torch.__version__), "torchvision": _version("torchvision")},
         }
         filename = checkpoint.name(pos.epochs_done, pos.step)
-        return dist.on_main(lambda: checkpoint.save(state, self.run_dir, filename, self.cfg.train.keep_checkpoints))
+
+        def write() -> Path:  # the others wait in on_main's broadcast meanwhile
+            watchdog.doing("writing a checkpoint")
+            path = checkpoint.save(state, self.run_dir, filename, self.cfg.train.keep_checkpoints)
+            watchdog.in_collective()
+            return path
+
+        return dist.on_main(write)
 
     def restore(self, path: Path) -> tuple[Position, list[str]]:
         """Load a checkpoint; continue with this command's settings from its position, and say what differs.

@@ -20,7 +20,9 @@ import torch.distributed as tdist
 
 EXIT_HUNG = 4
 COLLECTIVE = "waiting in a collective"
-STALL_VAR = "HPC_MNIST_TEST_STALL"  # test-only fault: "RANK:STEP" makes that rank stop responding at that step
+# Test-only fault: "RANK:STEP" makes that rank stop responding at that training step; "RANK:evaluate",
+# "RANK:checkpoint" or "RANK:rank_times" in that work between steps.
+STALL_VAR = "HPC_MNIST_TEST_STALL"
 
 
 class Watchdog:
@@ -36,6 +38,10 @@ class Watchdog:
 
     def beat(self, epoch: int, step: int, phase: str = "computing") -> None:
         self.last, self.where = time.monotonic(), (epoch, step, phase)
+
+    def doing(self, phase: str) -> None:
+        """Work between training steps (evaluating, writing a checkpoint): alive, at the last step's position."""
+        self.last, self.where = time.monotonic(), (*self.where[:2], phase)
 
     def in_collective(self) -> None:
         """Called as this rank enters a collective: if it then hangs, it is waiting for others."""
@@ -98,8 +104,8 @@ def who_is_behind(world_size: int, hosts: list[str]) -> str:
     return f"{', '.join(where(r) for r in culprits)} did not arrive"
 
 
-def maybe_stall(rank: int, step: int) -> None:
+def maybe_stall(rank: int, where: int | str) -> None:
     """The test-only fault: hang this rank as a dead GPU or a stuck file system would."""
     fault = os.environ.get(STALL_VAR)
-    if fault and fault == f"{rank}:{step}":
+    if fault and fault == f"{rank}:{where}":
         time.sleep(3600)
