@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -223,11 +224,33 @@ def set_cpu_threads(local_world_size: int) -> tuple[int, str]:
     bound = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     # A launcher that pinned us to a core subset has already divided the node.
     pinned = bound < (os.cpu_count() or bound)
-    torch.set_num_threads(max(1, bound if pinned else bound // local_world_size))
+    share = bound if pinned else bound // local_world_size
     why = f"its {bound} bound core(s)" if pinned else f"its share of {bound} core(s) among {local_world_size} rank(s)"
+    others = 0 if pinned else busy_cores(local_world_size)
+    if others and max(1, (bound - others) // local_world_size) < share:
+        # Threads that wait for cores others hold spin and collapse: on 2 cores with 2 busy processes, an MLP
+        # epoch ran at 6,959 samples/s with 2 threads and 59,200 with 1 (benchmarks/threads-under-load.md).
+        share = max(1, (bound - others) // local_world_size)
+        why += f", less {others} core(s) busy with other work"
+    torch.set_num_threads(max(1, share))
     if os.environ.get("OMP_NUM_THREADS"):
         why += f"; PBS's OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} is the chunk's ncpus, not a choice"
     return torch.get_num_threads(), why
+
+
+def busy_cores(own_processes: int = 1) -> int:
+    """Cores that other work keeps busy now: the runnable tasks the kernel counts (/proc/stat procs_running,
+    median of 5 looks over 40 ms) less this node's own ranks; 0 where it cannot be read."""
+    looks = []
+    for i in range(5):
+        try:
+            with open("/proc/stat") as f:
+                looks.append(next(int(line.split()[1]) for line in f if line.startswith("procs_running")))
+        except (OSError, StopIteration, ValueError):
+            return 0
+        if i < 4:
+            time.sleep(0.01)
+    return max(0, sorted(looks)[2] - own_processes)
 
 
 def _backend(name: str, device: torch.device) -> str:
