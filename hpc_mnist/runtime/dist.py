@@ -227,11 +227,13 @@ def set_cpu_threads(local_world_size: int) -> tuple[int, str]:
     share = bound if pinned else bound // local_world_size
     why = f"its {bound} bound core(s)" if pinned else f"its share of {bound} core(s) among {local_world_size} rank(s)"
     others = 0 if pinned else busy_cores(local_world_size)
-    if others and max(1, (bound - others) // local_world_size) < share:
+    fewer = max(1, (bound - others) // local_world_size)
+    if fewer < share:
         # Threads that wait for cores others hold spin and collapse: on 2 cores with 2 busy processes, an MLP
         # epoch ran at 6,959 samples/s with 2 threads and 59,200 with 1 (benchmarks/threads-under-load.md).
-        share = max(1, (bound - others) // local_world_size)
-        why += f", less {others} core(s) busy with other work"
+        # Said, not done: the thread count may change a kernel's summation order, and a run's segments must
+        # compute alike for exact resume.
+        why += (f"; {others} core(s) busy with other work: OMP_NUM_THREADS={fewer} may run many times faster")
     torch.set_num_threads(max(1, share))
     if os.environ.get("OMP_NUM_THREADS"):
         why += f"; PBS's OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} is the chunk's ncpus, not a choice"
