@@ -78,6 +78,22 @@ BASE = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def stop_file(tmp_path: Path) -> dict[str, str]:
+    """An existing stop file: the deadline has passed, so the ranks stop at their first check (step 16)."""
+    path = tmp_path / "stop-now"
+    path.touch()
+    return {"HPC_MNIST_STOP_FILE": str(path)}
+
+
+def lrs(run_dir: Path) -> list[float]:
+    """Each epoch's learning rate, from metrics.jsonl."""
+    return [row["lr"] for row in read_jsonl(run_dir / "metrics.jsonl")]
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [without_timing(row) for row in read_jsonl(run_dir / "metrics.jsonl")]
 

@@ -1,7 +1,6 @@
 """The stop contract and the run-directory model, with real processes: duplicate signals, deadlines, status
 files, reruns that continue / finish / refuse, and exact resume under every change a user makes."""
 
-import json
 import os
 import signal
 import subprocess
@@ -18,10 +17,13 @@ from conftest import (
     TORCHRUN,
     assert_same_run,
     clean_env,
+    lrs,
     ok,
     popen,
     read_jsonl,
     run_train,
+    status,
+    stop_file,
     wait_for_rows,
     worker_pids,
 )
@@ -38,19 +40,7 @@ def torchrun(n: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
 
 
-def status(run_dir: Path) -> dict:
-    return json.loads((run_dir / "status.json").read_text())
 
-
-def stop_file(tmp_path: Path) -> dict[str, str]:
-    """An existing stop file: the ranks stop for the deadline at their first check (step 16 of epoch 1)."""
-    path = tmp_path / "stop-now"
-    path.touch()
-    return {"HPC_MNIST_STOP_FILE": str(path)}
-
-
-def lrs(run_dir: Path) -> list[float]:
-    return [row["lr"] for row in read_jsonl(run_dir / "metrics.jsonl")]
 
 
 # --- duplicate signals: one whole checkpoint, whatever the order of the copies ---

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BASE, LAUNCH_VARS, REPO, assert_same_run
+from conftest import BASE, LAUNCH_VARS, REPO, assert_same_run, lrs, status, stop_file
 from hpc_mnist import train
 from hpc_mnist.core import checkpoint, config
 from hpc_mnist.runtime import dist
@@ -48,13 +48,18 @@ class PeerRank:
         return torch.maximum(flags, self.flags) if self.checks >= self.from_check else flags
 
 
+def as_a_user_would(m: pytest.MonkeyPatch) -> None:
+    """No launcher, scheduler or HPC_MNIST_* variables from this test's environment; the repository as cwd."""
+    for key in list(os.environ):
+        if key.startswith((*LAUNCH_VARS, "HPC_MNIST_")):
+            m.delenv(key)
+    m.chdir(REPO)
+
+
 @pytest.fixture
 def train_here(monkeypatch, capsys):
     """Run `python -m hpc_mnist.train ARGS` in this process, optionally beside a fake peer rank."""
-    for key in list(os.environ):
-        if key.startswith((*LAUNCH_VARS, "HPC_MNIST_")):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(REPO)
+    as_a_user_would(monkeypatch)
 
     def run(args: list[str], env: dict[str, str] | None = None, peer: PeerRank | None = None) -> Outcome:
         with monkeypatch.context() as m:
@@ -69,14 +74,6 @@ def train_here(monkeypatch, capsys):
     return run
 
 
-def status(run_dir: Path) -> dict:
-    return json.loads((run_dir / "status.json").read_text())
-
-
-def stop_file(tmp_path: Path) -> dict[str, str]:
-    """An existing stop file: the deadline has passed, so the ranks stop at their first check (step 16)."""
-    (tmp_path / "stop-now").touch()
-    return {"HPC_MNIST_STOP_FILE": str(tmp_path / "stop-now")}
 
 
 # --- the agreement: whatever one rank sees, every rank stops at the same check ---
@@ -138,10 +135,7 @@ def stopped_run(tmp_path_factory) -> Path:
     """A run stopped at step 16 of epoch 1 by the stop file (made once, copied by each test)."""
     root = tmp_path_factory.mktemp("stopped")
     with pytest.MonkeyPatch.context() as m:
-        for key in list(os.environ):
-            if key.startswith((*LAUNCH_VARS, "HPC_MNIST_")):
-                m.delenv(key)
-        m.chdir(REPO)
+        as_a_user_would(m)
         for key, value in stop_file(root).items():
             m.setenv(key, value)
         assert train.main([*SMALL, f"log.dir={root}", "log.name=r"]) == 75
@@ -244,9 +238,6 @@ def test_a_non_finite_loss_names_epoch_step_and_lr(train_here, tmp_path):
 
 
 # --- schedules and learning rates across a continuation ---
-
-def lrs(run_dir: Path) -> list[float]:
-    return [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_more_epochs_rebuild_the_one_cycle_schedule(train_here, tmp_path):

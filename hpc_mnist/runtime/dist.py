@@ -226,7 +226,7 @@ def set_cpu_threads(local_world_size: int) -> tuple[int, str]:
     pinned = bound < (os.cpu_count() or bound)
     share = bound if pinned else bound // local_world_size
     why = f"its {bound} bound core(s)" if pinned else f"its share of {bound} core(s) among {local_world_size} rank(s)"
-    others = 0 if pinned else busy_cores(local_world_size)
+    others = busy_cores(local_world_size) if share > 1 and not pinned else 0  # one thread cannot be fewer
     fewer = max(1, (bound - others) // local_world_size)
     if fewer < share:
         # Threads that wait for cores others hold spin and collapse: on 2 cores with 2 busy processes, an MLP
