@@ -15,10 +15,12 @@ EXIT_USAGE = 2
 class UserError(Exception):
     """A problem the user can fix; the message says what and how."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE, *, on_all_ranks: bool = False):
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE, *, on_all_ranks: bool = False,
+                 status: dict | None = None):
         super().__init__(message)
         self.exit_code = exit_code
         self.on_all_ranks = on_all_ranks
+        self.status = status or {}  # facts for status.json when the run fails of it (reason, rank, ...)
 
 
 def report(error: UserError) -> int:

@@ -5,9 +5,9 @@
 
 Run the same command again to continue a stopped run. Exit codes: 0 completed (or finished already);
 2 a usage or input error (one line says which); 3 the loss became non-finite; 4 a collective timed out (a
-rank hung; every rank's stack is in the run directory); 75 stopped early with a checkpoint (a signal or the
-deadline; status.json in the run directory says which); 130 a second Ctrl-C stopped it at once. torchrun
-reports any of these but 0 as 1.
+rank hung; every rank's stack is in the run directory); 5 a rank died (the newest checkpoint is kept); 75
+stopped early with a checkpoint (a signal or the deadline; status.json in the run directory says which); 130
+a second Ctrl-C stopped it at once. torchrun reports any of these but 0 as 1.
 
 run() is the story of a run; the Trainer (trainer.py) holds the model, data, optimizer and the step; the
 RunController (controller.py) decides when to checkpoint, log and stop, and writes status.json and

@@ -86,6 +86,12 @@ preflight() {
 job_launch() {
     local status=0
     job_run "$@" || status=$?
+    if grep -qs '"state": *"running"' "$HPC_MNIST_STATUS_FILE"; then   # the ranks are gone: nobody recorded why
+        echo "hpc_mnist: the launch ended (exit $status) without the ranks recording why: a rank or its node died" \
+            "(the OOM killer, a node failure; the launcher's report above names it); the newest checkpoint is kept:" \
+            "resubmit with RUN_NAME=$(run_name) to continue" >&2
+        sed -i 's/"state": *"running"/"state": "failed"/; s/"reason": *null/"reason": "gone"/' "$HPC_MNIST_STATUS_FILE"
+    fi
     if grep -qs '"requeue": *true' "$HPC_MNIST_STATUS_FILE"; then
         "continue_${JOB_SCHEDULER}_job"
     fi
@@ -124,10 +130,16 @@ continue_slurm_job() {
 # PBS: submit the same script (PBS's copy of it, $0), variables and resources as a job that starts after this
 # one has ended, on the same run directory (hpc_mnist/pbs.py builds the qsub line from qstat). RESUBMIT_COUNT
 # counts the jobs that carried the run; MAX_RESUBMITS (10) bounds it.
+# run_name: the run directory's name, from the status file.
+run_name() {
+    local run
+    run=$(sed -n 's/.*"run_dir": *"\([^"]*\)".*/\1/p' "$HPC_MNIST_STATUS_FILE")
+    echo "${run##*/}"
+}
+
 continue_pbs_job() {
     local count=${RESUBMIT_COUNT:-0} run new
-    run=$(sed -n 's/.*"run_dir": *"\([^"]*\)".*/\1/p' "$HPC_MNIST_STATUS_FILE")
-    run=${run##*/}
+    run=$(run_name)
     if [ "$count" -ge "${MAX_RESUBMITS:-10}" ]; then
         echo "hpc_mnist: stopped for the walltime with a checkpoint; not continuing run $run again ($count jobs" \
             "submitted, MAX_RESUBMITS=${MAX_RESUBMITS:-10}): resubmit with RUN_NAME=$run"

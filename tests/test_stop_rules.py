@@ -21,8 +21,8 @@ import torch
 from conftest import BASE, LAUNCH_VARS, REPO, assert_same_run, lrs, status, stop_file
 from hpc_mnist import train
 from hpc_mnist.core import checkpoint, config
-from hpc_mnist.runtime import dist
-from hpc_mnist.runtime.stopping import CHECK_EVERY
+from hpc_mnist.runtime import dist, stopping
+from hpc_mnist.runtime.stopping import CHECK_EVERY, bad_key
 
 # An MLP (milliseconds a step) on 1,200 synthetic train samples: 38 steps of 32 per epoch, checks at 16, 32 and 38.
 SMALL = [*BASE, "model.name=mlp", "train.epochs=2"]
@@ -36,12 +36,13 @@ class Outcome:
 
 
 class PeerRank:
-    """The other rank of a two-rank run, seen only through the agreement's all-reduce (MAX of the first
-    non-finite step, the signal number, the deadline flag and the timed checkpoint's): from its
+    """The other rank (rank 1) of a two-rank run, seen only through the agreement's all-reduce (MAX of the
+    first non-finite step's key, the signal number, the deadline flag and the timed checkpoint's): from its
     `from_check`-th check on, it adds its own flags."""
 
     def __init__(self, from_check: int, bad_step: int = 0, signum: int = 0, late: int = 0, due: int = 0):
-        self.from_check, self.flags, self.checks = from_check, torch.tensor([bad_step, signum, late, due]), 0
+        self.from_check, self.checks = from_check, 0
+        self.flags = torch.tensor([bad_key(bad_step, rank=1), signum, late, due])
 
     def __call__(self, flags: torch.Tensor) -> torch.Tensor:
         self.checks += 1
@@ -105,7 +106,23 @@ def test_a_peers_non_finite_loss_stops_every_rank_naming_its_step(train_here, tm
     assert result.code == 3
     assert result.err.count("\n") == 1 and "non-finite in epoch 1 at step 7 (learning rate 0.001)" in result.err
     st = status(tmp_path / "r")
-    assert (st["state"], st["exit_code"]) == ("failed", 3)
+    assert (st["state"], st["exit_code"], st["reason"], st["rank"], st["at_step"]) == \
+        ("failed", 3, "non-finite loss", 1, 7)
+    assert st["checkpoint"] is None  # none written yet: nothing unsound was saved
+
+
+def test_the_earliest_non_finite_step_wins_then_the_lowest_rank(train_here, tmp_path):
+    """This rank's loss breaks at step 9 of epoch 2, the peer's at step 7: the peer is named, and epoch 1's
+    checkpoint stays the newest."""
+    result = train_here([*SMALL, f"log.dir={tmp_path}", "log.name=r"], env={"HPC_MNIST_TEST_NAN": "0:2:9"},
+                        peer=PeerRank(from_check=4, bad_step=7))
+    assert result.code == 3
+    st = status(tmp_path / "r")
+    assert (st["rank"], st["epoch"], st["at_step"]) == (1, 2, 7)
+    assert Path(st["checkpoint"]).name == "checkpoint-0001-000000.pt" == checkpoint.existing(tmp_path / "r")[-1].name
+    keys = torch.tensor([bad_key(9, 0), bad_key(7, 3), bad_key(7, 1), 0, bad_key(8, 0)])
+    assert stopping._bad_from_key(int(keys.max())) == (7, 1)
+    assert stopping._bad_from_key(0) == (0, -1)
 
 
 def test_no_check_between_checks(train_here, tmp_path):

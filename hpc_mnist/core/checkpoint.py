@@ -7,6 +7,7 @@ epoch boundary before it. A run directory holds one run's checkpoints (see rundi
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -57,10 +58,19 @@ def save(state: dict[str, Any], run_dir: Path, filename: str, keep: int) -> Path
         tmp.unlink(missing_ok=True)
         previous = existing(run_dir)
         kept = f"the previous checkpoint {previous[-1].name} is intact" if previous else "no earlier checkpoint exists"
-        raise UserError(f"could not write checkpoint {final}: {e.strerror or e}; {kept}") from None
+        raise UserError(f"{write_failure(e, run_dir, filename)}; {kept}") from None
     for old in existing(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return final
+
+
+def write_failure(error: OSError, folder: Path, filename: str) -> str:
+    """What a failed write says: a full disk or quota by name (the commonest cause on shared file systems)."""
+    if error.errno == errno.ENOSPC:
+        return f"no space left on {folder} while writing {filename}"
+    if error.errno == errno.EDQUOT:
+        return f"disk quota exceeded on {folder} while writing {filename}"
+    return f"could not write {folder / filename}: {error.strerror or error}"
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class Position:
 
 class StepMonitor:
     """What a step reports besides training: phase timing, the hang watchdog's heartbeat, the profiler's step
-    and the tests' stall hook (HPC_MNIST_TEST_STALL)."""
+    and the tests' fault hooks (HPC_MNIST_TEST_STALL, HPC_MNIST_TEST_NAN)."""
 
     def __init__(self, timer: timing.StepTimer, watchdog: hang.Watchdog, rank: int):
         self.timer, self.watchdog, self.rank = timer, watchdog, rank
@@ -80,6 +80,11 @@ class StepMonitor:
         """Work outside the steps (evaluation, checkpoints, gathering timings): a hang there is named too."""
         self.watchdog.doing(phase)
         hang.maybe_stall(self.rank, fault)
+
+    def forward_done(self, loss: torch.Tensor) -> torch.Tensor:
+        """The forward pass ended; the tests' non-finite fault (HPC_MNIST_TEST_NAN) replaces the loss."""
+        self.timer.mark("forward")
+        return hang.maybe_poison(self.rank, self.epoch, self.step, loss)
 
     def backward_done(self) -> None:
         """Backward compute ended at the last gradient bucket; the rest of the phase waited on peers."""
@@ -177,7 +182,7 @@ class Trainer:
             with precision.autocast(self.amp, self.rt.device):
                 logits = self.ddp_model(x)
                 loss = self.loss(logits, y)
-            monitor.mark("forward")
+            loss = monitor.forward_done(loss)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()  # DDP all-reduces the gradients here
             monitor.backward_done()
@@ -196,9 +201,7 @@ class Trainer:
             if verdict is None:
                 continue
             if verdict.bad_step:
-                raise UserError(f"the loss became non-finite in epoch {epoch} at step {verdict.bad_step} (learning "
-                                f"rate {lrs[verdict.bad_step]:.3g}): lower optim.lr, or use train.precision=fp32 or "
-                                "bf16", EXIT_DIVERGED, on_all_ranks=True)
+                raise self.diverged(epoch, verdict.bad_step, verdict.bad_rank, lrs[verdict.bad_step])
             lrs.clear()
             if update:
                 update(step, loss.item(), seen / (time.perf_counter() - started))
@@ -207,6 +210,15 @@ class Trainer:
             if verdict.checkpoint and checkpoint and step < len(batches):
                 checkpoint(step, sums)
         return step, None
+
+    def diverged(self, epoch: int, step: int, rank: int, lr: float) -> UserError:
+        """Every rank stops at the same check; the line names where the loss first broke."""
+        hosts = self.rt.hosts
+        where = f" on rank {rank} ({hosts[rank]})" if self.rt.world_size > 1 and 0 <= rank < len(hosts) else ""
+        return UserError(f"the loss became non-finite{where} in epoch {epoch} at step {step} (learning rate "
+                         f"{lr:.3g}): lower optim.lr, or use train.precision=fp32 or bf16", EXIT_DIVERGED,
+                         on_all_ranks=True, status={"reason": "non-finite loss", "rank": rank, "epoch": epoch,
+                                                    "at_step": step})
 
     def batch(self, subset: Subset, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.data.batch(subset, positions)

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpc_mnist.core import models
+from hpc_mnist.core import checkpoint, models
 from hpc_mnist.core.trainer import Position, Trainer
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import dist, hang, rundir
+from hpc_mnist.runtime import dist, hang, peers, rundir
 from hpc_mnist.runtime.logger import RunLogger
 from hpc_mnist.runtime.signals import EXIT_STOPPED
 from hpc_mnist.runtime.stopping import StopAgreement
@@ -55,7 +55,7 @@ class RunController:
         """Open the run directory and the start panel, mark the run running; on the way out of a failure,
         say which rank a timed-out collective waited for and record `failed` in status.json."""
         cfg, rt, t = self.cfg, self.rt, self.t
-        dist.on_main(lambda: rundir.open_run(cfg, self.run_dir))  # only now: a failed start leaves nothing behind
+        dist.on_main(lambda: rundir.open_run(cfg, self.run_dir, rt.hosts, rt.pids))  # a failed start leaves nothing
         self.log = RunLogger(cfg.log, self.run_dir, enabled=rt.is_main, epochs_done=self.pos.epochs_done)
         self.log.start(notes[0], {
             "run directory": self.run_dir,
@@ -75,6 +75,10 @@ class RunController:
             with t.monitor.watchdog:
                 yield self
         except RuntimeError as e:
+            if peers.is_lost(e) and rt.world_size > 1:
+                error = peers.lost_error(rt, e, self._where())
+                self._failed(error, writer=rt.is_main or not error.on_all_ranks)
+                raise error from None
             if not hang.is_timeout(e):
                 self._failed(e)
                 raise
@@ -194,12 +198,22 @@ class RunController:
         where = {"epochs_done": self.pos.epochs_done, "step": self.pos.step}
         dist.on_main(lambda: rundir.write_status(self.run_dir, state, **where, **facts))
 
-    def _failed(self, error: BaseException) -> None:
-        """Without a collective: the other ranks may be gone."""
-        if self.rt.is_main:
+    def _where(self) -> str:
+        """Where this rank stopped and what is kept, for a failure's line."""
+        saved = checkpoint.existing(self.run_dir)  # written atomically: the newest is sound
+        kept = (f"the newest checkpoint, {saved[-1].name}, is kept: the same command continues from it" if saved
+                else "no checkpoint had been written")
+        return f"in epoch {self.t.monitor.epoch} at step {self.t.monitor.step}; {kept}"
+
+    def _failed(self, error: BaseException, writer: bool | None = None) -> None:
+        """Without a collective: the other ranks may be gone. Rank 0 writes, or the rank that reports a lost one."""
+        if self.rt.is_main if writer is None else writer:
             code = error.exit_code if isinstance(error, UserError) else 1
-            rundir.write_status(self.run_dir, "failed", reason="error", exit_code=code, error=str(error)[:500],
-                                epochs_done=self.pos.epochs_done, step=self.pos.step)
+            facts = {"reason": "error", **(error.status if isinstance(error, UserError) else {})}
+            saved = checkpoint.existing(self.run_dir)
+            rundir.write_status(self.run_dir, "failed", **facts, exit_code=code, error=str(error)[:500],
+                                epochs_done=self.pos.epochs_done, step=self.pos.step,
+                                checkpoint=str(saved[-1]) if saved else None)
 
 
 def _flat_hparams(cfg) -> dict[str, Any]:

@@ -39,6 +39,7 @@ class Runtime:
     threads: int
     hosts: tuple[str, ...] = ()  # every rank's host name, by rank
     threads_why: str = ""  # who chose the thread count (start panel)
+    pids: tuple[int, ...] = ()  # every rank's process id, by rank (to name a rank that died)
 
     @property
     def is_main(self) -> bool:
@@ -378,8 +379,9 @@ def setup(cfg: DistConfig, device_name: str) -> Runtime:
         store = _restart_store(place, init_timeout) or _store(place, init_timeout)
         tdist.init_process_group(backend=backend, store=store, rank=place.rank, world_size=place.world_size,
                                  timeout=datetime.timedelta(seconds=cfg.timeout))
+    hosts, pids = zip(*all_gather_object((socket.gethostname(), os.getpid())), strict=True)
     return Runtime(place.rank, place.local_rank, place.world_size, place.local_world_size, place.launcher,
-                   device, backend, threads, tuple(all_gather_object(socket.gethostname())), threads_why)
+                   device, backend, threads, hosts, threads_why, pids)
 
 
 def shutdown() -> None:
@@ -398,6 +400,13 @@ def is_main() -> bool:
 def rank_and_size() -> tuple[int, int]:
     """(rank, world size) of the running group; (0, 1) for a single process."""
     return (tdist.get_rank(), tdist.get_world_size()) if tdist.is_initialized() else (0, 1)
+
+
+def store() -> tdist.Store | None:
+    """The default group's rendezvous store, which every rank already reaches (None for one process): where
+    ranks leave notes for each other when a collective cannot be trusted (hang.py, peers.py)."""
+    # A private accessor, stable since torch 1.x.
+    return tdist.distributed_c10d._get_default_store() if tdist.is_initialized() else None
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

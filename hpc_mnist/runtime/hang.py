@@ -16,13 +16,14 @@ import threading
 import time
 from pathlib import Path
 
-import torch.distributed as tdist
+from hpc_mnist.runtime import dist
 
 EXIT_HUNG = 4
 COLLECTIVE = "waiting in a collective"
 # Test-only fault: "RANK:STEP" makes that rank stop responding at that training step; "RANK:evaluate",
 # "RANK:checkpoint" or "RANK:rank_times" in that work between steps.
 STALL_VAR = "HPC_MNIST_TEST_STALL"
+NAN_VAR = "HPC_MNIST_TEST_NAN"  # test-only fault: "RANK:EPOCH:STEP" makes that rank's loss NaN at that step
 
 
 class Watchdog:
@@ -56,7 +57,7 @@ class Watchdog:
                     f.write(f"rank {self.rank}: no progress for {silent:.0f} s at epoch {epoch} step {step}, {phase}\n")
                     f.flush()
                     faulthandler.dump_traceback(file=f, all_threads=True)
-                store = _store()
+                store = dist.store()
                 if store is not None:
                     store.set(f"hpc_mnist/hang/{self.rank}", f"{epoch} {step} {phase}")
                 return
@@ -69,18 +70,13 @@ class Watchdog:
         self._stop.set()
 
 
-def _store():
-    # The default group's store (private accessor, stable since torch 1.x): the one every rank already reaches.
-    return tdist.distributed_c10d._get_default_store() if tdist.is_initialized() else None
-
-
 def is_timeout(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and re.search(r"time[d ]?\s*out", str(error), re.I) is not None
 
 
 def who_is_behind(world_size: int, hosts: list[str]) -> str:
     """The ranks that were not waiting in the collective when it timed out (or never reported), by host."""
-    store = _store()
+    store = dist.store()
     reports: dict[int, tuple[int, int, str] | None] = {}
     try:
         for rank in range(world_size):
@@ -109,3 +105,10 @@ def maybe_stall(rank: int, where: int | str) -> None:
     fault = os.environ.get(STALL_VAR)
     if fault and fault == f"{rank}:{where}":
         time.sleep(3600)
+
+
+def maybe_poison(rank: int, epoch: int, step: int, loss):
+    """The test-only non-finite fault: one rank's loss turns NaN, as an overflow on one shard would."""
+    if os.environ.get(NAN_VAR) == f"{rank}:{epoch}:{step}":
+        return loss * float("nan")
+    return loss

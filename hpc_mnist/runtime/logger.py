@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from hpc_mnist.core import checkpoint
 from hpc_mnist.core.config import LogConfig
 
 EPOCH_COLUMNS = [  # (key, header, width, format spec)
@@ -54,6 +56,14 @@ def failure_grid(images: torch.Tensor, predicted: torch.Tensor, true: torch.Tens
     return grid.expand(3, -1, -1).contiguous()
 
 
+def _epoch_of(line: str) -> int | None:
+    """A metrics.jsonl row's epoch; None for a line a crash cut short."""
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class RunLogger:
     def __init__(self, cfg: LogConfig, run_dir: Path, enabled: bool, epochs_done: int = 0):
         """`epochs_done` > 0 when resuming: later epochs' rows and curves from the interrupted run are dropped,
@@ -68,13 +78,14 @@ class RunLogger:
         metrics = run_dir / "metrics.jsonl"
         if metrics.exists():
             kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+                    if (epoch := _epoch_of(line)) is not None and epoch <= epochs_done]
             metrics.write_text("".join(line + "\n" for line in kept))
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=epochs_done + 1 if epochs_done else None)
         self._header_printed = False
+        self._failed_writes: set[str] = set()
 
     def start(self, headline: str, facts: dict[str, Any], notes: list[str] = ()) -> None:
         """The first line says what this command does with its run (starts, continues: from where, what
@@ -113,17 +124,40 @@ class RunLogger:
             self.console.print(f"[yellow]straggler:[/] rank {s['rank']} on {s['host']}: own work {s['own_s']:.2f} s "
                                f"in epoch {row['epoch']}, the other ranks' median {s['others_median_s']:.2f} s",
                                soft_wrap=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._append_row(row)
         if self.writer:
             step = row["epoch"]
-            for tag, key in [("loss/train", "train_loss"), ("loss/val", "val_loss"), ("accuracy/train", "train_acc"),
-                             ("accuracy/val", "val_acc"), ("lr", "lr"), ("throughput/samples_per_s", "samples_per_s"),
-                             ("time/epoch_s", "epoch_time_s")]:
-                self.writer.add_scalar(tag, row[key], step)
-            for key in [k for k in row if k.endswith("_s_median") or k in ("own_s_max", "wait_s_max")]:
-                self.writer.add_scalar(f"timing/{key}", row[key], step)
-            self.writer.flush()
+            try:
+                for tag, key in [("loss/train", "train_loss"), ("loss/val", "val_loss"),
+                                 ("accuracy/train", "train_acc"), ("accuracy/val", "val_acc"), ("lr", "lr"),
+                                 ("throughput/samples_per_s", "samples_per_s"), ("time/epoch_s", "epoch_time_s")]:
+                    self.writer.add_scalar(tag, row[key], step)
+                for key in [k for k in row if k.endswith("_s_median") or k in ("own_s_max", "wait_s_max")]:
+                    self.writer.add_scalar(f"timing/{key}", row[key], step)
+                self.writer.flush()
+            except OSError as e:
+                self._could_not("TensorBoard events", e)
+
+    def _append_row(self, row: dict[str, Any]) -> None:
+        """One line of metrics.jsonl, whole or not at all: a full disk costs the row (said once), not the run,
+        and never leaves half a line for a resume to trip over."""
+        path = self.run_dir / "metrics.jsonl"
+        size = path.stat().st_size if path.exists() else 0
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.truncate(path, size)
+            self._could_not("metrics.jsonl", e)
+
+    def _could_not(self, what: str, error: OSError) -> None:
+        """Said once per kind of output; training goes on (the checkpoint is what must not fail)."""
+        if what in self._failed_writes:
+            return
+        self._failed_writes.add(what)
+        self.console.print(f"[yellow]warning:[/] {checkpoint.write_failure(error, self.run_dir, what)}: training "
+                           "goes on without it", soft_wrap=True)
 
     def stopped(self, summary: dict[str, Any]) -> None:
         """Stopped early with a checkpoint: say where, and how to continue."""

@@ -19,6 +19,8 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,10 +108,42 @@ class Plan:
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """status.json as it is true now: a `running` status whose processes are gone reads as `failed`
+    (reason `gone`): a rank or its host died before anyone could record why."""
     try:
-        return json.loads((run_dir / "status.json").read_text())
+        status = json.loads((run_dir / "status.json").read_text())
     except (OSError, ValueError):
         return None
+    if status.get("state") == "running" and not _running(run_dir, status):
+        status.update(state="failed", reason="gone", error="the run's processes ended without recording why (its "
+                      "status said running): a rank or its host died, and the launcher ended the others (its report "
+                      f"names the process: {run_dir / 'ranks.json'} gives each rank's host and pid); the same "
+                      "command continues from the newest checkpoint")
+    return status
+
+
+def _running(run_dir: Path, status: dict[str, Any]) -> bool:
+    """Whether a process still holds the run directory: its lock (held from open_run to close_run, released by
+    the kernel when the process dies), or where locks do not work its pid; on another host, assume so."""
+    if run_dir in _LOCKS:
+        return True
+    if status.get("host") != socket.gethostname():
+        return True  # another host's process: neither its lock (local on some parallel file systems) nor pid tell
+    try:
+        fd = os.open(run_dir / ".lock", os.O_RDWR)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False  # nobody holds it (closing the descriptor releases it again)
+        except BlockingIOError:
+            return True
+        except OSError:
+            pass  # no flock on this file system
+        finally:
+            os.close(fd)
+    return not isinstance(status.get("pid"), int) or Path(f"/proc/{status['pid']}").exists()
 
 
 def plan(cfg: Config, run_dir: Path) -> Plan:
@@ -146,6 +180,9 @@ def plan(cfg: Config, run_dir: Path) -> Plan:
             notes.append(f"changed settings ({'; '.join(changed)}) would apply only to further epochs: raise "
                          "train.epochs to continue with them")
         return Plan("finished", path, notes, status)
+    if status and status.get("reason") == "gone":
+        notes.append("its last process ended without recording why (status.json said running): a rank or its "
+                     "host died")
     at = f"{done[0]} epoch(s) done" + (f", step {done[1]} of epoch {done[0] + 1}" if done[1] else "")
     notes.insert(0, f"continuing {run_dir} from {path.name} ({at})"
                  + (f"; changed: {'; '.join(changed)}" if changed else ""))
@@ -169,14 +206,16 @@ def _lock(run_dir: Path) -> None:
     _LOCKS[run_dir] = fd
 
 
-def open_run(cfg: Config, run_dir: Path) -> None:
-    """Create (or reopen) and lock the run directory, and record the configuration that runs now."""
+def open_run(cfg: Config, run_dir: Path, hosts: tuple[str, ...] = (), pids: tuple[int, ...] = ()) -> None:
+    """Create (or reopen) and lock the run directory; record the configuration that runs now and where each
+    rank runs (ranks.json: mpiexec's report of a dead process names a pid and a host, not a rank)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         _lock(run_dir)
         for stale in run_dir.glob(".checkpoint-*.tmp"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
         config.save(cfg, run_dir / "config.yaml")
+        write_json(run_dir / "ranks.json", {"hosts": list(hosts), "pids": list(pids)})
     except OSError as e:
         raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}; "
                         "set log.dir to a writable folder") from None
@@ -204,7 +243,8 @@ def write_status(run_dir: Path, state: str, *, reason: str | None = None, signal
     `requeue` is true only after a deadline stop, so job scripts requeue then and never after a cancel.
     """
     status = {"state": state, "reason": reason, "signal": signal, "requeue": state == "stopped" and
-              reason == "deadline", "exit_code": exit_code, "run_dir": str(run_dir), **facts}
+              reason == "deadline", "exit_code": exit_code, "run_dir": str(run_dir), **facts,
+              "host": socket.gethostname(), "pid": os.getpid(), "time": round(time.time(), 3)}
     write_json(run_dir / "status.json", status)
     copy = os.environ.get(STATUS_FILE_VAR)
     if copy:

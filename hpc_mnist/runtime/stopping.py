@@ -19,15 +19,29 @@ from hpc_mnist.runtime.hang import Watchdog
 from hpc_mnist.runtime.signals import StopRequest
 
 CHECK_EVERY = 16  # steps between the one small all-reduce that agrees on stops and non-finite losses
+MAX_RANKS = 1 << 20  # a non-finite loss travels as one integer: the earliest step, then the lowest rank
+
+
+def bad_key(step: int, rank: int) -> int:
+    """A rank's first non-finite step as a number whose maximum over ranks is the earliest step, and on it the
+    lowest rank (0: none), so that the one MAX all-reduce names where the loss first broke."""
+    return ((1 << 40) - step) * MAX_RANKS + (MAX_RANKS - 1 - rank) if step else 0
+
+
+def _bad_from_key(key: int) -> tuple[int, int]:
+    """(step, rank) from bad_key's number; (0, -1) when no rank saw a non-finite loss."""
+    return ((1 << 40) - key // MAX_RANKS, MAX_RANKS - 1 - key % MAX_RANKS) if key else (0, -1)
 
 
 @dataclass
 class Verdict:
-    """What the ranks agreed at a check: the first step with a non-finite loss (0: none), and why to stop."""
+    """What the ranks agreed at a check: the first step with a non-finite loss (0: none) and the rank that saw
+    it, and why to stop."""
 
     bad_step: int
     reason: str | None  # "signal" | "deadline" | None
     checkpoint: bool = False  # train.checkpoint_minutes have passed since the last checkpoint
+    bad_rank: int = -1
 
 
 class StopAgreement:
@@ -49,9 +63,11 @@ class StopAgreement:
         signum = (self.stop.signum or 0) if self.stop else 0
         late = int(self.deadline.reached()) if self.deadline else 0
         due = int(bool(self.checkpoint_s) and time.monotonic() - self.last_checkpoint >= self.checkpoint_s)
-        flags = torch.stack([first_bad, *(torch.tensor(v, device=first_bad.device) for v in (signum, late, due))])
-        bad, agreed_signal, agreed_deadline, agreed_due = dist.any_rank(flags).tolist()
+        mine = bad_key(int(first_bad), dist.rank_and_size()[0])  # a .item() only at checks
+        flags = torch.tensor([mine, signum, late, due], dtype=torch.long, device=first_bad.device)
+        key, agreed_signal, agreed_deadline, agreed_due = dist.any_rank(flags).tolist()
+        bad, rank = _bad_from_key(key)
         if agreed_signal and self.stop:
             self.stop.agreed = agreed_signal
-            return Verdict(bad, "signal")
-        return Verdict(bad, "deadline" if agreed_deadline else None, bool(agreed_due))
+            return Verdict(bad, "signal", bad_rank=rank)
+        return Verdict(bad, "deadline" if agreed_deadline else None, bool(agreed_due), rank)

@@ -1,0 +1,99 @@
+"""How long a fault takes to stop every rank, and what it costs: the figures in the README's fault table.
+
+    python benchmarks/fault_times.py [--json benchmarks/fault-times-DATE.json]
+
+Real processes on this machine (2 ranks, gloo, a small CNN on synthetic data): kill -9 of one rank under
+torchrun and under MPICH's mpiexec (-disable-auto-cleanup, as hpc_mnist.launch runs it), timed from the kill
+to the survivor's line and to the launcher's exit; a non-finite loss on one rank, counted in steps from the
+fault to the stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=false", "model.name=cnn",
+        "model.channels=[8,16]", "model.fc=32", "data.synthetic_train=1500", "train.batch_size=32",
+        "train.epochs=200"]
+
+
+def _wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen) -> None:
+    path = run_dir / "metrics.jsonl"
+    while not (path.exists() and len(path.read_text().splitlines()) >= rows):
+        if proc.poll() is not None:
+            raise SystemExit(f"the run ended early: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.02)
+
+
+def kill_one(launcher: list[str], tmp: Path) -> dict:
+    """kill -9 of rank 1 after two epochs; seconds to the survivor's line and to the launcher's exit."""
+    run_dir = tmp / "r"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*launcher, sys.executable, "-m", "hpc_mnist.train", *ARGS, f"log.dir={tmp}",
+                             "log.name=r"], cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    _wait_rows(run_dir, 2, proc)
+    pid = json.loads((run_dir / "ranks.json").read_text())["pids"][1]
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    line_s = None
+    for line in proc.stderr:
+        if line.startswith("hpc_mnist: error") and line_s is None:
+            line_s = time.monotonic() - killed
+    proc.wait()
+    status = json.loads((run_dir / "status.json").read_text())
+    return {"line_s": line_s, "exit_s": time.monotonic() - killed, "status": status["state"],
+            "reason": status["reason"], "epochs_lost": status["epochs_done"] - int(Path(status["checkpoint"])
+                                                                                 .name.split("-")[1])}
+
+
+def non_finite(tmp: Path, step: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HPC_MNIST_TEST_NAN": f"1:2:{step}"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "hpc_mnist.train", *ARGS, "train.epochs=3", f"log.dir={tmp}", "log.name=n"]
+    subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    status = json.loads((tmp / "n" / "status.json").read_text())
+    return {"fault_step": step, "reported_step": status["at_step"], "rank": status["rank"],
+            "kept": Path(status["checkpoint"]).name}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", type=Path, help="write the figures here")
+    args = p.parse_args()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python"]
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, launcher in [("torchrun", torchrun), ("mpiexec", [mpiexec, "-disable-auto-cleanup", "-n", "2"])]:
+            if launcher[0] is None:
+                continue
+            runs = [kill_one(launcher, Path(tmp) / f"{name}{i}") for i in range(3)]
+            results[f"kill -9 rank 1 under {name}"] = runs
+            lines = ", ".join(f"{r['line_s']:.2f}" for r in runs)
+            exits = ", ".join(f"{r['exit_s']:.2f}" for r in runs)
+            print(f"kill -9 of rank 1 under {name}: survivor's line after {lines} s; launcher exited after {exits} s; "
+                  f"status {runs[0]['status']} "
+                  f"({runs[0]['reason']}); epochs trained since the newest checkpoint: "
+                  f"{', '.join(str(r['epochs_lost']) for r in runs)}")
+        nan = non_finite(Path(tmp), 5)
+        results["non-finite loss on rank 1, epoch 2 step 5"] = nan
+        print(f"non-finite loss on rank 1 at epoch 2 step 5: named rank {nan['rank']} step {nan['reported_step']}; "
+              f"newest checkpoint kept: {nan['kept']}")
+    if args.json:
+        args.json.write_text(json.dumps({"host_cpus": os.cpu_count(), "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""A rank that died (the OOM killer, a crashed host, a kill -9): the survivors find which one, and the lowest of
+them says so in one line.
+
+When a process dies its sockets close, so the peers' next collective fails within milliseconds with the
+backend's error (gloo: "Connection reset by peer"; a TCPStore: "Broken pipe") that names an address, not a
+rank. Every rank gathered each rank's host and pid at start-up (dist.Runtime), so a survivor can tell: a rank
+on its own host is gone when its pid is (or is a zombie); one elsewhere when it does not answer in the job's
+rendezvous store within a few seconds. How it ended (signal, exit code) only its parent knows: torchrun's
+and mpiexec's reports follow ours with it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+from hpc_mnist.errors import UserError
+from hpc_mnist.runtime import dist
+
+EXIT_RANK_LOST = 5
+ANSWER_WITHIN = 5.0  # seconds a survivor on another host has to say it is alive
+_LOST = re.compile(r"connection (reset|closed) by peer|broken pipe|connection refused|end of file|"
+                   r"remote process exited|socket closed|ECONNRESET|EPIPE", re.I)
+
+
+def is_lost(error: BaseException) -> bool:
+    """An error of the kind a collective raises when a peer's process is gone."""
+    return isinstance(error, RuntimeError) and _LOST.search(str(error)) is not None
+
+
+def process_exists(pid: int) -> bool:
+    """On this host: running, and not a zombie waiting for its parent."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def gone(rt: dist.Runtime, wait: float = ANSWER_WITHIN) -> dict[int, str]:
+    """{rank: how we know it is gone} for the ranks that died, as this surviving rank sees them."""
+    here = socket.gethostname()
+    found: dict[int, str] = {}
+    remote = []
+    for rank, (host, pid) in enumerate(zip(rt.hosts, rt.pids, strict=True)):
+        if rank == rt.rank:
+            continue
+        if host == here:
+            if not process_exists(pid):
+                found[rank] = "its process no longer exists"
+        else:
+            remote.append(rank)
+    store = dist.store()
+    try:
+        store.set(f"hpc_mnist/alive/{rt.rank}", "1")
+        deadline = time.monotonic() + wait
+        while remote and time.monotonic() < deadline:
+            remote = [r for r in remote if not store.check([f"hpc_mnist/alive/{r}"])]
+            time.sleep(0.1)
+        found.update({r: f"no answer within {wait:g} s" for r in remote})
+    except Exception:  # the store lived in the dead process (rank 0 hosts it unless torchrun's agent does)
+        if 0 not in found and rt.hosts[0] != here:
+            found[0] = "the job's rendezvous store, which rank 0 hosts, is unreachable"
+    return dict(sorted(found.items()))
+
+
+def lost_error(rt: dist.Runtime, error: BaseException, where: str) -> UserError:
+    """The one line naming the dead rank(s), said by the lowest survivor (the others stay quiet); exit 5."""
+    dead = gone(rt)
+    if not dead:  # the backend lost a connection but every rank is still there: a network fault
+        first = str(error).strip().splitlines()[-1][:200] if str(error).strip() else type(error).__name__
+        return UserError(f"a collective failed although every rank is still running ({first}), {where}",
+                         EXIT_RANK_LOST, status={"reason": "connection lost"})
+    named = "; ".join(f"rank {r} (pid {rt.pids[r]}) on {rt.hosts[r]} is gone: {how}" for r, how in dead.items())
+    reporter = min(set(range(rt.world_size)) - set(dead))
+    first = next(iter(dead))
+    return UserError(f"{named}. Rank {rt.rank} stopped {where}", EXIT_RANK_LOST,
+                     on_all_ranks=rt.rank != reporter,
+                     status={"reason": "rank lost", "rank": first, "rank_host": rt.hosts[first],
+                             "rank_pid": rt.pids[first], "lost_ranks": list(dead)})
