@@ -408,3 +408,26 @@ def test_job_scripts_run_the_pre_flight_check_first_and_stop_when_it_fails(tmp_p
                              env=scheduler_free_env(**base), cwd=tmp_path, timeout=60)  # DOCTOR=0
     assert skipped.returncode == 0, skipped.stderr
     assert ["hpc_mnist.train" in c for c in log.read_text().splitlines()] == [True]
+
+
+def test_a_job_script_says_when_the_ranks_ended_without_recording_why(tmp_path):
+    """The launch returned but status.json still says running (a launcher killed every rank, or rank 0's host
+    died): the job script says so in one line, marks the status failed, and continues nothing."""
+    status_file = tmp_path / "1.status.json"
+    script = f"""
+        source launch/jobs.sh
+        JOB_SCHEDULER=pbs HPC_MNIST_STATUS_FILE={status_file}
+        job_run() {{ printf '%s\\n' '{{"state": "running", "reason": null, "requeue": false, "run_dir": "runs/r7"}}' \\
+            > "$HPC_MNIST_STATUS_FILE"; return 137; }}
+        continue_pbs_job() {{ echo continued; }}
+        job_launch true
+    """
+    result = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 137
+    assert result.stderr.strip() == (
+        "hpc_mnist: the launch ended (exit 137) without the ranks recording why: a rank or its node died (the OOM "
+        "killer, a node failure; the launcher's report above names it); the newest checkpoint is kept: resubmit "
+        "with RUN_NAME=r7 to continue")
+    assert "continued" not in result.stdout
+    status = json.loads(status_file.read_text())
+    assert (status["state"], status["reason"]) == ("failed", "gone")
