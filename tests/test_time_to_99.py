@@ -10,6 +10,7 @@ import torch
 from conftest import run_train
 from hpc_mnist import bench, resources
 from hpc_mnist.core import config, models
+from hpc_mnist.core.data import BUNDLED, read_idx, write_idx_split
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 
@@ -36,11 +37,15 @@ def test_lean_preset_is_much_cheaper_than_the_tutorial_cnn():
     assert models.flops_per_sample(lean) * 5 < models.flops_per_sample(tutorial)
 
 
-def test_examples_recipe_is_the_tutorial_cnn_with_adadelta(mnist_root):
+def test_examples_recipe_is_the_tutorial_cnn_with_adadelta(tmp_path):
     torch.set_num_threads(1)
-    recipe = bench.ExamplesRecipe(mnist_root, seed=0, device=torch.device("cpu"))
+    images = read_idx(BUNDLED / "t10k-images-idx3-ubyte.gz", "images")
+    labels = read_idx(BUNDLED / "t10k-labels-idx1-ubyte.gz", "labels")
+    write_idx_split(tmp_path, "train", images[:2000], labels[:2000])
+    write_idx_split(tmp_path, "t10k", images[2000:3000], labels[2000:3000])
+    recipe = bench.ExamplesRecipe(tmp_path, seed=0, device=torch.device("cpu"))
     assert models.parameter_count(recipe.model) == 1_199_882
     assert isinstance(recipe.optimizer, torch.optim.Adadelta) and recipe.train_loader.batch_size == 64
     recipe.epoch(1)
     assert recipe.scheduler.get_last_lr() == [0.7]
-    assert recipe.test_accuracy() > 0.9  # 8,000 real digits, one epoch
+    assert recipe.test_accuracy() > 0.8  # one epoch of 2,000 real digits, tested on 1,000 others
