@@ -9,12 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
+from hpc_mnist import train
 from hpc_mnist.core.data import BUNDLED, read_idx, write_idx_split
+from hpc_mnist.runtime import dist
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "PMI", "PALS_", "MPI_LOCAL", "OMPI_", "SLURM_", "PBS_")
@@ -76,6 +79,15 @@ BASE = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=
         "data.synthetic_train=1500", "data.synthetic_test=200", "train.batch_size=32", "model.name=cnn",
         "optim.name=adam", "optim.lr=1e-3", "train.eval_batch_size=256"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def ranks(n: int) -> list[str]:
+    """A launch of n ranks where the launcher is not what the test is about: MPICH's mpiexec, a small program
+    that starts in milliseconds (torchrun's agent imports torch first: 2.3-2.6 s more per launch here), else
+    torchrun."""
+    if MPIEXEC:
+        return [MPIEXEC, "-n", str(n), sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
 
 
 def status(run_dir: Path) -> dict:
@@ -154,3 +166,39 @@ def fake_run(root: Path, name: str, ranks: int, samples_per_s: float, epochs: li
     (run_dir / "metrics.jsonl").write_text("".join(
         json.dumps({"epoch": i + 1, "epoch_time_s": t, "val_acc": acc}) + "\n" for i, (t, acc) in enumerate(epochs)))
     return run_dir
+
+
+# --- the trainer in this process (the quick tier's way to run it) ---
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+def as_a_user_would(m: pytest.MonkeyPatch) -> None:
+    """No launcher, scheduler or HPC_MNIST_* variables from this test's environment; the repository as cwd."""
+    for key in list(os.environ):
+        if key.startswith((*LAUNCH_VARS, "HPC_MNIST_")):
+            m.delenv(key)
+    m.chdir(REPO)
+
+
+@pytest.fixture
+def train_here(monkeypatch, capsys):
+    """Run `python -m hpc_mnist.train ARGS` in this process, optionally beside a fake peer rank (the agreement's
+    all-reduce, `dist.any_rank`, replaced by `peer`: test_stop_rules.PeerRank)."""
+    as_a_user_would(monkeypatch)
+
+    def run(args: list[str], env: dict[str, str] | None = None, peer=None) -> Outcome:
+        with monkeypatch.context() as m:
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            if peer:
+                m.setattr(dist, "any_rank", peer)
+            code = train.main(args)
+        out, err = capsys.readouterr()
+        return Outcome(code, out, err)
+
+    return run

@@ -130,7 +130,7 @@ def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["scaling_polaris.sh", "scaling_slurm.sh"])
+@pytest.mark.parametrize("script", ["scaling_slurm.sh"])  # scaling_polaris.sh: on the PBS lab (tests/cluster)
 def test_scaling_job_script_on_two_fake_nodes(tmp_path, script):
     if MPIEXEC is None:
         pytest.skip("no mpiexec")

@@ -21,6 +21,7 @@ from conftest import (
     lrs,
     ok,
     popen,
+    ranks,
     read_jsonl,
     run_train,
     status,
@@ -35,10 +36,6 @@ pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'no
 # A small CNN where no signal has to land mid-run (stop files and deadlines stop at a known step whatever the
 # machine's speed); the tutorial CNN of BASE where one does.
 SMALL = [*BASE, "model.channels=[8,16]", "model.fc=32", "data.synthetic_train=1000", "train.epochs=2"]  # 25 steps
-
-
-def torchrun(n: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
 
 
 
@@ -127,15 +124,15 @@ def test_time_limit_counts_from_process_start_and_stops_mid_epoch(tmp_path):
 
 # --- exact at any world size, mid-epoch stops included ---
 
-@pytest.mark.parametrize("ranks", [4])  # 2 ranks: test_resume.py's SIGTERM test; 1: test_stop_rules.py
-def test_mid_epoch_stop_and_resume_is_bit_exact(tmp_path, ranks):
+@pytest.mark.parametrize("n", [4])  # 2 ranks: test_resume.py's SIGTERM test; 1: test_stop_rules.py
+def test_mid_epoch_stop_and_resume_is_bit_exact(tmp_path, n):
     args = [*SMALL, "data.synthetic_train=2000", "train.batch_size=16", "train.checkpoint_every=0",
             f"log.dir={tmp_path}"]
-    straight = ok(run_train([*args, "log.name=straight"], launcher=torchrun(ranks), timeout=400))
-    assert ("oversubscribed" in straight.stdout) == (ranks > (os.cpu_count() or 1))  # the start panel says so
-    result = run_train([*args, "log.name=r"], launcher=torchrun(ranks), env=stop_file(tmp_path), timeout=400)
+    straight = ok(run_train([*args, "log.name=straight"], launcher=ranks(n), timeout=400))
+    assert ("oversubscribed" in straight.stdout) == (n > (os.cpu_count() or 1))  # the start panel says so
+    result = run_train([*args, "log.name=r"], launcher=ranks(n), env=stop_file(tmp_path), timeout=400)
     assert status(tmp_path / "r")["step"] == 16, result.stderr[-2000:]
-    ok(run_train([*args, "log.name=r"], launcher=torchrun(ranks), timeout=400))
+    ok(run_train([*args, "log.name=r"], launcher=ranks(n), timeout=400))
     assert_same_run(tmp_path / "straight", tmp_path / "r")
 
 
@@ -175,7 +172,7 @@ STOPPED_AT_16 = [*SMALL, "data.synthetic_train=2000", "log.name=r"]  # 2 ranks: 
 def stopped_two_ranks(tmp_path_factory) -> Path:
     """One 2-rank run stopped at step 16 of epoch 1 by the stop file; each row continues a copy of it."""
     root = tmp_path_factory.mktemp("stopped")
-    run_train([*STOPPED_AT_16, f"log.dir={root}"], launcher=TORCHRUN, env=stop_file(root), timeout=400)
+    run_train([*STOPPED_AT_16, f"log.dir={root}"], launcher=ranks(2), env=stop_file(root), timeout=400)
     assert status(root / "r")["step"] == 16
     return root / "r"
 
@@ -186,7 +183,7 @@ def test_resume_rules_after_a_mid_epoch_stop_of_several_ranks(tmp_path, stopped_
     and says so on its first line, or refuses naming the change."""
     shutil.copytree(stopped_two_ranks, tmp_path / "r")
     args = [*STOPPED_AT_16, f"log.dir={tmp_path}"]
-    result = run_train([*args, *words], launcher=TORCHRUN, timeout=400)
+    result = run_train([*args, *words], launcher=ranks(2), timeout=400)
     if outcome == "refuse":
         assert result.returncode != 0 and "hpc_mnist: error: " in result.stderr and texts[0] in result.stderr
         return
@@ -200,7 +197,7 @@ def test_resume_rules_after_a_mid_epoch_stop_of_several_ranks(tmp_path, stopped_
 def test_scale_lr_is_reapplied_at_another_world_size(tmp_path):
     args = [*SMALL, "optim.scale_lr=true", f"log.dir={tmp_path}", "log.name=r"]
     ok(run_train(args))
-    result = ok(run_train([*args, "train.epochs=3"], launcher=TORCHRUN))
+    result = ok(run_train([*args, "train.epochs=3"], launcher=ranks(2)))
     assert lrs(tmp_path / "r") == [1e-3, 1e-3, 2e-3]
     assert "world size 1 -> 2, batch per rank 32 -> 32: global batch 32 -> 64" in result.stdout.replace("\n", " ")
     assert [row["epoch"] for row in read_jsonl(tmp_path / "r" / "metrics.jsonl")] == [1, 2, 3]
@@ -211,6 +208,6 @@ def test_world_size_change_is_deterministic(tmp_path):
     assert run_train([*SMALL, f"log.dir={tmp_path}", "log.name=a"], env=stop_file(tmp_path)).returncode == 75
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     for name in ("a", "b"):
-        ok(run_train([*SMALL, f"log.dir={tmp_path}", f"log.name={name}", "train.epochs=3"], launcher=TORCHRUN))
+        ok(run_train([*SMALL, f"log.dir={tmp_path}", f"log.name={name}", "train.epochs=3"], launcher=ranks(2)))
     wa, wb = (torch.load(tmp_path / n / "model.pt") for n in ("a", "b"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -12,27 +12,19 @@ import json
 import os
 import shutil
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import BASE, LAUNCH_VARS, REPO, assert_same_run, lrs, status, stop_file
+from conftest import BASE, REPO, as_a_user_would, assert_same_run, lrs, status, stop_file
 from hpc_mnist import train
 from hpc_mnist.core import checkpoint, config
-from hpc_mnist.runtime import dist, stopping
+from hpc_mnist.runtime import stopping
 from hpc_mnist.runtime.stopping import CHECK_EVERY, bad_key
 
 # An MLP (milliseconds a step) on 1,200 synthetic train samples: 38 steps of 32 per epoch, checks at 16, 32 and 38.
 SMALL = [*BASE, "model.name=mlp", "train.epochs=2"]
-
-
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
 
 
 class PeerRank:
@@ -47,34 +39,6 @@ class PeerRank:
     def __call__(self, flags: torch.Tensor) -> torch.Tensor:
         self.checks += 1
         return torch.maximum(flags, self.flags) if self.checks >= self.from_check else flags
-
-
-def as_a_user_would(m: pytest.MonkeyPatch) -> None:
-    """No launcher, scheduler or HPC_MNIST_* variables from this test's environment; the repository as cwd."""
-    for key in list(os.environ):
-        if key.startswith((*LAUNCH_VARS, "HPC_MNIST_")):
-            m.delenv(key)
-    m.chdir(REPO)
-
-
-@pytest.fixture
-def train_here(monkeypatch, capsys):
-    """Run `python -m hpc_mnist.train ARGS` in this process, optionally beside a fake peer rank."""
-    as_a_user_would(monkeypatch)
-
-    def run(args: list[str], env: dict[str, str] | None = None, peer: PeerRank | None = None) -> Outcome:
-        with monkeypatch.context() as m:
-            for key, value in (env or {}).items():
-                m.setenv(key, value)
-            if peer:
-                m.setattr(dist, "any_rank", peer)
-            code = train.main(args)
-        out, err = capsys.readouterr()
-        return Outcome(code, out, err)
-
-    return run
-
-
 
 
 # --- the agreement: whatever one rank sees, every rank stops at the same check ---

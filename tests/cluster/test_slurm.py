@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
 
-from cluster.conftest import PY, SMOKE, Lab, assert_same_weights, job_env, user_edited_job_script
+from cluster.conftest import PY, SLOW, SMOKE, Lab, assert_same_weights, job_env, user_edited_job_script, wait_for_epoch
 
 pytestmark = pytest.mark.cluster
 
@@ -99,3 +101,29 @@ def test_array_tasks_requeue_themselves_and_end_with_the_launch_status(lab: Lab)
         assert (job.state, job.restarts, job.exit_code) == (state, 1, code), (job.info, job.log)
         assert f"requeueing job {array_job}_{task}" in job.log
         assert job.log.count("segment") == 2, job.log  # --open-mode=append kept the first segment's lines
+
+
+def test_a_rank_killed_in_an_srun_step_is_named_by_a_survivor_on_the_other_host(lab: Lab):
+    """kill -9 of rank 1 (hm-n2) mid-run, as the OOM killer would: rank 0 on hm-n1 cannot see that host's
+    processes, so rank 1 is gone when it does not answer in the rendezvous store within 5 s; one line names it
+    with its host and pid, the job fails with the trainer's exit 5, and status.json says so."""
+    work = lab.workdir("dead-rank")
+    run_dir = work / "runs" / "r"
+    script = work / "job.sh"
+    script.write_text(f"""#!/bin/bash
+srun -N2 -n2 {PY} -m hpc_mnist.train {' '.join(SMOKE)} {SLOW} train.epochs=300 log.dir={work / 'runs'} log.name=r
+""")
+    job = lab.sbatch(script, "-N2", "-n2", "-t", "5", out=work / "job.out")
+    wait_for_epoch(lab, job, run_dir, epoch=2)
+    ranks = json.loads((run_dir / "ranks.json").read_text())
+    assert ranks["hosts"] == ["hm-n1", "hm-n2"]
+    os.kill(ranks["pids"][1], signal.SIGKILL)  # the lab's hosts share this machine's process table
+    finished = lab.wait(job, work / "job.out", timeout=120)
+    ours = [line for line in finished.log.splitlines() if line.startswith("hpc_mnist: error")]
+    assert len(ours) == 1 and ours[0].startswith(
+        f"hpc_mnist: error: rank 1 (pid {ranks['pids'][1]}) on hm-n2 is gone: no answer within 5 s. Rank 0 stopped "
+        "in epoch "), finished.log[-3000:]
+    assert finished.state == "FAILED", finished.info
+    st = json.loads((run_dir / "status.json").read_text())
+    assert (st["state"], st["reason"], st["rank"], st["rank_host"], st["exit_code"]) == (
+        "failed", "rank lost", 1, "hm-n2", 5)
