@@ -249,7 +249,29 @@ def run(args: argparse.Namespace) -> int:
         if p.exit_code:
             print(f"  failed with exit code {p.exit_code}: see {p.run_dir}.log", flush=True)
         manifest.write_text(json.dumps({**meta, "points": [asdict(q) for q in points]}, indent=2) + "\n")
-    return report_paths([sweep_dir], args.target, sweep_dir)
+    comm_json = measure_network(points, sweep_dir, hosts, threads) if args.predict else None
+    return report_paths([sweep_dir], args.target, sweep_dir, comm_json=comm_json)
+
+
+def measure_network(points: list[Point], sweep_dir: Path, hosts: list[str] | None, threads: int) -> Path | None:
+    """The all-reduce benchmark (hpc_mnist.comm) through the largest point's launch, on the hosts the sweep
+    ran on: the report then puts the scaling model's prediction and its error beside each measured point."""
+    largest = max(points, key=lambda p: (p.ranks, p.nodes))
+    if largest.ranks < 2:
+        print("# no prediction: the sweep's largest point has one rank, no all-reduce to measure", flush=True)
+        return None
+    out = sweep_dir / "comm.json"
+    command = [*largest.command[:largest.command.index("--") + 1], sys.executable, "-m", "hpc_mnist.comm",
+               "--json", str(out)]
+    print(f"[all-reduce benchmark on {largest.ranks} rank(s), {largest.nodes} node(s)] {out}", flush=True)
+    with open(sweep_dir / "comm.log", "w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                              env=_point_env(largest, hosts, sweep_dir, threads)).returncode
+    if code or not out.exists():
+        print(f"  failed with exit code {code}: see {sweep_dir / 'comm.log'}; the report has no predictions",
+              flush=True)
+        return None
+    return out
 
 
 def _epoch_metrics(run_dir: Path, target: float) -> tuple[float | None, float | None]:
@@ -506,6 +528,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--target", type=float, default=0.9,
                    help="validation accuracy for 'time to target' (default: 0.9)")
     r.add_argument("--sweep-dir", default="", help="folder of the sweep (default: runs/scaling-<date>-<time>)")
+    r.add_argument("--predict", action="store_true",
+                   help="after the points, time the all-reduce across the largest point's ranks (hpc_mnist.comm) "
+                   "and put the scaling model's predicted samples/s and its error beside each point")
     r.add_argument("--dry-run", action="store_true", help="print each point's launch line, run nothing")
     r.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: arguments for hpc_mnist.train")
     rep = sub.add_parser("report", help="tables and plots from sweep or run directories")

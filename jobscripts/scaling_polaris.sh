@@ -25,6 +25,8 @@ MODE=${MODE:-weak}                        # weak: BATCH per rank; strong: BATCH 
 BATCH=${BATCH:-128}
 EPOCHS=${EPOCHS:-2}
 REPEATS=${REPEATS:-1}
+PREDICT=${PREDICT:-1}                     # 1: then time the all-reduce on the largest point's nodes; the report
+                                          # puts the scaling model's prediction and its error beside each point
 RANKS_PER_NODE=${RANKS_PER_NODE:-4}
 PYTHON=${PYTHON:-python}
 SWEEP_DIR=${SWEEP_DIR:-runs/scaling-${PBS_JOBID%%.*}}   # one folder per job: points, logs, report
@@ -38,7 +40,8 @@ if [ -z "${NODES:-}" ]; then              # powers of two up to the allocation, 
     [ "$allocated" -gt 1 ] && NODES="$NODES,$allocated"
 fi
 
+predict=(); [ "$PREDICT" = 1 ] && predict=(--predict)
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
 job_run "$PYTHON" -m hpc_mnist.scaling run --system polaris --nodes "$NODES" --ppn "$RANKS_PER_NODE" --mode "$MODE" \
-    --batch "$BATCH" --epochs "$EPOCHS" --repeats "$REPEATS" --sweep-dir "$SWEEP_DIR" \
+    --batch "$BATCH" --epochs "$EPOCHS" --repeats "$REPEATS" --sweep-dir "$SWEEP_DIR" "${predict[@]}" \
     -- --config "$CONFIG" $OVERRIDES

@@ -27,6 +27,8 @@ MODE=${MODE:-weak}                        # weak: BATCH per rank; strong: BATCH 
 BATCH=${BATCH:-128}
 EPOCHS=${EPOCHS:-2}
 REPEATS=${REPEATS:-1}
+PREDICT=${PREDICT:-1}                     # 1: then time the all-reduce on the largest point's nodes; the report
+                                          # puts the scaling model's prediction and its error beside each point
 case "$SYSTEM" in                         # ranks per node: one per GPU (GCD on Frontier)
     frontier) RANKS_PER_NODE=${RANKS_PER_NODE:-8} ;;
     perlmutter) RANKS_PER_NODE=${RANKS_PER_NODE:-4} ;;
@@ -46,7 +48,8 @@ if [ -z "${NODES:-}" ]; then              # powers of two up to the allocation, 
     [ "$allocated" -gt 1 ] && NODES="$NODES,$allocated"
 fi
 
+predict=(); [ "$PREDICT" = 1 ] && predict=(--predict)
 # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
 job_run "$PYTHON" -m hpc_mnist.scaling run --system "$SYSTEM" --nodes "$NODES" --ppn "$RANKS_PER_NODE" --mode "$MODE" \
-    --batch "$BATCH" --epochs "$EPOCHS" --repeats "$REPEATS" --sweep-dir "$SWEEP_DIR" \
+    --batch "$BATCH" --epochs "$EPOCHS" --repeats "$REPEATS" --sweep-dir "$SWEEP_DIR" "${predict[@]}" \
     -- --config "$CONFIG" $OVERRIDES

@@ -80,8 +80,8 @@ preflight() {
     return "$status"
 }
 
-# job_launch CMD...: the training launch; afterwards continue the run when the trainer stopped for the time
-# limit. Returns the launch's exit status, which the job script exits with (a batch script whose last
+# job_launch CMD...: the training launch; afterwards continue the run when the trainer says so (requeue true:
+# stopped for the time limit, or a rank lost after progress). Returns the launch's exit status, which the job script exits with (a batch script whose last
 # command succeeds is COMPLETED even when its launch failed).
 job_launch() {
     local status=0
@@ -116,13 +116,13 @@ job_usr1() {
 
 continue_slurm_job() {
     if [ "${SLURM_RESTART_COUNT:-0}" -ge "${MAX_REQUEUES:-10}" ]; then
-        echo "hpc_mnist: stopped for the time limit with a checkpoint; not requeueing job $JOB_ID again" \
+        echo "hpc_mnist: $(stopped_why) with a checkpoint; not requeueing job $JOB_ID again" \
             "(requeued ${SLURM_RESTART_COUNT:-0} times, MAX_REQUEUES=${MAX_REQUEUES:-10}): resubmit with the same RUN_NAME"
     elif ! command -v scontrol >/dev/null 2>&1; then
-        echo "hpc_mnist: stopped for the time limit with a checkpoint, but scontrol is not available here to" \
+        echo "hpc_mnist: $(stopped_why) with a checkpoint, but scontrol is not available here to" \
             "requeue job $JOB_ID: resubmit with the same RUN_NAME to continue"
     else
-        echo "hpc_mnist: stopped for the time limit with a checkpoint; requeueing job $JOB_ID to continue"
+        echo "hpc_mnist: $(stopped_why) with a checkpoint; requeueing job $JOB_ID to continue"
         scontrol requeue "$JOB_ID"
     fi
 }
@@ -130,6 +130,19 @@ continue_slurm_job() {
 # PBS: submit the same script (PBS's copy of it, $0), variables and resources as a job that starts after this
 # one has ended, on the same run directory (hpc_mnist/pbs.py builds the qsub line from qstat). RESUBMIT_COUNT
 # counts the jobs that carried the run; MAX_RESUBMITS (10) bounds it.
+# stopped_why: why the run stopped with requeue true: the time limit, or a rank (or its host) lost after
+# this job's segment had saved a checkpoint (the trainer sets requeue only then, so that a rank that dies
+# again at the same place, out of memory say, does not requeue the job over and over).
+stopped_why() {
+    if grep -qs '"reason": *"rank lost"' "$HPC_MNIST_STATUS_FILE"; then
+        echo "a rank was lost (above), after this job had made progress"
+    elif [ "$JOB_SCHEDULER" = pbs ]; then
+        echo "stopped for the walltime"
+    else
+        echo "stopped for the time limit"
+    fi
+}
+
 # run_name: the run directory's name, from the status file.
 run_name() {
     local run
@@ -141,13 +154,13 @@ continue_pbs_job() {
     local count=${RESUBMIT_COUNT:-0} run new
     run=$(run_name)
     if [ "$count" -ge "${MAX_RESUBMITS:-10}" ]; then
-        echo "hpc_mnist: stopped for the walltime with a checkpoint; not continuing run $run again ($count jobs" \
+        echo "hpc_mnist: $(stopped_why) with a checkpoint; not continuing run $run again ($count jobs" \
             "submitted, MAX_RESUBMITS=${MAX_RESUBMITS:-10}): resubmit with RUN_NAME=$run"
     elif new=$("${PYTHON:-python}" -m hpc_mnist.runtime.pbs continue --script "$0" --run-name "$run" \
             --count $((count + 1))); then
-        echo "hpc_mnist: stopped for the walltime with a checkpoint; job $new continues run $run after job $JOB_ID ends"
+        echo "hpc_mnist: $(stopped_why) with a checkpoint; job $new continues run $run after job $JOB_ID ends"
     else
-        echo "hpc_mnist: stopped for the walltime with a checkpoint, but the job to continue it could not be" \
+        echo "hpc_mnist: $(stopped_why) with a checkpoint, but the job to continue it could not be" \
             "submitted (above): resubmit with RUN_NAME=$run"
     fi
 }

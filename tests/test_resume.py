@@ -99,10 +99,11 @@ def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
 
-def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
-    """A full disk, simulated by a file-size limit: the checkpoint write fails, the previous one survives."""
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, train_here):
+    """A file-size limit (a quota; a full disk: test_faults.py): the checkpoint write fails, the previous one
+    survives. The limited run needs a process of its own; the first segment runs here."""
     args = [*RUN, "model.name=mlp", f"log.dir={tmp_path}", "log.name=r"]
-    ok(run_train([*args, "train.epochs=1"]))
+    assert train_here([*args, "train.epochs=1"]).code == 0
     before = checkpoint.existing(tmp_path / "r")
     env = clean_env()
     result = subprocess.run([sys.executable, "-m", "hpc_mnist.train", *args, "train.epochs=2"], cwd=REPO, env=env,
@@ -115,13 +116,13 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert not list((tmp_path / "r").glob(".*.tmp"))
 
 
-def test_two_runs_in_one_directory(tmp_path):
+def test_two_runs_in_one_directory(tmp_path, train_here):
     proc = popen([*RUN, "train.epochs=1000", f"log.dir={tmp_path}", "log.name=r"], [sys.executable])  # killed below
     try:
         wait_for_rows(tmp_path / "r", 1, proc)
-        result = run_train([*RUN, f"log.dir={tmp_path}", "log.name=r"])
-        assert result.returncode == 2
-        assert f"run directory {tmp_path / 'r'} is in use by another run" in result.stderr
+        result = train_here([*RUN, f"log.dir={tmp_path}", "log.name=r"])  # the second run: this process
+        assert result.code == 2
+        assert f"run directory {tmp_path / 'r'} is in use by another run" in result.err
     finally:
         proc.kill()
         proc.communicate()

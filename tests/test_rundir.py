@@ -4,7 +4,7 @@ import shlex
 
 import pytest
 
-from conftest import REPO, run_train
+from conftest import REPO
 from hpc_mnist.core import config
 from hpc_mnist.runtime import rundir
 
@@ -48,13 +48,13 @@ def test_the_readme_examples_each_land_in_their_own_run(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_finished_run_still_checks_its_data_root(mnist_root, tmp_path):
+def test_a_finished_run_still_checks_its_data_root(mnist_root, tmp_path, train_here):
     """A typo'd data.root on a finished run used to exit 0 ('would apply only to further epochs')."""
     args = ["--config", "configs/mlp.yaml", "train.epochs=1", "data.download=false", f"log.dir={tmp_path}",
-            "log.name=r"]
-    assert run_train([*args, f"data.root={mnist_root}"]).returncode == 0
+            "log.name=r", "log.console=plain"]
+    assert train_here([*args, f"data.root={mnist_root}"]).code == 0
     typo = tmp_path / "mnsit"
-    result = run_train([*args, f"data.root={typo}"])
-    assert result.returncode == 2 and result.stderr == (f"hpc_mnist: error: data.root {typo} does not exist: check "
-                                                        "the path (nothing was created there); unset it to use "
-                                                        "the MNIST copy bundled with hpc_mnist\n")
+    result = train_here([*args, f"data.root={typo}"])
+    assert result.code == 2 and result.err == (f"hpc_mnist: error: data.root {typo} does not exist: check "
+                                               "the path (nothing was created there); unset it to use "
+                                               "the MNIST copy bundled with hpc_mnist\n")

@@ -138,7 +138,7 @@ def test_scaling_job_script_on_two_fake_nodes(tmp_path, script):
                     STUB_LOG=str(tmp_path / "log"), REAL_MPIEXEC=MPIEXEC, PYTHON=sys.executable,
                     CONFIG="configs/smoke.yaml", RANKS_PER_NODE="1", EPOCHS="1", BATCH="64",
                     OVERRIDES="train.precision=fp32 log.tensorboard=false", SWEEP_DIR=str(tmp_path / "sweep"),
-                    OMP_NUM_THREADS="1", HPC_MNIST_MASTER_DOMAIN="", TMPDIR=str(tmp_path / "tmp"))
+                    PREDICT="0", OMP_NUM_THREADS="1", HPC_MNIST_MASTER_DOMAIN="", TMPDIR=str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     if script == "scaling_polaris.sh":
         nodefile = tmp_path / "nodefile"

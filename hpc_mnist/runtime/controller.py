@@ -77,6 +77,9 @@ class RunController:
         except RuntimeError as e:
             if peers.is_lost(e) and rt.world_size > 1:
                 error = peers.lost_error(rt, e, self._where())
+                # A job script requeues after a lost rank (a host that died) only if this segment saved a
+                # checkpoint: a rank that dies again at the same place (out of memory) must not loop.
+                error.status["requeue"] = self.checkpoint is not None
                 self._failed(error, writer=rt.is_main or not error.on_all_ranks)
                 raise error from None
             if not hang.is_timeout(e):

@@ -11,6 +11,7 @@ and mpiexec's reports follow ours with it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -40,29 +41,33 @@ def process_exists(pid: int) -> bool:
 
 
 def gone(rt: dist.Runtime, wait: float = ANSWER_WITHIN) -> dict[int, str]:
-    """{rank: how we know it is gone} for the ranks that died, as this surviving rank sees them."""
+    """{rank: how we know it is gone} for the ranks that died, as this surviving rank sees them.
+
+    A dying process closes its sockets before it becomes a zombie, so its pid is looked at again until it has
+    gone or `wait` has passed; ranks on other hosts have until then to answer in the rendezvous store."""
     here = socket.gethostname()
+    local = [r for r in range(rt.world_size) if r != rt.rank and rt.hosts[r] == here]
+    remote = [r for r in range(rt.world_size) if r != rt.rank and rt.hosts[r] != here]
     found: dict[int, str] = {}
-    remote = []
-    for rank, (host, pid) in enumerate(zip(rt.hosts, rt.pids, strict=True)):
-        if rank == rt.rank:
-            continue
-        if host == here:
-            if not process_exists(pid):
-                found[rank] = "its process no longer exists"
-        else:
-            remote.append(rank)
     store = dist.store()
     try:
         store.set(f"hpc_mnist/alive/{rt.rank}", "1")
-        deadline = time.monotonic() + wait
-        while remote and time.monotonic() < deadline:
-            remote = [r for r in remote if not store.check([f"hpc_mnist/alive/{r}"])]
-            time.sleep(0.1)
-        found.update({r: f"no answer within {wait:g} s" for r in remote})
     except Exception:  # the store lived in the dead process (rank 0 hosts it unless torchrun's agent does)
-        if 0 not in found and rt.hosts[0] != here:
+        store = None
+        if rt.hosts[0] != here:
             found[0] = "the job's rendezvous store, which rank 0 hosts, is unreachable"
+            remote.remove(0)
+    deadline = time.monotonic() + wait
+    while True:
+        found.update({r: "its process no longer exists" for r in local if not process_exists(rt.pids[r])})
+        local = [r for r in local if r not in found]
+        if store is not None:
+            with contextlib.suppress(Exception):
+                remote = [r for r in remote if not store.check([f"hpc_mnist/alive/{r}"])]
+        if time.monotonic() >= deadline or (found and not remote):
+            break
+        time.sleep(0.05)
+    found.update({r: f"no answer within {wait:g} s" for r in remote})
     return dict(sorted(found.items()))
 
 

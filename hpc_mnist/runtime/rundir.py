@@ -240,7 +240,8 @@ def write_status(run_dir: Path, state: str, *, reason: str | None = None, signal
                  exit_code: int = 0, **facts: Any) -> dict[str, Any]:
     """Why the run ended (or that it is running): completed | stopped | failed | running.
 
-    `requeue` is true only after a deadline stop, so job scripts requeue then and never after a cancel.
+    `requeue` is true after a deadline stop, so job scripts requeue then and never after a cancel; a failure
+    may set it in `facts` (a rank lost after this segment saved a checkpoint: peers.py, controller.py).
     """
     status = {"state": state, "reason": reason, "signal": signal, "requeue": state == "stopped" and
               reason == "deadline", "exit_code": exit_code, "run_dir": str(run_dir), **facts,

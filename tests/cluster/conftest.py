@@ -152,17 +152,17 @@ def lab() -> Lab:
 
 
 def user_edited_job_script(dest: Path, nodes: int = 2, tasks_per_node: int = 2, time: str = "00:05:00",
-                           name: str = "slurm.sh") -> Path:
-    """jobscripts/slurm.sh changed only where its header tells a user to: account, partition, nodes,
-    tasks per node, time limit; no GPUs on the lab."""
-    text = (REPO / "jobscripts" / "slurm.sh").read_text()
+                           name: str = "slurm.sh", source: str = "slurm.sh") -> Path:
+    """jobscripts/slurm.sh (or another Slurm script, `source`) changed only where its header tells a user to:
+    account, partition, nodes, tasks per node, time limit; no GPUs on the lab."""
+    text = (REPO / "jobscripts" / source).read_text()
     edits = [(r"#SBATCH -A \S+", "#SBATCH -A lab"), (r"#SBATCH -p \S+", "#SBATCH -p debug"),
              (r"#SBATCH -N \d+", f"#SBATCH -N {nodes}"),
              (r"#SBATCH --ntasks-per-node=\d+", f"#SBATCH --ntasks-per-node={tasks_per_node}"),
              (r"#SBATCH --gpus-per-node=\d+\n", ""), (r"#SBATCH -t \S+", f"#SBATCH -t {time}")]
     for pattern, replacement in edits:
         text, count = re.subn(pattern, replacement, text)
-        assert count == 1, f"jobscripts/slurm.sh no longer has one line matching {pattern!r}"
+        assert count == 1, f"jobscripts/{source} no longer has one line matching {pattern!r}"
     path = dest / name
     path.write_text(text)
     return path

@@ -270,7 +270,8 @@ def test_array_subjobs_have_a_run_directory_each(pbs_lab: PbsLab):
 
 
 def test_scaling_sweep_of_one_and_two_nodes_in_one_job(pbs_lab: PbsLab):
-    """(h) jobscripts/scaling_polaris.sh through the PALS stand-in: 1 and 2 nodes in one PBS job, its report."""
+    """(h) jobscripts/scaling_polaris.sh through the PALS stand-in: 1 and 2 nodes in one PBS job, the
+    all-reduce on both, and its report with the scaling model's prediction and error beside each point."""
     work = pbs_lab.workdir("scaling")
     job = submit(pbs_lab, work, "scaling_polaris.sh", "", pals=True, EPOCHS="1", SWEEP_DIR=str(work / "sweep"),
                  OVERRIDES="log.console=plain train.precision=fp32 log.tensorboard=false data.synthetic_train=4000")
@@ -280,6 +281,9 @@ def test_scaling_sweep_of_one_and_two_nodes_in_one_job(pbs_lab: PbsLab):
     launches = (work / "pals.log").read_text()
     assert "mpiexec -n 2 --ppn 2 --depth 8 --cpu-bind depth" in launches, launches
     assert "mpiexec -n 4 --ppn 2 --depth 8 --cpu-bind depth" in launches, launches
+    assert "hpc_mnist.comm --json" in launches, launches  # the all-reduce on both hosts, for the predictions
+    report = (work / "sweep" / "scaling.md").read_text()
+    assert "Error of the predicted samples/s (no overlap) on the other measured points: 4 ranks " in report, report
 
 
 @pytest.mark.parametrize("script", ["polaris.sh", "aurora.sh"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -127,3 +128,27 @@ srun -N2 -n2 {PY} -m hpc_mnist.train {' '.join(SMOKE)} {SLOW} train.epochs=300 l
     st = json.loads((run_dir / "status.json").read_text())
     assert (st["state"], st["reason"], st["rank"], st["rank_host"], st["exit_code"]) == (
         "failed", "rank lost", 1, "hm-n2", 5)
+
+
+def test_scaling_sweep_of_one_and_two_hosts_with_the_models_prediction_beside_each_point(lab: Lab):
+    """jobscripts/scaling_slurm.sh as a user edits it, 2 hosts x 1 rank: the sweep (1 and 2 hosts, gloo across
+    them), the all-reduce benchmark on both hosts, and the report with the scaling model's predicted samples/s
+    and its error beside each measured point: the loop a user runs at a centre, on real hosts."""
+    work = lab.workdir("scaling")
+    script = user_edited_job_script(work, nodes=2, tasks_per_node=1, time="00:10:00", name="scaling.sh",
+                                    source="scaling_slurm.sh")
+    job = lab.submit_and_wait(script, out=work / "job.out", timeout=300, env=lab.job_env(
+        CONFIG="configs/smoke.yaml", PYTHON=PY, HPC_MNIST_JOB_FILES=str(work / "jobfiles"), EPOCHS="1",
+        SWEEP_DIR=str(work / "sweep"), OVERRIDES="log.console=plain train.precision=fp32 log.tensorboard=false "
+        "data.synthetic_train=8000"))
+    assert job.state == "COMPLETED", job.log[-3000:]
+    comm = json.loads((work / "sweep" / "comm.json").read_text())
+    assert comm["ranks"] == 2 and comm["fit"], comm.keys()
+    with open(work / "sweep" / "scaling.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["nodes"], r["ranks"], r["status"]) for r in rows] == [("1", "1", "ok"), ("2", "2", "ok")]
+    assert float(rows[0]["model_error"]) == pytest.approx(0, abs=1e-9)  # the compute term comes from this point
+    assert rows[1]["predicted_samples_per_s"] and abs(float(rows[1]["model_error"])) < 10  # a number, printed
+    report = (work / "sweep" / "scaling.md").read_text()
+    assert "Error of the predicted samples/s (no overlap) on the other measured points: 2 ranks " in report
+    assert "model error" in job.log

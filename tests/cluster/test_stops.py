@@ -6,7 +6,10 @@ resumed runs end with the weights of an uninterrupted run, bit for bit, and each
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -198,3 +201,40 @@ def test_time_limit_kill_the_trainer_did_not_foresee(lab: Lab):
     st = status(run_dir)
     assert st["state"] == "stopped" and st["epochs_done"] >= 1, (st, result.log)
     assert_whole_checkpoint(run_dir, st)
+
+
+def crash(host: str) -> int:
+    """A host dies: SIGKILL to every process in its network namespace at once (its slurmd, the job's step
+    daemon, the ranks). Unlike a powered-off host its sockets close, so peers see resets, not silence."""
+    pids = subprocess.run(["ip", "netns", "pids", host], capture_output=True, text=True, check=True).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    return len(pids)
+
+
+def test_a_host_that_dies_ends_the_segment_and_the_requeued_job_ends_as_uninterrupted(lab: Lab,
+                                                                                     uninterrupted: Path):
+    """hm-n2 dies in epoch 2 or later (every process on it, slurmd included): the ranks on hm-n1 name the lost
+    ranks in one line and stop; the job script requeues the job (this segment saved checkpoints); the job waits
+    for two hosts until hm-n2's slurmd is back, then continues from the newest checkpoint to the weights of an
+    uninterrupted run, bit for bit, each epoch logged once."""
+    work = lab.workdir("host-dies")
+    run_dir = work / "runs" / "crash"
+    job, out = submit(lab, work, "crash", time_limit="00:10:00")
+    wait_for_epoch(lab, job, run_dir, epoch=2)
+    assert crash("hm-n2") >= 3  # slurmd, the step daemon, two ranks
+    deadline = time.monotonic() + 150
+    while lab.show(job).get("Restarts", "0") == "0":
+        assert time.monotonic() < deadline, f"job {job} was not requeued: {lab.show(job)}"
+        time.sleep(1)
+    first = out.read_text()
+    named = [line for line in first.splitlines() if line.startswith("hpc_mnist: error")]
+    assert len(named) == 1 and "on hm-n2 is gone: no answer within 5 s" in named[0], first[-3000:]
+    assert "a rank was lost (above), after this job had made progress" in first and "requeueing job" in first
+    lab.onnode("hm-n2", ["slurmd", "-f", lab.env["SLURM_CONF"], "-N", "hm-n2"], timeout=30)  # the host is back
+    result = finished(lab, job, out, timeout=300)
+    assert result.state == "COMPLETED", (result.info, result.log[-3000:])
+    assert segments(result) == 2
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)
