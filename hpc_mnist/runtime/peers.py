@@ -43,8 +43,9 @@ def process_exists(pid: int) -> bool:
 def gone(rt: dist.Runtime, wait: float = ANSWER_WITHIN) -> dict[int, str]:
     """{rank: how we know it is gone} for the ranks that died, as this surviving rank sees them.
 
-    A dying process closes its sockets before it becomes a zombie, so its pid is looked at again until it has
-    gone or `wait` has passed; ranks on other hosts have until then to answer in the rendezvous store."""
+    Every survivor says so in the rendezvous store first. A dying process closes its sockets before it becomes a
+    zombie, so a pid on this host is looked at again until it has gone or `wait` has passed (a survivor that
+    answered and has exited since is not gone); ranks on other hosts have until then to answer."""
     here = socket.gethostname()
     local = [r for r in range(rt.world_size) if r != rt.rank and rt.hosts[r] == here]
     remote = [r for r in range(rt.world_size) if r != rt.rank and rt.hosts[r] != here]
@@ -57,13 +58,18 @@ def gone(rt: dist.Runtime, wait: float = ANSWER_WITHIN) -> dict[int, str]:
         if rt.hosts[0] != here:
             found[0] = "the job's rendezvous store, which rank 0 hosts, is unreachable"
             remote.remove(0)
+
+    def answered(rank: int) -> bool:  # a survivor, even if it has exited since
+        with contextlib.suppress(Exception):
+            return store is not None and store.check([f"hpc_mnist/alive/{rank}"])
+        return False
+
     deadline = time.monotonic() + wait
     while True:
-        found.update({r: "its process no longer exists" for r in local if not process_exists(rt.pids[r])})
+        found.update({r: "its process no longer exists" for r in local
+                      if not process_exists(rt.pids[r]) and not answered(r)})
         local = [r for r in local if r not in found]
-        if store is not None:
-            with contextlib.suppress(Exception):
-                remote = [r for r in remote if not store.check([f"hpc_mnist/alive/{r}"])]
+        remote = [r for r in remote if not answered(r)]
         if time.monotonic() >= deadline or (found and not remote):
             break
         time.sleep(0.05)
