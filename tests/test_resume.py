@@ -18,6 +18,7 @@ from conftest import (
     clean_env,
     ok,
     popen,
+    ranks,
     read_jsonl,
     run_train,
     wait_for_rows,
@@ -35,9 +36,9 @@ EPOCHS = 24
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """An uninterrupted reference run: 4 epochs on 2 processes (one process: test_stop_rules.py, in-process)."""
+    """An uninterrupted reference run: EPOCHS epochs on 2 processes (one process: test_stop_rules.py, in-process)."""
     out = tmp_path_factory.mktemp("straight")
-    ok(run_train([*RUN, f"train.epochs={EPOCHS}", f"log.dir={out}", "log.name=two"], launcher=TORCHRUN))
+    ok(run_train([*RUN, f"train.epochs={EPOCHS}", f"log.dir={out}", "log.name=two"], launcher=ranks(2)))
     return out
 
 
@@ -65,7 +66,7 @@ def test_sigterm_to_one_rank_stops_both_and_resume_matches(straight, tmp_path):
     assert Path(summary["checkpoint"]).exists()
     stopped = checkpoint.load(Path(summary["checkpoint"]))
     assert len(stopped["rng"]) == 2 and len(stopped["partial"] or []) in (0, 2)
-    result = ok(run_train([*RUN, f"train.epochs={EPOCHS}", f"log.dir={tmp_path}", "log.name=r"], launcher=TORCHRUN))
+    result = ok(run_train([*RUN, f"train.epochs={EPOCHS}", f"log.dir={tmp_path}", "log.name=r"], launcher=ranks(2)))
     assert "continuing" in result.stdout.splitlines()[0]
     assert_same_run(straight / "two", tmp_path / "r")
 

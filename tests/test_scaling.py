@@ -3,14 +3,13 @@
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import MPIEXEC, REPO, clean_env, fake_run
+from conftest import REPO, clean_env, fake_run
 from hpc_mnist import scaling
 
 STUBS = REPO / "tests" / "stubs"
@@ -127,37 +126,6 @@ def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
     assert "different threads per rank" not in (sweep / "scaling.md").read_text()
     config = (sweep / "weak-n1-r2-1" / "config.yaml").read_text()
     assert "scale_lr: true" in config  # weak scaling grows the global batch: linear lr scaling
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("script", ["scaling_slurm.sh"])  # scaling_polaris.sh: on the PBS lab (tests/cluster)
-def test_scaling_job_script_on_two_fake_nodes(tmp_path, script):
-    if MPIEXEC is None:
-        pytest.skip("no mpiexec")
-    env = clean_env("HPC_MNIST_", PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-                    STUB_LOG=str(tmp_path / "log"), REAL_MPIEXEC=MPIEXEC, PYTHON=sys.executable,
-                    CONFIG="configs/smoke.yaml", RANKS_PER_NODE="1", EPOCHS="1", BATCH="64",
-                    OVERRIDES="train.precision=fp32 log.tensorboard=false", SWEEP_DIR=str(tmp_path / "sweep"),
-                    PREDICT="0", OMP_NUM_THREADS="1", HPC_MNIST_MASTER_DOMAIN="", TMPDIR=str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    if script == "scaling_polaris.sh":
-        nodefile = tmp_path / "nodefile"
-        nodefile.write_text(f"{socket.gethostname()}\nsecond-node\n")
-        env.update(PBS_JOBID="77.pbs", PBS_NODEFILE=str(nodefile), PBS_O_WORKDIR=str(REPO))
-    else:
-        env.update(SLURM_JOB_ID="77", SLURM_JOB_NUM_NODES="2", SLURM_NNODES="2", SLURM_SUBMIT_DIR=str(REPO),
-                   SLURM_JOB_NODELIST="localhost")
-    result = subprocess.run(["bash", str(REPO / "jobscripts" / script)], capture_output=True, text=True, env=env,
-                            cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    with open(tmp_path / "sweep" / "scaling.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["nodes"], r["ranks"], r["status"]) for r in rows] == [("1", "1", "ok"), ("2", "2", "ok")]
-    calls = (tmp_path / "log").read_text()
-    expected = ["mpiexec -n 1 --ppn 1", "mpiexec -n 2 --ppn 1"] if script == "scaling_polaris.sh" else \
-        ["srun -N 1 -n 1", "srun -N 2 -n 2"]
-    assert all(e in calls for e in expected)
-    assert not list((tmp_path / "tmp").glob("hostfile-*"))  # the sweep's node files live in the sweep folder
 
 
 def _trainer_sees(point: scaling.Point) -> "object":
