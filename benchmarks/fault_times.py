@@ -3,7 +3,7 @@
     python benchmarks/fault_times.py [--json benchmarks/fault-times-DATE.json]
 
 Real processes on this machine (2 ranks, gloo, a small CNN on synthetic data): kill -9 of one rank under
-torchrun and under MPICH's mpiexec (-disable-auto-cleanup, as hpc_mnist.launch runs it), timed from the kill
+torchrun and under MPICH's mpiexec (with -disable-auto-cleanup, so the survivors live on), timed from the kill
 to the survivor's line and to the launcher's exit; a non-finite loss on one rank, counted in steps from the
 fault to the stop.
 """

@@ -114,31 +114,25 @@ def aurora_cpu_bind(ppn: int) -> str:
 
 
 def mpi_flavour() -> str:
-    """'openmpi'; 'hydra' for MPICH's own mpiexec; or 'mpich' for the rest of the `--ppn` family (Cray PALS,
-    Intel MPI); from HPC_MNIST_MPI or `mpiexec --version`."""
+    """'openmpi', or 'mpich' for the `--ppn` family (MPICH, Cray PALS, Intel MPI), from HPC_MNIST_MPI or mpiexec."""
     if os.environ.get("HPC_MNIST_MPI"):
         return os.environ["HPC_MNIST_MPI"]
     try:
         out = subprocess.run(["mpiexec", "--version"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return "mpich"
-    text = out.stdout + out.stderr
-    if "open mpi" in text.lower() or "openrte" in text.lower():
-        return "openmpi"
-    return "hydra" if "HYDRA build details" in text else "mpich"
+    return "openmpi" if "open mpi" in (out.stdout + out.stderr).lower() or "openrte" in out.stdout.lower() \
+        else "mpich"
 
 
 def launch_line(name: str, nodes: int, ppn: int, cpu_bind: str | None, hosts: list[str],
                 command: list[str]) -> list[str]:
     n = str(nodes * ppn)
     if name in ("polaris", "aurora", "pbs"):
-        flavour = mpi_flavour() if name == "pbs" else "mpich"
-        if flavour == "openmpi":  # Open MPI has no --ppn
+        if name == "pbs" and mpi_flavour() == "openmpi":  # Open MPI has no --ppn
             line = ["mpiexec", "-n", n, "--map-by", f"ppr:{ppn}:node"]
         else:
             line = ["mpiexec", "-n", n, "--ppn", str(ppn)]
-        if flavour == "hydra":  # else Hydra SIGKILLs the survivors of a dead rank before they can name it
-            line.append("-disable-auto-cleanup")
         if name == "polaris":
             line += ["--depth", "8", "--cpu-bind", cpu_bind or "depth"]
         elif name == "aurora":

@@ -92,12 +92,12 @@ def test_a_rank_killed_under_torchrun_is_named_by_a_survivor_within_seconds(tmp_
 
 @pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich)")
 def test_a_rank_killed_under_mpiexec_leaves_a_true_record(tmp_path):
-    """MPICH's mpiexec as hpc_mnist.launch runs it (-disable-auto-cleanup; by default Hydra SIGKILLs the survivors
-    at once, and its report names a pid of its choosing). Even so Hydra may exit as soon as one rank dies,
-    taking the survivors' output with it (measured: in 2 of 8 tries here): status.json is the record. It names
-    the dead rank when the survivor got that far, and reads as failed (gone) when not."""
-    cmd = [MPIEXEC, "-disable-auto-cleanup", "-n", "2", sys.executable, "-m", "hpc_mnist.train", *RUN,
-           f"log.dir={tmp_path}", "log.name=r"]
+    """MPICH's mpiexec (Hydra) SIGKILLs the other ranks as soon as one dies, and its report names a pid of its
+    own choosing, not the dead rank's (measured): status.json is the record. It names the dead rank when the
+    survivor got that far, and reads as failed (gone) when not; ranks.json maps pids to ranks. (With
+    -disable-auto-cleanup the survivors live on, but Hydra signals them with SIGUSR1, even after a normal end
+    of one rank, and may still exit before they speak: not used.)"""
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "hpc_mnist.train", *RUN, f"log.dir={tmp_path}", "log.name=r"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
