@@ -76,11 +76,12 @@ class RunController:
                 yield self
         except RuntimeError as e:
             if peers.is_lost(e) and rt.world_size > 1:
-                error = peers.lost_error(rt, e, self._where())
+                newest = self._newest_checkpoint()
+                error = peers.lost_error(rt, e, self._where(newest))
                 # A job script requeues after a lost rank (a host that died) only if this segment saved a
                 # checkpoint: a rank that dies again at the same place (out of memory) must not loop.
                 error.status["requeue"] = self.checkpoint is not None
-                self._failed(error, writer=rt.is_main or not error.on_all_ranks)
+                self._failed(error, writer=rt.is_main or not error.on_all_ranks, newest=newest)
                 raise error from None
             if not hang.is_timeout(e):
                 self._failed(e)
@@ -201,22 +202,26 @@ class RunController:
         where = {"epochs_done": self.pos.epochs_done, "step": self.pos.step}
         dist.on_main(lambda: rundir.write_status(self.run_dir, state, **where, **facts))
 
-    def _where(self) -> str:
+    def _newest_checkpoint(self) -> Path | None:
+        """The newest checkpoint in the run directory, from any segment (written atomically: it is sound)."""
+        saved = checkpoint.existing(self.run_dir)
+        return saved[-1] if saved else None
+
+    def _where(self, newest: Path | None) -> str:
         """Where this rank stopped and what is kept, for a failure's line."""
-        saved = checkpoint.existing(self.run_dir)  # written atomically: the newest is sound
-        kept = (f"the newest checkpoint, {saved[-1].name}, is kept: the same command continues from it" if saved
+        kept = (f"the newest checkpoint, {newest.name}, is kept: the same command continues from it" if newest
                 else "no checkpoint had been written")
         return f"in epoch {self.t.monitor.epoch} at step {self.t.monitor.step}; {kept}"
 
-    def _failed(self, error: BaseException, writer: bool | None = None) -> None:
+    def _failed(self, error: BaseException, writer: bool | None = None, newest: Path | None = None) -> None:
         """Without a collective: the other ranks may be gone. Rank 0 writes, or the rank that reports a lost one."""
         if self.rt.is_main if writer is None else writer:
             code = error.exit_code if isinstance(error, UserError) else 1
             facts = {"reason": "error", **(error.status if isinstance(error, UserError) else {})}
-            saved = checkpoint.existing(self.run_dir)
+            newest = newest or self._newest_checkpoint()
             rundir.write_status(self.run_dir, "failed", **facts, exit_code=code, error=str(error)[:500],
                                 epochs_done=self.pos.epochs_done, step=self.pos.step,
-                                checkpoint=str(saved[-1]) if saved else None)
+                                checkpoint=str(newest) if newest else None)
 
 
 def _flat_hparams(cfg) -> dict[str, Any]:

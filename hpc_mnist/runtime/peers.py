@@ -81,8 +81,8 @@ def lost_error(rt: dist.Runtime, error: BaseException, where: str) -> UserError:
     """The one line naming the dead rank(s), said by the lowest survivor (the others stay quiet); exit 5."""
     dead = gone(rt)
     if not dead:  # the backend lost a connection but every rank is still there: a network fault
-        first = str(error).strip().splitlines()[-1][:200] if str(error).strip() else type(error).__name__
-        return UserError(f"a collective failed although every rank is still running ({first}), {where}",
+        cause = str(error).strip().splitlines()[-1][:200] if str(error).strip() else type(error).__name__
+        return UserError(f"a collective failed although every rank is still running ({cause}), {where}",
                          EXIT_RANK_LOST, status={"reason": "connection lost"})
     named = "; ".join(f"rank {r} (pid {rt.pids[r]}) on {rt.hosts[r]} is gone: {how}" for r, how in dead.items())
     reporter = min(set(range(rt.world_size)) - set(dead))

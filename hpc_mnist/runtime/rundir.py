@@ -28,6 +28,7 @@ from typing import Any
 from hpc_mnist.core import checkpoint, config
 from hpc_mnist.core.config import Config
 from hpc_mnist.errors import UserError
+from hpc_mnist.runtime import peers
 
 STATUS_FILE_VAR = "HPC_MNIST_STATUS_FILE"  # a copy of status.json where a job script can find it
 # Settings that may change between segments of one run without making it another run.
@@ -143,7 +144,7 @@ def _running(run_dir: Path, status: dict[str, Any]) -> bool:
             pass  # no flock on this file system
         finally:
             os.close(fd)
-    return not isinstance(status.get("pid"), int) or Path(f"/proc/{status['pid']}").exists()
+    return not isinstance(status.get("pid"), int) or peers.process_exists(status["pid"])
 
 
 def plan(cfg: Config, run_dir: Path) -> Plan:
