@@ -18,9 +18,9 @@
 #
 # The trainer writes why it ended to $HPC_MNIST_STATUS_FILE:
 #   {"state": ..., "reason": "deadline" | "signal" | ..., "requeue": true | false, "run_dir": ..., ...}
-# and the job continues the run only when requeue is true (a stop for the time limit): Slurm requeues the job
-# (same id, same run directory); PBS, where users cannot requeue, submits a successor that runs after this
-# job has ended. A user's scancel or qdel (TERM, requeue false) ends the job with its checkpoint kept, for a
+# and the job continues the run only when requeue is true (a stop for the time limit; ranks or a host lost
+# after this job had saved a checkpoint): Slurm requeues the job (same id, same run directory); PBS, where
+# users cannot requeue, submits a successor that runs after this job has ended. A user's scancel or qdel (TERM, requeue false) ends the job with its checkpoint kept, for a
 # later submission with the same RUN_NAME to resume.
 
 # job_begin slurm|pbs: sets JOB_ID (a Slurm array task is <array>_<task>), the status and stop files, and
@@ -80,22 +80,39 @@ preflight() {
     return "$status"
 }
 
-# job_launch CMD...: the training launch; afterwards continue the run when the trainer says so (requeue true:
-# stopped for the time limit, or a rank lost after progress). Returns the launch's exit status, which the job script exits with (a batch script whose last
-# command succeeds is COMPLETED even when its launch failed).
+# job_launch CMD...: the training launch; afterwards continue the run when the status says so (requeue true:
+# stopped for the time limit, or ranks lost after progress). Returns the launch's exit status, which the job
+# script exits with (a batch script whose last command succeeds is COMPLETED even when its launch failed).
 job_launch() {
     local status=0
     job_run "$@" || status=$?
-    if grep -qs '"state": *"running"' "$HPC_MNIST_STATUS_FILE"; then   # the ranks are gone: nobody recorded why
-        echo "hpc_mnist: the launch ended (exit $status) without the ranks recording why: a rank or its node died" \
-            "(the OOM killer, a node failure; the launcher's report above names it); the newest checkpoint is kept:" \
-            "resubmit with RUN_NAME=$(run_name) to continue" >&2
-        sed -i 's/"state": *"running"/"state": "failed"/; s/"reason": *null/"reason": "gone"/' "$HPC_MNIST_STATUS_FILE"
-    fi
+    if grep -qs '"state": *"running"' "$HPC_MNIST_STATUS_FILE"; then gone "$status"; fi
     if grep -qs '"requeue": *true' "$HPC_MNIST_STATUS_FILE"; then
         "continue_${JOB_SCHEDULER}_job"
     fi
     return "$status"
+}
+
+# gone EXIT: the launch ended and the ranks' status still says running: they were killed before they could
+# record why (the OOM killer, a node that died, a launcher that killed the rest, as MPICH's mpiexec does). Say
+# so, and mark both copies of the status failed, reason gone; requeue true when this job's ranks had saved a
+# checkpoint (a running status names the newest one only then), as the trainer decides after a lost rank.
+gone() {
+    local run_dir edits='s/"state": *"running"/"state": "failed"/; s/"reason": *null/"reason": "gone"/' saved=""
+    run_dir=$(sed -n 's/.*"run_dir": *"\([^"]*\)".*/\1/p' "$HPC_MNIST_STATUS_FILE")
+    saved=$(sed -n 's/.*"checkpoint": *"\([^"]*\)".*/\1/p' "$HPC_MNIST_STATUS_FILE")
+    if [ -n "$saved" ]; then
+        echo "hpc_mnist: the launch ended (exit $1) without the ranks recording why: a rank or its node died" \
+            "(the OOM killer, a node failure; the launcher's report above names it); this job had saved" \
+            "${saved##*/}, the newest checkpoint" >&2
+        edits+='; s/"requeue": *false/"requeue": true/'
+    else
+        echo "hpc_mnist: the launch ended (exit $1) without the ranks recording why: a rank or its node died" \
+            "(the OOM killer, a node failure; the launcher's report above names it); the newest checkpoint is kept:" \
+            "resubmit with RUN_NAME=$(run_name) to continue" >&2
+    fi
+    sed -i "$edits" "$HPC_MNIST_STATUS_FILE"
+    if grep -qs '"state": *"running"' "$run_dir/status.json"; then sed -i "$edits" "$run_dir/status.json"; fi
 }
 
 job_usr1() {
@@ -131,11 +148,13 @@ continue_slurm_job() {
 # one has ended, on the same run directory (hpc_mnist/pbs.py builds the qsub line from qstat). RESUBMIT_COUNT
 # counts the jobs that carried the run; MAX_RESUBMITS (10) bounds it.
 # stopped_why: why the run stopped with requeue true: the time limit, or a rank (or its host) lost after
-# this job's segment had saved a checkpoint (the trainer sets requeue only then, so that a rank that dies
-# again at the same place, out of memory say, does not requeue the job over and over).
+# this job's segment had saved a checkpoint (the trainer, or gone above, sets requeue only then, so that a rank
+# that dies again at the same place, out of memory say, does not requeue the job over and over).
 stopped_why() {
     if grep -qs '"reason": *"rank lost"' "$HPC_MNIST_STATUS_FILE"; then
         echo "a rank was lost (above), after this job had made progress"
+    elif grep -qs '"reason": *"gone"' "$HPC_MNIST_STATUS_FILE"; then
+        echo "the ranks were lost (above), after this job had made progress"
     elif [ "$JOB_SCHEDULER" = pbs ]; then
         echo "stopped for the walltime"
     else

@@ -397,24 +397,33 @@ def test_job_scripts_run_the_pre_flight_check_first_and_stop_when_it_fails(tmp_p
     assert ["hpc_mnist.train" in c for c in log.read_text().splitlines()] == [True]
 
 
-def test_a_job_script_says_when_the_ranks_ended_without_recording_why(tmp_path):
-    """The launch returned but status.json still says running (a launcher killed every rank, or rank 0's host
-    died): the job script says so in one line, marks the status failed, and continues nothing."""
-    status_file = tmp_path / "1.status.json"
+@pytest.mark.parametrize("saved", [False, True])
+def test_a_job_script_says_when_the_ranks_ended_without_recording_why(tmp_path, saved):
+    """The launch returned but status.json still says running (a launcher killed every rank, or a host died):
+    the job script says so in one line and marks both copies of the status failed, gone. It continues the run
+    only when this job's ranks had saved a checkpoint (a running status names it only then)."""
+    status_file, run_dir = tmp_path / "1.status.json", tmp_path / "r7"
+    run_dir.mkdir()
+    running = {"state": "running", "reason": None, "requeue": False, "run_dir": str(run_dir),
+               **({"checkpoint": f"{run_dir}/checkpoint-0002-000000.pt"} if saved else {})}
+    (run_dir / "status.json").write_text(json.dumps(running, indent=2))
     script = f"""
         source launch/jobs.sh
         JOB_SCHEDULER=pbs HPC_MNIST_STATUS_FILE={status_file}
-        job_run() {{ printf '%s\\n' '{{"state": "running", "reason": null, "requeue": false, "run_dir": "runs/r7"}}' \\
-            > "$HPC_MNIST_STATUS_FILE"; return 137; }}
-        continue_pbs_job() {{ echo continued; }}
+        job_run() {{ cp {run_dir}/status.json "$HPC_MNIST_STATUS_FILE"; return 137; }}
+        continue_pbs_job() {{ echo "continued: $(stopped_why)"; }}
         job_launch true
     """
     result = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 137
-    assert result.stderr.strip() == (
-        "hpc_mnist: the launch ended (exit 137) without the ranks recording why: a rank or its node died (the OOM "
-        "killer, a node failure; the launcher's report above names it); the newest checkpoint is kept: resubmit "
-        "with RUN_NAME=r7 to continue")
-    assert "continued" not in result.stdout
-    status = json.loads(status_file.read_text())
-    assert (status["state"], status["reason"]) == ("failed", "gone")
+    said = ("hpc_mnist: the launch ended (exit 137) without the ranks recording why: a rank or its node died (the "
+            "OOM killer, a node failure; the launcher's report above names it); ")
+    if saved:
+        assert result.stderr.strip() == said + "this job had saved checkpoint-0002-000000.pt, the newest checkpoint"
+        assert result.stdout.strip() == "continued: the ranks were lost (above), after this job had made progress"
+    else:
+        assert result.stderr.strip() == said + "the newest checkpoint is kept: resubmit with RUN_NAME=r7 to continue"
+        assert "continued" not in result.stdout
+    for path in (status_file, run_dir / "status.json"):
+        status = json.loads(path.read_text())
+        assert (status["state"], status["reason"], status["requeue"]) == ("failed", "gone", saved), path

@@ -7,11 +7,13 @@ with the reason; with CI=true any other failure to start it fails them, so a bro
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -229,6 +231,16 @@ def finished(lab: Lab, job: str, out: Path, timeout: float) -> Job:
     result = lab.wait(job, out, timeout)
     wait_gone(lab, job)
     return result
+
+
+def crash(host: str) -> int:
+    """A host dies: SIGKILL to every process in its network namespace at once (its slurmd or pbs_mom, the job's
+    processes). Unlike a powered-off host its sockets close, so peers see resets, not silence."""
+    pids = subprocess.run(["ip", "netns", "pids", host], capture_output=True, text=True, check=True).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    return len(pids)
 
 
 # The PBS lab (tests/cluster/pbs_lab.sh): a real OpenPBS server on hp-head and a pbs_mom on hp-n1 and hp-n2,

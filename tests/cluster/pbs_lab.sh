@@ -12,7 +12,9 @@
 # PBS_HOME /var/spool/pbs-<host>, PBS_TMPDIR /var/tmp/pbs-<host>, logs under HP_LAB_DIR (/tmp/hp-lab).
 # Environment: HP_LAB_DIR (/tmp/hp-lab), HP_LAB_PBS_SRC (the OpenPBS source tarball;
 # <repo>/../shared/pbs-lab/openpbs-src.tar.gz), HP_LAB_KILL_DELAY (10 s: SIGKILL that long after SIGTERM,
-# PBS's default), HP_LAB_SCHED_ITERATION (2 s), HP_LAB_USER (hpuser: an ordinary account up creates for jobs).
+# PBS's default), HP_LAB_SCHED_ITERATION (2 s), HP_LAB_NODE_FAIL_REQUEUE (10 s: how long the server waits, once
+# it has lost a job's first host, before it reruns the job; PBS's default is 310 s), HP_LAB_USER (hpuser: an
+# ordinary account up creates for jobs).
 # Root may submit too (acl_roots=root), but pbs_mom does not see root-owned processes: a root job's processes
 # are signalled only as the top shell's process group, and the job ends as soon as that group is gone.
 # Exit status 3: the machine does not permit a lab (not root, no network namespaces, packages not
@@ -24,6 +26,7 @@ LAB_DIR=${HP_LAB_DIR:-/tmp/hp-lab}
 PBS_SRC=${HP_LAB_PBS_SRC:-$REPO/../shared/pbs-lab/openpbs-src.tar.gz}
 KILL_DELAY=${HP_LAB_KILL_DELAY:-10}
 SCHED_ITERATION=${HP_LAB_SCHED_ITERATION:-2}
+NODE_FAIL_REQUEUE=${HP_LAB_NODE_FAIL_REQUEUE:-10}
 PBS_EXEC=/opt/pbs
 PBS_VERSION=23.06.06
 NET=10.77.0
@@ -202,7 +205,8 @@ configure_server() {
     local c mom
     for c in "set server flatuid=true" "set server job_history_enable=1" \
              "set server scheduler_iteration=$SCHED_ITERATION" "set server mailer=/bin/true" \
-             "set server acl_roots=root" "set queue workq kill_delay=$KILL_DELAY"; do
+             "set server acl_roots=root" "set server node_fail_requeue=$NODE_FAIL_REQUEUE" \
+             "set queue workq kill_delay=$KILL_DELAY"; do
         on $HEAD qmgr -c "$c" || fail "qmgr -c '$c' failed"
     done
     for mom in $MOMS; do

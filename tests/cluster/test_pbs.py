@@ -1,7 +1,8 @@
 """The PBS job scripts on the lab's real OpenPBS (2 execution hosts), submitted with qsub and edited only as
 their headers say: a 2 x 2 run with the pre-flight check, a run longer than its walltime that continues by
-itself, qdel, qrerun, qsig, a walltime the trainer did not foresee, arrays, a scaling sweep, and Polaris's and
-Aurora's scripts through the one stand-in (tests/cluster/pals: Cray PALS's mpiexec over MPICH Hydra).
+itself, qdel, qrerun, a host that dies (the job's first, then its second), qsig, a walltime the trainer did not
+foresee, arrays, a scaling sweep, and Polaris's and Aurora's scripts through the one stand-in
+(tests/cluster/pals: Cray PALS's mpiexec over MPICH Hydra).
 
 Ranks reach the second host the way PBS means them to: MPICH Hydra through PBS's task manager
 (tests/cluster/pbs-tmrsh), so every rank is inside the job and gets PBS's signals. The job's PATH comes from
@@ -27,6 +28,7 @@ from cluster.conftest import (
     PbsLab,
     assert_same_weights,
     assert_whole_checkpoint,
+    crash,
     epochs_logged,
     load_weights,
     status,
@@ -212,6 +214,62 @@ def test_qrerun_resumes_under_the_same_job_id(pbs_lab: PbsLab, straight: Path):
     pbs_lab.qrerun(job)
     info = pbs_lab.wait(job, timeout=300)
     assert info["Exit_status"] == 0 and int(info["run_count"]) == 2, log_of(info)
+    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", straight)
+
+
+def test_a_first_host_that_dies_is_rerun_by_pbs_under_the_same_job_id(pbs_lab: PbsLab, straight: Path):
+    """(d') The job's first host (PBS's mother superior, where the job script runs) dies in epoch 2 or later:
+    every process on it, pbs_mom included. PBS reruns the job node_fail_requeue seconds after it lost that host
+    (10 s on the lab, 310 s by default), under the same job id, so in the same run directory; the rerun waits
+    for two hosts until the dead host's mom is back, and continues from the newest checkpoint to the straight
+    run's weights, each epoch logged once."""
+    work = pbs_lab.workdir("host-dies")
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}")
+    run_dir = work / "runs" / job.split(".")[0]
+    wait_for_epoch(pbs_lab, job, run_dir, epoch=2)
+    first = pbs_lab.info(job)["exec_host"].split("/")[0]
+    assert crash(first) >= 3  # pbs_mom, the job's shell and script, its ranks there
+    crashed = time.monotonic()
+    while (info := pbs_lab.info(job))["job_state"] == "R":  # until PBS has taken the job back
+        assert time.monotonic() < crashed + 120, f"job {job} still running 120 s after its first host died: {info}"
+        time.sleep(0.5)
+    print(f"\njob {job} back in state {info['job_state']} {time.monotonic() - crashed:.0f} s after its first host "
+          f"died ({info.get('comment')})", file=sys.stderr)
+    assert info["job_state"] == "Q", info
+    pbs_lab.run(["pbs_mom"], host=first)  # the host is back (onpbs puts /opt/pbs/sbin on PATH)
+    info = pbs_lab.wait(job, timeout=300)
+    assert info["Exit_status"] == 0 and int(info["run_count"]) == 2, (info, log_of(info))
+    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", straight)
+
+
+def test_a_second_host_that_dies_ends_the_job_and_its_successor_continues(pbs_lab: PbsLab, straight: Path):
+    """(d'') The job's second host dies in epoch 2 or later (every process on it, pbs_mom included). PBS does not
+    rerun the job for that (node_fail_requeue is about the first host), and MPICH's mpiexec kills the ranks that
+    are left before they can record why. The job script says so in one line, marks the status failed, gone, and,
+    since this job had saved a checkpoint, submits the job that continues the run; that job waits for two hosts
+    until the dead host's mom is back, then ends with the straight run's weights, each epoch logged once."""
+    work = pbs_lab.workdir("sister-dies")
+    name = unique_name(work)
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}", "-N", name)
+    run_dir = work / "runs" / job.split(".")[0]
+    wait_for_epoch(pbs_lab, job, run_dir, epoch=2)
+    second = pbs_lab.info(job)["exec_host"].split("+")[1].split("/")[0]
+    assert crash(second) >= 2  # pbs_mom, the ranks there
+    info = pbs_lab.wait(job, timeout=120)
+    log = log_of(info)
+    print(f"\n{job}: Exit_status {info.get('Exit_status')}\n{log[-2500:]}", file=sys.stderr)
+    assert info["Exit_status"] != 0, log
+    assert "without the ranks recording why: a rank or its node died" in log, log
+    st = status(run_dir)
+    assert (st["state"], st["reason"], st["requeue"]) == ("failed", "gone", True), st
+    assert f"continues run {run_dir.name} after job {job} ends" in log, log
+    pbs_lab.run(["pbs_mom"], host=second)  # the host is back
+    jobs = jobs_named(pbs_lab, name)
+    assert len(jobs) == 2, jobs
+    info = pbs_lab.wait(jobs[1], timeout=300)
+    assert info["Exit_status"] == 0, log_of(info)
     assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
     assert_same_weights(run_dir / "model.pt", straight)
 

@@ -6,10 +6,7 @@ resumed runs end with the weights of an uninterrupted run, bit for bit, and each
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from cluster.conftest import (
     Lab,
     assert_same_weights,
     assert_whole_checkpoint,
+    crash,
     epochs_logged,
     finished,
     job_env,
@@ -201,16 +199,6 @@ def test_time_limit_kill_the_trainer_did_not_foresee(lab: Lab):
     st = status(run_dir)
     assert st["state"] == "stopped" and st["epochs_done"] >= 1, (st, result.log)
     assert_whole_checkpoint(run_dir, st)
-
-
-def crash(host: str) -> int:
-    """A host dies: SIGKILL to every process in its network namespace at once (its slurmd, the job's step
-    daemon, the ranks). Unlike a powered-off host its sockets close, so peers see resets, not silence."""
-    pids = subprocess.run(["ip", "netns", "pids", host], capture_output=True, text=True, check=True).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
-    return len(pids)
 
 
 def test_a_host_that_dies_ends_the_segment_and_the_requeued_job_ends_as_uninterrupted(lab: Lab,
