@@ -91,14 +91,15 @@ def convolution_passes(model: nn.Module, x: torch.Tensor) -> list[dict]:
     rows = []
     for conv, inp in inputs.items():
         w = conv.weight.detach()
-        grad = torch.randn_like(F.conv2d(inp, w))
+        pad = [k // 2 for k in conv.kernel_size] if conv.padding == "same" else list(conv.padding)
+        grad = torch.randn_like(F.conv2d(inp, w, padding=pad))
         flops = 2 * grad.numel() * conv.in_channels * w.shape[2] * w.shape[3]
 
-        def backward(mask: list[bool], inp=inp, w=w, grad=grad) -> object:
-            return torch.ops.aten.convolution_backward(grad, inp, w, [w.shape[0]], [1, 1], [0, 0], [1, 1], False,
+        def backward(mask: list[bool], inp=inp, w=w, grad=grad, pad=pad) -> object:
+            return torch.ops.aten.convolution_backward(grad, inp, w, [w.shape[0]], [1, 1], pad, [1, 1], False,
                                                        [0, 0], 1, mask)
 
-        passes = {"forward": timed(lambda inp=inp, w=w, b=conv.bias: F.conv2d(inp, w, b), 10),
+        passes = {"forward": timed(lambda inp=inp, w=w, b=conv.bias, pad=pad: F.conv2d(inp, w, b, padding=pad), 10),
                   "weight gradient": timed(lambda: backward([False, True, True]), 10)}
         if conv.in_channels > 1:  # the first layer's input is the data: no gradient to compute
             passes["input gradient"] = timed(lambda: backward([True, False, False]), 10)
@@ -110,7 +111,7 @@ def convolution_passes(model: nn.Module, x: torch.Tensor) -> list[dict]:
 
 def profile(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    cfg = config.build(str(CONFIG), [f"train.batch_size={args.batch}", "train.seed=0"])
+    cfg = config.build(str(args.config), [f"train.batch_size={args.batch}", "train.seed=0", *args.override])
     with TemporaryDirectory() as scratch:
         rt = dist.Runtime(0, 0, 1, 1, "none", torch.device("cpu"), None, args.threads, ("local",))
         t = trainer.Trainer(cfg, rt, Path(scratch))
@@ -151,8 +152,10 @@ def profile(args: argparse.Namespace) -> dict:
     return {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                     "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability()},
-        "command": f"python benchmarks/cnn_profile.py --batch {args.batch} --steps {args.steps} "
-                   f"--threads {args.threads}",
+        "command": f"python benchmarks/cnn_profile.py --config {args.config} "
+                   + "".join(f"--override {o} " for o in args.override)
+                   + f"--batch {args.batch} --steps {args.steps} --threads {args.threads}",
+        "model": "Tutorial CNN" if args.config == CONFIG else f"{args.config.name} CNN",
         "batch": args.batch, "precision": amp, "channels_last": t.channels_last,
         "matmul_gflops": peak / 1e9, "flops_per_sample": flops, "bound_samples_s": bound,
         "samples_s": samples_s, "share_of_bound": samples_s / bound, "step_ms": step_s * 1e3,
@@ -163,7 +166,7 @@ def profile(args: argparse.Namespace) -> dict:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"Tutorial CNN, batch {r['batch']}, {r['precision']}{' + channels_last' if r['channels_last'] else ''}, "
+    lines = [f"{r['model']}, batch {r['batch']}, {r['precision']}{' + channels_last' if r['channels_last'] else ''}, "
              f"{r['machine']['threads']} threads, torch {r['machine']['torch']} ({r['machine']['isa']}); "
              f"`{r['command']}`", "",
              f"- bound: {r['flops_per_sample'] / 1e6:.1f} MFLOP/sample (forward + backward) at "
@@ -184,6 +187,8 @@ def markdown(r: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, default=CONFIG, help="the preset to profile (default configs/cnn.yaml)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=30, help="timed steps (10 more are traced)")
     p.add_argument("--threads", type=int, default=2)

@@ -1,5 +1,8 @@
+import itertools
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hpc_mnist.core import models
@@ -76,12 +79,68 @@ def test_configurable_cnn_layers_and_shape():
     assert models.flops_per_sample(cnn) < models.flops_per_sample(models.build(ModelConfig(name="cnn"))) / 5
 
 
+def test_a_strided_convolution_halves_the_map_without_a_pool():
+    """model.strides: a 4x4 stride-2 first convolution (computed on 2x2 pixel blocks) makes the 14x14 map the
+    3x3 convolution and 2x2 pool made, at a fraction of their cost; elsewhere a stride-2 convolution is
+    PyTorch's own, padded (k - 1) // 2 (PyTorch allows "same" only at stride 1)."""
+    cnn = models.build(ModelConfig(name="cnn", **{**LEAN, "kernels": [4, 3], "pools": [1, 2], "strides": [2, 1]}))
+    assert [type(m).__name__ for m in cnn.features] == ["BlockConv", "BatchNorm2d", "ReLU", "Conv2d", "MaxPool2d",
+                                                        "BatchNorm2d", "ReLU"]
+    assert (cnn.features[0].conv.in_channels, cnn.features[0].conv.kernel_size) == (4, (2, 2))
+    assert (cnn.features[3].stride, cnn.features[3].padding) == ((1, 1), "same")
+    assert cnn.features[:3](torch.randn(2, 1, 28, 28)).shape == (2, 16, 14, 14)
+    assert cnn(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert models.flops_per_sample(cnn) == 6 * (14 * 14 * 16 * 16 + 14 * 14 * 32 * 16 * 9 + 32 * 7 * 7 * 10)
+    second = models.build(ModelConfig(name="cnn", **{**LEAN, "kernels": [3, 3], "pools": [2, 1], "strides": [1, 2]}))
+    conv = second.features[4]
+    assert (type(conv).__name__, conv.stride, conv.padding) == ("Conv2d", (2, 2), (1, 1))
+    assert second.features[:5](torch.randn(2, 1, 28, 28)).shape == (2, 32, 7, 7)
+
+
+@pytest.mark.parametrize("kernel", [4, 6])
+def test_the_first_strided_convolution_on_pixel_blocks_is_the_same_function(kernel):
+    """BlockConv (a k/2 x k/2 convolution of 2x2 pixel blocks) computes the k x k stride-2 convolution whose
+    weight [o, 0, 2p+r, 2q+s] is its [o, 2r+s, p, q], in both memory formats."""
+    torch.manual_seed(0)
+    block = models.BlockConv(8, kernel, bias=True)
+    inner = block.conv.weight.detach()
+    w = torch.empty(8, 1, kernel, kernel)
+    for r, s, p, q in itertools.product(range(2), range(2), range(kernel // 2), range(kernel // 2)):
+        w[:, 0, 2 * p + r, 2 * q + s] = inner[:, 2 * r + s, p, q]
+    x = torch.randn(3, 1, 28, 28)
+    expected = F.conv2d(x, w, block.conv.bias, stride=2, padding=kernel // 2 - 1)
+    assert expected.shape == (3, 8, 14, 14)
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+    cl = block.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_label_smoothing_is_cross_entropys():
+    logits, targets = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    smoothed = models.loss_function(ModelConfig(label_smoothing=0.1))
+    for reduction in ("mean", "sum"):
+        torch.testing.assert_close(smoothed(logits, targets, reduction=reduction),
+                                   F.cross_entropy(logits, targets, label_smoothing=0.1, reduction=reduction))
+    assert models.loss_function(ModelConfig()) is F.cross_entropy
+    assert not torch.allclose(smoothed(logits, targets), F.cross_entropy(logits, targets))
+    from hpc_mnist.core import config
+    from hpc_mnist.errors import UserError
+
+    with pytest.raises(UserError, match="label_smoothing"):
+        config.build(None, ["model.label_smoothing=1.0"])
+
+
 def test_cnn_lists_must_agree_and_fit_the_digit():
     from hpc_mnist.core import config
     from hpc_mnist.errors import UserError
 
     with pytest.raises(UserError, match="one entry per convolution"):
         config.build(None, ["model.name=cnn", "model.channels=[8,16,32]"])
+    with pytest.raises(UserError, match="one entry per convolution"):
+        config.build(None, ["model.name=cnn", "model.strides=[2]"])
+    with pytest.raises(UserError, match="convolution 2 .*stride 4.* leaves no feature map"):
+        config.build(None, ["model.name=cnn", "model.pools=[2,2]", "model.strides=[4,4]"])
     with pytest.raises(UserError, match="convolution 3 .* leaves no feature map"):
         config.build(None, ["model.name=cnn", "model.channels=[8,8,8]", "model.kernels=[5,5,5]", "model.pools=[2,2,2]"])
     config.build(None, ["model.name=cnn", "model.channels=[8,8,8]", "model.kernels=[5,5,5]", "model.pools=[2,2,2]",

@@ -7,13 +7,14 @@ fastai from-scratch lesson's own loss likewise only behind model.loss=sigmoid_on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpc_mnist.core.config import ModelConfig
+from hpc_mnist.core.config import ModelConfig, conv_output_size, conv_padding
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -36,6 +37,26 @@ def mlp(hidden: list[int], activation: str = "relu", dropout: float = 0.2) -> nn
     return nn.Sequential(*layers)
 
 
+class BlockConv(nn.Module):
+    """A k x k stride-2 convolution of a one-channel image (k even, padding k/2 - 1), computed as a k/2 x k/2
+    convolution of the image's 2x2 pixel blocks (pixel_unshuffle: 4 channels at half the size).
+
+    The same function (weight [o, 0, 2p+r, 2q+s] is this one's [o, 2r+s, p, q]) at a third of the time on a
+    CPU: oneDNN's kernels for a single input channel run a 4x4 stride-2 convolution's forward and weight
+    gradient at ~3 GFLOP/s (8.8 ms per step of 256 on this project's AVX2 CPU, against 3.1 ms this way)."""
+
+    def __init__(self, out: int, kernel: int, bias: bool):
+        super().__init__()
+        self.pad = kernel // 2 - 1
+        self.conv = nn.Conv2d(4, out, kernel // 2, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blocks = F.pixel_unshuffle(F.pad(x, [self.pad] * 4), 2)
+        if self.conv.weight.is_contiguous(memory_format=torch.channels_last):  # the model's memory format
+            blocks = blocks.contiguous(memory_format=torch.channels_last)
+        return self.conv(blocks)
+
+
 class CNN(nn.Module):
     """Convolutions, each followed by [max-pool], [batch norm] and ReLU; dropout; [dense, ReLU, dropout]; logits.
 
@@ -46,14 +67,17 @@ class CNN(nn.Module):
 
     def __init__(self, channels: list[int] = (32, 64), kernels: list[int] = (3, 3), pools: list[int] = (1, 2),
                  padding: str = "valid", batch_norm: bool = False, fc: int = 128, conv_dropout: float = 0.25,
-                 fc_dropout: float = 0.5):
+                 fc_dropout: float = 0.5, strides: list[int] = ()):
         super().__init__()
         layers: list[nn.Module] = []
         width, size = 1, 28
-        for out, kernel, pool in zip(channels, kernels, pools, strict=True):
-            layers.append(nn.Conv2d(width, out, kernel, padding=0 if padding == "valid" else "same",
-                                    bias=not batch_norm))  # batch norm's shift makes a bias redundant
-            size = size if padding == "same" else size - kernel + 1
+        for out, kernel, pool, stride in zip(channels, kernels, pools, strides or [1] * len(pools), strict=True):
+            if width == 1 and stride == 2 and kernel % 2 == 0 and padding == "same":
+                layers.append(BlockConv(out, kernel, bias=not batch_norm))
+            else:
+                layers.append(nn.Conv2d(width, out, kernel, stride, conv_padding(kernel, stride, padding),
+                                        bias=not batch_norm))  # batch norm's shift makes a bias redundant
+            size = conv_output_size(size, kernel, stride, padding)
             if pool > 1:
                 layers.append(nn.MaxPool2d(pool))
                 size //= pool
@@ -95,7 +119,7 @@ def build(cfg: ModelConfig) -> nn.Module:
         model = mlp(cfg.hidden, cfg.activation, cfg.dropout)
     else:
         model = CNN(cfg.channels, cfg.kernels, cfg.pools, cfg.padding, cfg.batch_norm, cfg.fc, cfg.conv_dropout,
-                    cfg.fc_dropout)
+                    cfg.fc_dropout, cfg.strides)
     if cfg.init == "normal":  # every weight and bias drawn from N(0, 1), as the from-scratch lesson does
         with torch.no_grad():
             for p in model.parameters():
@@ -123,7 +147,11 @@ def sigmoid_one_vs_rest(logits: torch.Tensor, targets: torch.Tensor, reduction: 
 
 def loss_function(cfg: ModelConfig) -> Callable[..., torch.Tensor]:
     """(logits, targets, reduction="mean"|"sum") -> loss: cross-entropy unless a lesson asks for its own."""
-    return sigmoid_one_vs_rest if cfg.loss == "sigmoid_one_vs_rest" else F.cross_entropy
+    if cfg.loss == "sigmoid_one_vs_rest":
+        return sigmoid_one_vs_rest
+    if cfg.label_smoothing:
+        return functools.partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)
+    return F.cross_entropy
 
 
 def uses_channels_last(cfg: ModelConfig) -> bool:
