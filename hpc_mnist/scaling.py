@@ -451,32 +451,33 @@ def plot(table: list[dict[str, Any]], mode: str, out: Path) -> list[Path]:
     return written
 
 
-def _model_name(table: list[dict[str, Any]], given: str | None) -> str:
+def _model_config(table: list[dict[str, Any]], given: str | None):
+    """The model the runs trained: --model's preset, else the model section of a run's saved config.yaml (its
+    channels, widths and layers decide the bytes DDP all-reduces)."""
+    from hpc_mnist.core import config
+
     if given:
-        return given
+        return config.ModelConfig(name=given)
     for row in table:
         saved = Path(row.get("run_dir", "")) / "config.yaml"
         if saved.exists():
-            return yaml.safe_load(saved.read_text())["model"]["name"]
+            return config.build(str(saved)).model
     raise UserError("report --comm needs the model: no config.yaml in the run directories, so give --model")
 
 
 def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None) -> str:
     """The scaling model's samples/s beside the measured ones, from an all-reduce benchmark's fit."""
     from hpc_mnist import scaling_model
-    from hpc_mnist.comm import gradient_bytes
-    from hpc_mnist.core.config import ModelConfig
-    from hpc_mnist.core.models import build
+    from hpc_mnist.core.models import build, parameter_count
 
     try:
         fit = json.loads(comm_json.read_text())["fit"]
     except (OSError, ValueError, KeyError):
         raise UserError(f"{comm_json} is not an all-reduce benchmark's JSON (python -m hpc_mnist.comm "
                         "--json FILE)") from None
-    name = _model_name(table, model)
-    buckets = scaling_model.ddp_buckets(build(ModelConfig(name=name)))
-    return scaling_model.annotate_measured(table, scaling_model.network_from_dict(fit), gradient_bytes()[name],
-                                           buckets)
+    net = build(_model_config(table, model))
+    return scaling_model.annotate_measured(table, scaling_model.network_from_dict(fit), 4 * parameter_count(net),
+                                           scaling_model.ddp_buckets(net))
 
 
 def report_paths(paths: list[Path], target: float, out: Path, comm_json: Path | None = None,
@@ -541,7 +542,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rep.add_argument("--comm", type=Path, help="an all-reduce benchmark's JSON (hpc_mnist.comm --json): add the "
                      "scaling model's predicted samples/s and its error on each measured point (default: none)")
     rep.add_argument("--model", choices=["linear", "mlp", "cnn"],
-                     help="the model trained, for --comm (default: read from the runs' config.yaml)")
+                     help="the model trained, for --comm: that preset's defaults (default: the model section of the "
+                     "runs' config.yaml)")
     args = p.parse_args(argv)
     if args.verb == "run" and args.trainer_args[:1] == ["--"]:
         args.trainer_args = args.trainer_args[1:]

@@ -76,3 +76,16 @@ def test_report_shows_predicted_beside_measured(tmp_path):
         "measured points: 2 ranks +6.5%." in md
     with pytest.raises(scaling.UserError, match="give --model"):
         scaling.report_paths([a, b], 0.9, tmp_path / "o2", tmp_path / "comm.json")
+
+
+def test_report_predicts_with_the_model_the_runs_saved(tmp_path):
+    """The bytes all-reduced are those of the model in the runs' config.yaml (lean.yaml's CNN: 155,738
+    parameters), not of the preset its name has (the tutorial CNN: 1,199,882)."""
+    runs = [fake_run(tmp_path, f"r{n}", n, 1000.0 * n, [(4.0, 0.9)]) for n in (1, 2)]
+    for run in runs:
+        shutil.copy(REPO / "configs" / "lean.yaml", run / "config.yaml")
+    fit = {"alpha_s": 1e-3, "busbw": 1e8, "ref_ranks": 2, "latency": "tree", "max_rel_error": 0.1}
+    (tmp_path / "comm.json").write_text(json.dumps({"fit": fit}))
+    assert scaling.main(["report", *map(str, runs), "--out", str(tmp_path / "out"), "--comm",
+                         str(tmp_path / "comm.json")]) == 0
+    assert "all-reduce of 622,952 bytes" in (tmp_path / "out" / "scaling.md").read_text()
