@@ -89,19 +89,22 @@ def convolution_passes(model: nn.Module, x: torch.Tensor) -> list[dict]:
     for hook in hooks:
         hook.remove()
     rows = []
+    first = next(iter(inputs), None)
     for conv, inp in inputs.items():
-        w = conv.weight.detach()
+        w, stride = conv.weight.detach(), list(conv.stride)
+        # "same" at stride 1 as symmetric padding: exact for odd kernels (the presets'), a pixel more for even ones
         pad = [k // 2 for k in conv.kernel_size] if conv.padding == "same" else list(conv.padding)
-        grad = torch.randn_like(F.conv2d(inp, w, padding=pad))
+        grad = torch.randn_like(F.conv2d(inp, w, stride=stride, padding=pad))
         flops = 2 * grad.numel() * conv.in_channels * w.shape[2] * w.shape[3]
 
-        def backward(mask: list[bool], inp=inp, w=w, grad=grad, pad=pad) -> object:
-            return torch.ops.aten.convolution_backward(grad, inp, w, [w.shape[0]], [1, 1], pad, [1, 1], False,
+        def backward(mask: list[bool], inp=inp, w=w, grad=grad, pad=pad, stride=stride) -> object:
+            return torch.ops.aten.convolution_backward(grad, inp, w, [w.shape[0]], stride, pad, [1, 1], False,
                                                        [0, 0], 1, mask)
 
-        passes = {"forward": timed(lambda inp=inp, w=w, b=conv.bias, pad=pad: F.conv2d(inp, w, b, padding=pad), 10),
+        passes = {"forward": timed(lambda inp=inp, w=w, b=conv.bias, pad=pad, stride=stride:
+                                   F.conv2d(inp, w, b, stride=stride, padding=pad), 10),
                   "weight gradient": timed(lambda: backward([False, True, True]), 10)}
-        if conv.in_channels > 1:  # the first layer's input is the data: no gradient to compute
+        if conv is not first:  # the first layer's input is the data (or its pixel blocks): no gradient to compute
             passes["input gradient"] = timed(lambda: backward([True, False, False]), 10)
         for name, seconds in passes.items():
             rows.append({"layer": f"conv {conv.in_channels}->{conv.out_channels}", "pass": name,

@@ -96,12 +96,13 @@ job_launch() {
 # gone EXIT: the launch ended and the ranks' status still says running: they were killed before they could
 # record why (the OOM killer, a node that died, a launcher that killed the rest, as MPICH's mpiexec does). Say
 # so, and mark both copies of the status failed, reason gone; requeue true when this job's ranks had saved a
-# checkpoint (a running status names the newest one only then), as the trainer decides after a lost rank.
+# checkpoint (a running status names the newest one only then), as the trainer decides after a lost rank, and
+# the job was not being stopped (a scancel or qdel ends the job whatever its ranks managed to write).
 gone() {
     local run_dir edits='s/"state": *"running"/"state": "failed"/; s/"reason": *null/"reason": "gone"/' saved=""
     run_dir=$(sed -n 's/.*"run_dir": *"\([^"]*\)".*/\1/p' "$HPC_MNIST_STATUS_FILE")
     saved=$(sed -n 's/.*"checkpoint": *"\([^"]*\)".*/\1/p' "$HPC_MNIST_STATUS_FILE")
-    if [ -n "$saved" ]; then
+    if [ -n "$saved" ] && [ -z "${JOB_STOPPING:-}" ]; then
         echo "hpc_mnist: the launch ended (exit $1) without the ranks recording why: a rank or its node died" \
             "(the OOM killer, a node failure; the launcher's report above names it); this job had saved" \
             "${saved##*/}, the newest checkpoint" >&2

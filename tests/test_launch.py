@@ -397,11 +397,12 @@ def test_job_scripts_run_the_pre_flight_check_first_and_stop_when_it_fails(tmp_p
     assert ["hpc_mnist.train" in c for c in log.read_text().splitlines()] == [True]
 
 
-@pytest.mark.parametrize("saved", [False, True])
-def test_a_job_script_says_when_the_ranks_ended_without_recording_why(tmp_path, saved):
+@pytest.mark.parametrize("saved, stopping", [(False, ""), (True, ""), (True, "TERM")])
+def test_a_job_script_says_when_the_ranks_ended_without_recording_why(tmp_path, saved, stopping):
     """The launch returned but status.json still says running (a launcher killed every rank, or a host died):
     the job script says so in one line and marks both copies of the status failed, gone. It continues the run
-    only when this job's ranks had saved a checkpoint (a running status names it only then)."""
+    only when this job's ranks had saved a checkpoint (a running status names it only then) and the job was not
+    being stopped (a scancel or qdel whose stop a rank did not survive still ends the job)."""
     status_file, run_dir = tmp_path / "1.status.json", tmp_path / "r7"
     run_dir.mkdir()
     running = {"state": "running", "reason": None, "requeue": False, "run_dir": str(run_dir),
@@ -409,7 +410,7 @@ def test_a_job_script_says_when_the_ranks_ended_without_recording_why(tmp_path, 
     (run_dir / "status.json").write_text(json.dumps(running, indent=2))
     script = f"""
         source launch/jobs.sh
-        JOB_SCHEDULER=pbs HPC_MNIST_STATUS_FILE={status_file}
+        JOB_SCHEDULER=pbs HPC_MNIST_STATUS_FILE={status_file} JOB_STOPPING={stopping}
         job_run() {{ cp {run_dir}/status.json "$HPC_MNIST_STATUS_FILE"; return 137; }}
         continue_pbs_job() {{ echo "continued: $(stopped_why)"; }}
         job_launch true
@@ -418,7 +419,8 @@ def test_a_job_script_says_when_the_ranks_ended_without_recording_why(tmp_path, 
     assert result.returncode == 137
     said = ("hpc_mnist: the launch ended (exit 137) without the ranks recording why: a rank or its node died (the "
             "OOM killer, a node failure; the launcher's report above names it); ")
-    if saved:
+    continues = saved and not stopping
+    if continues:
         assert result.stderr.strip() == said + "this job had saved checkpoint-0002-000000.pt, the newest checkpoint"
         assert result.stdout.strip() == "continued: the ranks were lost (above), after this job had made progress"
     else:
@@ -426,4 +428,4 @@ def test_a_job_script_says_when_the_ranks_ended_without_recording_why(tmp_path, 
         assert "continued" not in result.stdout
     for path in (status_file, run_dir / "status.json"):
         status = json.loads(path.read_text())
-        assert (status["state"], status["reason"], status["requeue"]) == ("failed", "gone", saved), path
+        assert (status["state"], status["reason"], status["requeue"]) == ("failed", "gone", continues), path

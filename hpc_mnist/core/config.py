@@ -71,7 +71,8 @@ class ModelConfig:
         "(mean over the 10 outputs of sigmoid(logit), or 1 - sigmoid(logit) for the true class)")
     label_smoothing: float = opt(
         0.0, "cross-entropy's label smoothing: the target puts this much probability evenly on every class "
-        "(0.1 made one epoch of the lean CNN reach 99%)", ge=0, lt=1)
+        "(0.1 made one epoch of the lean CNN reach 99%); the reported train and val losses are smoothed too",
+        ge=0, lt=1)
     channels_last: bool = opt(True, "cnn: channels_last memory format (faster with bf16/tensor cores)")
 
 
@@ -197,7 +198,8 @@ def _check(key: str, value: Any, f: dataclasses.Field, tp: Any) -> Any:
         may_be_empty = f.default is dataclasses.MISSING and f.default_factory() == []  # model.strides: "all 1"
         if not isinstance(value, list) or not (value or may_be_empty) or not all(
                 isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise bad("a non-empty list of integers, e.g. [64,64]")
+            raise bad("a list of integers, e.g. [2,1], or [] for the default" if may_be_empty else
+                      "a non-empty list of integers, e.g. [64,64]")
         for v in value:
             _check_bounds(key, v, f)
         return value
@@ -298,9 +300,9 @@ def _check_cnn(m: ModelConfig) -> None:
     if m.name != "cnn":
         return
     if not len(m.channels) == len(m.kernels) == len(m.pools) == len(m.strides or m.pools):
+        given = f", {len(m.pools)} and {len(m.strides)}" if m.strides else f" and {len(m.pools)}"
         raise UserError(f"config keys model.channels, model.kernels, model.pools (and model.strides, if given) need "
-                        f"one entry per convolution (got {len(m.channels)}, {len(m.kernels)}, {len(m.pools)} and "
-                        f"{len(m.strides)})")
+                        f"one entry per convolution (got {len(m.channels)}, {len(m.kernels)}{given})")
     size = 28
     for i, (k, p, s) in enumerate(zip(m.kernels, m.pools, m.strides or [1] * len(m.pools), strict=True), 1):
         size = conv_output_size(size, k, s, m.padding) // p
@@ -311,8 +313,9 @@ def _check_cnn(m: ModelConfig) -> None:
 
 
 def conv_padding(kernel: int, stride: int, padding: str) -> int | str:
-    """nn.Conv2d's padding: none (valid); else "same", or, where PyTorch allows "same" only at stride 1, the
-    (kernel - 1) // 2 that keeps ceil(size / stride) of a map (a 4x4 stride 2 convolution halves 28x28)."""
+    """nn.Conv2d's padding: none (valid); else "same", or, where PyTorch allows "same" only at stride 1,
+    (kernel - 1) // 2 on each side: a stride-2 convolution then halves an even map (28x28 -> 14x14 for kernels
+    3 and 4; an odd map of 7 gives 4 with kernel 3 but 3 with kernel 4)."""
     if padding == "valid":
         return 0
     return "same" if stride == 1 else (kernel - 1) // 2

@@ -43,7 +43,9 @@ class BlockConv(nn.Module):
 
     The same function (weight [o, 0, 2p+r, 2q+s] is this one's [o, 2r+s, p, q]) at a third of the time on a
     CPU: oneDNN's kernels for a single input channel run a 4x4 stride-2 convolution's forward and weight
-    gradient at ~3 GFLOP/s (8.8 ms per step of 256 on this project's AVX2 CPU, against 3.1 ms this way)."""
+    gradient at ~3 GFLOP/s (8.8 ms per step of 256 on this project's AVX2 CPU, against 3.1 ms this way).
+    PyTorch's default initialisation is the k x k convolution's (fan-in k^2 either way); model.init=glorot's
+    fan-out is not (out x (k/2)^2 here)."""
 
     def __init__(self, out: int, kernel: int, bias: bool):
         super().__init__()
