@@ -30,7 +30,7 @@ import torch.distributed as tdist
 
 from hpc_mnist import scaling_model
 from hpc_mnist.core.config import DistConfig, ModelConfig
-from hpc_mnist.core.models import build, parameter_count
+from hpc_mnist.core.models import allreduce_bytes, build
 from hpc_mnist.errors import UserError
 from hpc_mnist.runtime import dist
 
@@ -56,7 +56,7 @@ def sweep_sizes(smallest: int = 4, largest: int = 64 * 2**20) -> list[int]:
 
 def gradient_bytes() -> dict[str, int]:
     """Bytes DDP all-reduces per step for each shipped model (fp32 gradients, default hyper-parameters)."""
-    return {name: 4 * parameter_count(build(ModelConfig(name=name))) for name in MODELS}
+    return {name: allreduce_bytes(build(ModelConfig(name=name))) for name in MODELS}
 
 
 def bus_factor(ranks: int) -> float:
@@ -146,7 +146,7 @@ def validate(models: list[str], batch: int, device: torch.device, ranks: int, ne
         measured = _step_times(name, batch, device, rounds, budget_s)
         model = build(ModelConfig(name=name))
         p = scaling_model.predict(scaling_model.Compute(measured["compute_s"], 0.0), net,
-                                  4 * parameter_count(model), batch, ranks, scaling_model.ddp_buckets(model))
+                                  allreduce_bytes(model), batch, ranks, scaling_model.ddp_buckets(model))
         out.append({"model": name, "batch": batch, **measured, "allreduce_s": p["latency_s"] + p["bandwidth_s"],
                     "predicted_step_s": p["step_s"], "predicted_overlap_step_s": p["step_overlap_s"],
                     "error": p["step_s"] / measured["step_s"] - 1,

@@ -210,13 +210,13 @@ def polaris_report(batches: list[int], nodes: list[int], ranks_per_node: int = 4
     """Predictions for each shipped model: on Polaris' network unless `net` is given, with an assumed A100's
     compute unless `measured` gives the milliseconds of a step for (model, batch)."""
     from hpc_mnist.core.config import ModelConfig
-    from hpc_mnist.core.models import build, parameter_count
+    from hpc_mnist.core.models import allreduce_bytes, build
 
     net = net or polaris()
     out: dict[str, Any] = {"network": network_dict(net), "ranks_per_node": ranks_per_node, "models": {}}
     for name in ("linear", "mlp", "cnn"):
         model = build(ModelConfig(name=name))
-        grad, buckets = 4 * parameter_count(model), ddp_buckets(model)
+        grad, buckets = allreduce_bytes(model), ddp_buckets(model)
         entry: dict[str, Any] = {"gradient_bytes": grad, "ddp_buckets": buckets, "batches": {}}
         for b in batches:
             compute = a100_compute(model)

@@ -20,8 +20,9 @@
 #   {"state": ..., "reason": "deadline" | "signal" | ..., "requeue": true | false, "run_dir": ..., ...}
 # and the job continues the run only when requeue is true (a stop for the time limit; ranks or a host lost
 # after this job had saved a checkpoint): Slurm requeues the job (same id, same run directory); PBS, where
-# users cannot requeue, submits a successor that runs after this job has ended. A user's scancel or qdel (TERM, requeue false) ends the job with its checkpoint kept, for a
-# later submission with the same RUN_NAME to resume.
+# users cannot requeue, submits a successor that runs after this job has ended. A user's scancel or qdel
+# (TERM, requeue false) ends the job with its checkpoint kept, for a later submission with the same RUN_NAME
+# to resume.
 
 # job_begin slurm|pbs: sets JOB_ID (a Slurm array task is <array>_<task>), the status and stop files, and
 # the traps; outside a batch job of that scheduler, one line and exit 2.
@@ -99,19 +100,17 @@ job_launch() {
 # checkpoint (a running status names the newest one only then), as the trainer decides after a lost rank, and
 # the job was not being stopped (a scancel or qdel ends the job whatever its ranks managed to write).
 gone() {
-    local run_dir edits='s/"state": *"running"/"state": "failed"/; s/"reason": *null/"reason": "gone"/' saved=""
-    run_dir=$(sed -n 's/.*"run_dir": *"\([^"]*\)".*/\1/p' "$HPC_MNIST_STATUS_FILE")
-    saved=$(sed -n 's/.*"checkpoint": *"\([^"]*\)".*/\1/p' "$HPC_MNIST_STATUS_FILE")
+    local run_dir saved kept edits='s/"state": *"running"/"state": "failed"/; s/"reason": *null/"reason": "gone"/'
+    run_dir=$(status_value run_dir)
+    saved=$(status_value checkpoint)
     if [ -n "$saved" ] && [ -z "${JOB_STOPPING:-}" ]; then
-        echo "hpc_mnist: the launch ended (exit $1) without the ranks recording why: a rank or its node died" \
-            "(the OOM killer, a node failure; the launcher's report above names it); this job had saved" \
-            "${saved##*/}, the newest checkpoint" >&2
+        kept="this job had saved ${saved##*/}, the newest checkpoint"
         edits+='; s/"requeue": *false/"requeue": true/'
     else
-        echo "hpc_mnist: the launch ended (exit $1) without the ranks recording why: a rank or its node died" \
-            "(the OOM killer, a node failure; the launcher's report above names it); the newest checkpoint is kept:" \
-            "resubmit with RUN_NAME=$(run_name) to continue" >&2
+        kept="the newest checkpoint is kept: resubmit with RUN_NAME=${run_dir##*/} to continue"
     fi
+    echo "hpc_mnist: the launch ended (exit $1) without the ranks recording why: a rank or its node died" \
+        "(the OOM killer, a node failure; the launcher's report above names it); $kept" >&2
     sed -i "$edits" "$HPC_MNIST_STATUS_FILE"
     if grep -qs '"state": *"running"' "$run_dir/status.json"; then sed -i "$edits" "$run_dir/status.json"; fi
 }
@@ -163,10 +162,15 @@ stopped_why() {
     fi
 }
 
+# status_value KEY: a string value of the status file (one "key": value per line, as the trainer writes it).
+status_value() {
+    sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p" "$HPC_MNIST_STATUS_FILE"
+}
+
 # run_name: the run directory's name, from the status file.
 run_name() {
     local run
-    run=$(sed -n 's/.*"run_dir": *"\([^"]*\)".*/\1/p' "$HPC_MNIST_STATUS_FILE")
+    run=$(status_value run_dir)
     echo "${run##*/}"
 }
 

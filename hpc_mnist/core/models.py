@@ -164,6 +164,11 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def allreduce_bytes(model: nn.Module) -> int:
+    """Bytes DDP all-reduces per step: every parameter's fp32 gradient."""
+    return 4 * parameter_count(model)
+
+
 def flops_per_sample(model: nn.Module) -> int:
     """Multiply-adds x 2 of one forward pass on a 28x28 digit (convolutions and dense layers), times 3
     for forward and backward: the usual estimate of training cost per sample."""
