@@ -35,6 +35,19 @@ def write_mnist_root(root: Path, train_count: int = TRAIN_DIGITS) -> Path:
     return root
 
 
+# Each lab's tests form one xdist group (pytest -n 4 --dist loadgroup, the default in pyproject.toml): one worker
+# runs a lab's tests in order, so each lab starts once per run and a test that kills one of its hosts never meets
+# another test's jobs, while the other workers run the rest of the suite beside the labs' waiting jobs.
+LAB_GROUPS = {"lab": "slurm-lab", "pbs_lab": "pbs-lab"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((g for fixture, g in LAB_GROUPS.items() if fixture in getattr(item, "fixturenames", ())), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     return write_mnist_root(tmp_path_factory.mktemp("mnist"))

@@ -135,7 +135,8 @@ def test_scancel_ends_the_job_and_a_resubmission_resumes(lab: Lab, uninterrupted
     lab.run(["scancel", job], timeout=15)
     result = finished(lab, job, out, timeout=60)
     assert (result.state, result.restarts) == ("CANCELLED", 0), result.info
-    time.sleep(3)  # a requeue (the bug) would show by now
+    # finished() waited until the job left squeue: its batch script has ended, so a requeue it asked for (the bug)
+    # would show by now
     assert lab.show(job)["JobState"] == "CANCELLED" and lab.show(job).get("Restarts") == "0"
     st = status(run_dir)
     assert (st["state"], st["reason"], st["signal"], st["requeue"]) == ("stopped", "signal", "SIGTERM", False), st
