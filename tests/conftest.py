@@ -35,17 +35,34 @@ def write_mnist_root(root: Path, train_count: int = TRAIN_DIGITS) -> Path:
     return root
 
 
-# Each lab's tests form one xdist group (pytest -n 4 --dist loadgroup, the default in pyproject.toml): one worker
-# runs a lab's tests in order, so each lab starts once per run and a test that kills one of its hosts never meets
-# another test's jobs, while the other workers run the rest of the suite beside the labs' waiting jobs.
-LAB_GROUPS = {"lab": "slurm-lab", "pbs_lab": "pbs-lab"}
+# Each lab's tests run on one xdist worker, in order (pytest -n 4, the default in pyproject.toml): each lab starts
+# once per run and a test that kills one of its hosts never meets another test's jobs, while the other workers run
+# the rest of the suite beside the labs' waiting jobs. The groups go by file, which is what xdist's controller
+# sees (pytest 9.2 ignores the node-id suffix that --dist loadgroup relies on); collection refuses a test that
+# uses a lab's fixture outside its lab's files.
+LAB_FILES = {"tests/cluster/test_slurm.py": "lab", "tests/cluster/test_stops.py": "lab",
+             "tests/cluster/test_launchers.py": "lab", "tests/cluster/test_pbs.py": "pbs_lab",
+             "tests/cluster/test_pbs_lab.py": "pbs_lab"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LabScheduling(LoadScopeScheduling):
+        """A lab's files are one unit of work (the largest, so they start first); every other test is its own."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return LAB_FILES.get(nodeid.split("::")[0], nodeid)
+
+    return LabScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        group = next((g for fixture, g in LAB_GROUPS.items() if fixture in getattr(item, "fixturenames", ())), None)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+        lab = LAB_FILES.get(item.nodeid.split("::")[0])
+        for fixture in {"lab", "pbs_lab"} & set(getattr(item, "fixturenames", ())) - {lab}:
+            raise pytest.UsageError(f"{item.nodeid} uses the {fixture} fixture: list its file in LAB_FILES "
+                                    "(tests/conftest.py), so that its lab's tests share one worker")
 
 
 @pytest.fixture(scope="session")
