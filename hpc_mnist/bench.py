@@ -37,10 +37,12 @@ from hpc_mnist.core import config, models, optim
 from hpc_mnist.core.config import Config
 from hpc_mnist.core.data import synthetic, write_idx_split
 from hpc_mnist.core.trainer import Trainer, sum_dtype
+from hpc_mnist.errors import ArgumentParser, one_line, writable_file
 from hpc_mnist.runtime import dist
 from hpc_mnist.runtime.logger import make_console
 
 DEFAULT_BATCH = {"linear": 128, "mlp": 128, "cnn": 512}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -366,13 +368,17 @@ def scaling(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    return lambda text: [kind(v) for v in text.split(",") if v]
+    def parse(text: str) -> list[Any]:
+        return [kind(v) for v in text.split(",") if v]
+
+    parse.__name__ = f"comma list of {kind.__name__}"  # argparse's message: invalid comma list of int value
+    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="hpc-mnist bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = ArgumentParser(prog="hpc-mnist bench", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--models", type=_csv(str), default=["mlp", "cnn"], help="comma list (default mlp,cnn)")
     p.add_argument("--config", default="", help="YAML for our path (default: configs/<model>.yaml)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -405,14 +411,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reference-epochs", type=int, default=4,
                    help="its epochs (4: the fewest after which it reached 99%% on this CPU)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, values, allowed in (("--models", args.models, DEFAULT_BATCH),
+                                  ("--precisions", args.precisions, PRECISIONS)):
+        if unknown := [v for v in values if v not in allowed]:
+            p.error(f"{name} takes {', '.join(allowed)}, not {', '.join(unknown)}")
+    for name in ("batch_sizes", "ranks"):
+        if any(v < 1 for v in getattr(args, name) or []):
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if not args.models or not args.precisions:
+        p.error("--models and --precisions need at least one value each")
+    return args
 
 
+@one_line
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         worker(args)
         return 0
+    kind = "time-to-99" if args.time_to_99 else "bench"
+    args.json = str(writable_file(args.json or f"runs/{kind}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"))
     console = make_console()
     if args.time_to_99:
         return _main_time_to_99(args, console)
@@ -490,13 +509,12 @@ def main(argv: list[str] | None = None) -> int:
             console.print(table)
         dist.shutdown()
 
-    return _write_report(report, args.json, "bench", console)
+    return _write_report(report, args.json, console)
 
 
-def _write_report(report: dict[str, Any], path: str | None, kind: str, console) -> int:
-    """The figures as JSON, at --json or runs/<kind>-<date>-<time>.json."""
-    out = Path(path or f"runs/{kind}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _write_report(report: dict[str, Any], path: str, console) -> int:
+    """The figures as JSON, at --json or runs/<kind>-<date>-<time>.json (checked writable before measuring)."""
+    out = Path(path)
     out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"figures written to {out}")
     return 0
@@ -510,7 +528,7 @@ def _main_time_to_99(args: argparse.Namespace, console) -> int:
                   "torch": str(torch.__version__), "device": str(rt.device), "threads": rt.threads,
                   "data": "bundled full MNIST", **time_to_99(args, rt, Path(tmp), console)}
         dist.shutdown()
-    return _write_report(report, args.json, "time-to-99", console)
+    return _write_report(report, args.json, console)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ scripts); the other `python -m hpc_mnist.<tool>` forms work as before.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ VERBS = {  # verb: (module, what it does)
     "train": ("train", "train a model (what every rank runs; `torchrun -m hpc_mnist.train` under a launcher)"),
     "launch": ("launch", "start a command on every allocated node the way the system wants it"),
     "doctor": ("doctor", "pre-flight check of a job: ranks, devices, CPU binding, network, one all-reduce"),
-    "data": ("data", "fetch or check datasets (MNIST ships with the package)"),
+    "data": ("data", "download datasets before a job (MNIST ships with the package)"),
     "bench": ("bench", "throughput and time-to-accuracy benchmarks"),
     "comm": ("comm", "all-reduce benchmark, under a launcher (`torchrun ... -m hpc_mnist.comm`)"),
     "scaling": ("scaling", "scaling study: run a sweep of jobs, report efficiency"),
@@ -30,11 +29,22 @@ VERBS = {  # verb: (module, what it does)
 def usage() -> str:
     width = max(map(len, VERBS))
     lines = [f"  {verb:<{width}}  {summary}" for verb, (_, summary) in VERBS.items()]
-    return "usage: hpc-mnist VERB [options]   (hpc-mnist VERB --help for each)\n\n" + "\n".join(lines)
+    return ("usage: hpc-mnist VERB [options]   (hpc-mnist VERB --help for each; hpc-mnist --version)\n\n"
+            + "\n".join(lines))
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("hpc_mnist")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def init(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hpc-mnist init", description=VERBS["init"][1])
+    p = errors.ArgumentParser(prog="hpc-mnist init", description=VERBS["init"][1])
     p.add_argument("folder", type=Path, nargs="?", default=Path("."), help="where (default: here)")
     args = p.parse_args(argv)
     try:
@@ -53,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] == "--version":
+        print(f"hpc-mnist {version()}")
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:

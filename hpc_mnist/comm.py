@@ -31,7 +31,7 @@ import torch.distributed as tdist
 from hpc_mnist import scaling_model
 from hpc_mnist.core.config import DistConfig, ModelConfig
 from hpc_mnist.core.models import allreduce_bytes, build
-from hpc_mnist.errors import UserError
+from hpc_mnist.errors import ArgumentParser, UserError, writable_file
 from hpc_mnist.runtime import dist
 
 MODELS = ("linear", "mlp", "cnn")
@@ -224,9 +224,9 @@ def show(report: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hpc_mnist.comm", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m hpc_mnist.comm", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 1)[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--min-bytes", type=int, default=4, help="smallest message (default: 4)")
     p.add_argument("--max-bytes", type=int, default=64 * 2**20, help="largest message (default: 64 MiB)")
     p.add_argument("--budget", type=float, default=0.2, help="seconds of timed iterations per size (default: 0.2)")
@@ -249,14 +249,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        json_out = writable_file(args.json) if args.json else None  # before measuring, not after
         report = benchmark(args)
     except UserError as e:
         dist.report_error(e)
         return e.exit_code
     if report is not None:
         show(report)
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        if json_out:
+            json_out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

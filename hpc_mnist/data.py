@@ -7,16 +7,16 @@ MNIST ships inside the package: nothing to fetch. The files are read by hpc_mnis
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from hpc_mnist.core.config import DataConfig
 from hpc_mnist.core.data import BUNDLED, DATASETS, prepare
-from hpc_mnist.errors import UserError, report
+from hpc_mnist.errors import ArgumentParser, UserError, one_line, report
 
 
+@one_line
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hpc-mnist data", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="hpc-mnist data", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     dl = sub.add_parser("download", help="fetch dataset files (run where there is internet; MNIST needs none)")
     dl.add_argument("--root", default="",

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from hpc_mnist.errors import UserError
+from hpc_mnist.errors import ArgumentParser, UserError, report, writable_file
 from hpc_mnist.runtime import dist
 
 DEFAULT_TIMEOUT = 60.0
@@ -403,6 +403,12 @@ def diagnose(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     me = gather_self(place, args.device)
     device = torch.device(me.device)
     backend = args.backend if args.backend != "auto" else {"cuda": "nccl", "xpu": "xccl"}.get(device.type, "gloo")
+    if not tdist.is_backend_available(backend):
+        raise UserError(f"this PyTorch ({torch.__version__}) has no {backend} backend (a CPU-only build has no nccl): "
+                        "install the site's GPU build of torch, or check the CPU path with --backend gloo")
+    if backend == "nccl" and device.type != "cuda":
+        raise UserError(f"--backend nccl needs a GPU on every rank, and rank {place.rank} on {me.host} has {device} "
+                        "(no GPU visible): use --backend gloo for the CPU path")
     report: dict[str, Any] = {"backend": backend, "timeout_s": args.timeout, "missing": []}
     if place.world_size == 1:
         return _verdict(report, [me], None, [None], backend)
@@ -491,9 +497,9 @@ def show(report: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="hpc-mnist doctor", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="hpc-mnist doctor", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 1)[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--timeout", type=float, default=float(os.environ.get("HPC_MNIST_DOCTOR_TIMEOUT", DEFAULT_TIMEOUT)),
                    help="seconds to wait for every rank to check in, and for the all-reduce "
                    f"(default: $HPC_MNIST_DOCTOR_TIMEOUT or {DEFAULT_TIMEOUT:g})")
@@ -511,7 +517,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        code, report = diagnose(args)
+        json_out = writable_file(args.json) if args.json else None  # before the check, not after it
+        code, result = diagnose(args)
     except UserError as e:
         return report(e)
     except Failure as e:
@@ -521,10 +528,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpc_mnist.doctor: FAIL all-reduce did not complete within {args.timeout:g} s: "
               f"{str(e).splitlines()[0]}", file=sys.stderr, flush=True)
         return 1
-    if report is not None:
-        show(report)
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if result is not None:
+        show(result)
+        if json_out:
+            json_out.write_text(json.dumps(result, indent=2) + "\n")
     return code
 
 

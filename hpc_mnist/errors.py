@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can make (bad config, missing data, wrong launcher).
+"""The one exception type for mistakes a user can make (bad config, missing data, wrong launcher), and the
+one way every tool reports them: a single `hpc_mnist: error: ...` line and a non-zero exit.
 
 The entry points catch it, print its message as a single line (once, from rank 0, when every rank
 has the same error), and exit with `exit_code`. Anything else that escapes is a bug and keeps its
@@ -7,7 +8,12 @@ traceback.
 
 from __future__ import annotations
 
+import argparse
+import functools
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 EXIT_USAGE = 2
 
@@ -27,3 +33,45 @@ def report(error: UserError) -> int:
     """Print the error as the one line every tool uses (one process; ranks go through dist.report_error)."""
     print(f"hpc_mnist: error: {error}", file=sys.stderr, flush=True)
     return error.exit_code
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are the project's one line (`PROG: what`, and where --help is), exit 2, rather
+    than argparse's usage block and `PROG: error:`."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"hpc_mnist: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def one_line(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """A tool's main whose every user mistake ends as one line: a UserError it did not catch itself, or a
+    file system error on a path the user gave (an input that is not there, an output that cannot be written)."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except UserError as e:
+            return report(e)
+        except OSError as e:
+            if e.filename is None:
+                raise
+            return report(UserError(f"{e.filename}: {e.strerror or e}"))
+
+    return wrapped
+
+
+def writable_file(path: str | os.PathLike) -> Path:
+    """`path` as an output file that can be written (its folder created), checked before any work is done, so
+    that figures are never measured and then lost to a mistyped path; one line when it cannot be."""
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        existed = out.exists()
+        with open(out, "a"):
+            pass
+        if not existed:
+            out.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    return out

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_mnist import resources
-from hpc_mnist.errors import UserError, report
+from hpc_mnist.errors import ArgumentParser, UserError, report
 
 # Aurora: 2 sockets x 52 cores; ALCF reserves cores 0 and 52 for the system.
 AURORA_SOCKET_CORES = (range(1, 52), range(53, 104))
@@ -186,7 +186,9 @@ def site_preview(name: str) -> tuple[list[str], dict[str, str]]:
                             capture_output=True, check=True, env={**os.environ, "HPC_MNIST_DRY_RUN": "1"})
     after = dict(item.split("=", 1) for item in result.stdout.decode().split("\0") if "=" in item)
     skip = ("SHLVL", "_", "PWD", "OLDPWD", "HPC_MNIST_DRY_RUN")
-    changed = {k: v for k, v in after.items() if os.environ.get(k) != v and k not in skip}
+    # a variable the file sets to empty from unset (Frontier's LD_LIBRARY_PATH without Cray's modules) is left out:
+    # pasted as `export X=''` it would clear what the user's own shell has there
+    changed = {k: v for k, v in after.items() if os.environ.get(k) != v and k not in skip and (v or k in os.environ)}
     return result.stderr.decode().splitlines(), changed
 
 
@@ -201,8 +203,8 @@ def default_ranks_per_node(name: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="hpc-mnist launch", description=__doc__.split("\n\n")[0],
-                                usage="%(prog)s [options] -- COMMAND...")
+    p = ArgumentParser(prog="hpc-mnist launch", description=__doc__.split("\n\n")[0],
+                       usage="%(prog)s [options] -- COMMAND...")
     p.add_argument("--system", choices=list(SYSTEMS), help="override detection")
     p.add_argument("--nodes", type=int, help="nodes to use (default: all allocated)")
     p.add_argument("--ppn", type=int, help="ranks per node (default: GPUs per node)")
@@ -216,6 +218,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.command = ["python", "-m", "hpc_mnist.train"]
     if not args.command:
         p.error("no COMMAND given; put it after --, e.g. -- python -m hpc_mnist.train")
+    for name in ("nodes", "ppn"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
     return args
 
 
@@ -234,8 +239,6 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= nodes <= len(hosts):
             raise UserError(f"--nodes {nodes} but the job has {len(hosts)} node(s)")
         ppn = args.ppn or default_ranks_per_node(name)
-        if ppn < 1:
-            raise UserError(f"--ppn must be at least 1 (got {ppn})")
         line = launch_line(name, nodes, ppn, args.cpu_bind, hosts, args.command)
     except UserError as e:
         return report(e)

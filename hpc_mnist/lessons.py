@@ -25,7 +25,7 @@ from typing import Any
 from rich.table import Table
 
 from hpc_mnist import resources
-from hpc_mnist.errors import UserError, report
+from hpc_mnist.errors import ArgumentParser, UserError, report
 from hpc_mnist.runtime.logger import make_console
 
 
@@ -95,9 +95,9 @@ def _figure(run: dict[str, Any] | None, metric: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hpc-mnist lessons", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = ArgumentParser(prog="hpc-mnist lessons", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--only", default=",".join(LESSONS), help=f"comma list of {', '.join(LESSONS)}")
     p.add_argument("--recipe-only", action="store_true", help="skip the runs with this project's defaults")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",

@@ -32,7 +32,7 @@ from rich.table import Table
 
 from hpc_mnist import launch
 from hpc_mnist.core import config
-from hpc_mnist.errors import UserError, report
+from hpc_mnist.errors import ArgumentParser, UserError, report
 from hpc_mnist.runtime.logger import make_console
 
 COLUMNS = [  # (key, header)
@@ -480,6 +480,14 @@ def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None)
                                            scaling_model.ddp_buckets(net))
 
 
+def report_folder(first: Path) -> Path:
+    """Where a report goes by default: a sweep's own folder, never a training run's directory."""
+    if not (first / "sweep.json").exists():
+        raise UserError(f"{first} is not a sweep folder (no sweep.json): say where the report goes with --out, "
+                        "so that it never lands in a training run's directory")
+    return first
+
+
 def report_paths(paths: list[Path], target: float, out: Path, comm_json: Path | None = None,
                  model: str | None = None) -> int:
     rows, mode = collect(paths, target)
@@ -505,9 +513,9 @@ def report_paths(paths: list[Path], target: float, out: Path, comm_json: Path | 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="hpc-mnist scaling", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = ArgumentParser(prog="hpc-mnist scaling", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="verb", required=True)
     r = sub.add_parser("run", help="run a sweep, then report it", usage="%(prog)s [options] [-- trainer arguments]",
                        description="Train the same configuration at each size. The trainer's arguments after -- "
@@ -538,7 +546,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rep.add_argument("paths", nargs="+", type=Path)
     rep.add_argument("--target", type=float, default=0.9,
                      help="validation accuracy for 'time to target' (default: 0.9)")
-    rep.add_argument("--out", type=Path, help="output folder (default: the first path)")
+    rep.add_argument("--out", type=Path, help="output folder (default: the first path when it is a sweep folder; "
+                     "run directories need --out)")
     rep.add_argument("--comm", type=Path, help="an all-reduce benchmark's JSON (hpc_mnist.comm --json): add the "
                      "scaling model's predicted samples/s and its error on each measured point (default: none)")
     rep.add_argument("--model", choices=["linear", "mlp", "cnn"],
@@ -559,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "run":
             return run(args)
-        return report_paths(args.paths, args.target, args.out or args.paths[0], args.comm, args.model)
+        return report_paths(args.paths, args.target, args.out or report_folder(args.paths[0]), args.comm, args.model)
     except UserError as e:
         return report(e)
 

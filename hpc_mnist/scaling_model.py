@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from hpc_mnist import allreduce_model
-from hpc_mnist.errors import UserError, report
+from hpc_mnist.errors import ArgumentParser, UserError, report
 
 TRAIN_SPLIT = 48_000  # MNIST's 60,000 training digits less the 20% validation split
 
@@ -316,9 +316,9 @@ def _compute_ms(items: list[str]) -> dict[tuple[str, int], float]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="hpc-mnist model", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="hpc-mnist model", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 1)[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comm", action="append", default=[], metavar="FILE",
                    help="an all-reduce sweep (comm --json, or nccl-tests all_reduce_perf output); repeat for "
                         "several rank counts (default: Polaris' published sweeps)")

@@ -7,7 +7,8 @@ Run the same command again to continue a stopped run. Exit codes: 0 completed (o
 2 a usage or input error (one line says which); 3 the loss became non-finite; 4 a collective timed out (a
 rank hung; every rank's stack is in the run directory); 5 a rank died (the newest checkpoint is kept); 75
 stopped early with a checkpoint (a signal or the deadline; status.json in the run directory says which); 130
-a second Ctrl-C stopped it at once. torchrun reports any of these but 0 as 1.
+a second Ctrl-C stopped it at once (130 or 143 also: a signal during a new run's start-up, nothing written).
+torchrun reports any of these but 0 as 1.
 
 run() is the story of a run; the Trainer (trainer.py) holds the model, data, optimizer and the step; the
 RunController (controller.py) decides when to checkpoint, log and stop, and writes status.json and
@@ -16,6 +17,7 @@ summary.json.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ from hpc_mnist.core.config import Config
 from hpc_mnist.core.data import check_root
 from hpc_mnist.core.trainer import Position, Trainer
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import deadline, dist, rundir
+from hpc_mnist.runtime import deadline, dist, logger, rundir
 from hpc_mnist.runtime.controller import Result, RunController
 from hpc_mnist.runtime.signals import StopRequest
 from hpc_mnist.runtime.stopping import StopAgreement
@@ -47,9 +49,11 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
             return _finished(cfg, rt, run_dir, plan)
         agreement = StopAgreement(stop, dist.on_main(lambda: deadline.resolve(cfg.train)), cfg.train.checkpoint_minutes)
         t = Trainer(cfg, rt, run_dir)
+        if plan.action == "new" and not plan.checkpoint and (interrupted := agreement.before_start(rt.device)):
+            return _not_started(rt, run_dir, interrupted, t)
         pos, notes = t.restore(plan.checkpoint) if plan.checkpoint else (Position(), [])
         ctl = RunController(t, pos, agreement, started)
-        with ctl.running(plan.notes + notes + rundir.name_notes(cfg, config_file)):
+        with ctl.running(plan.notes + notes + t.size_notes() + rundir.name_notes(cfg, config_file)):
             for epoch in ctl.epochs():
                 with ctl.epoch(epoch) as progress:
                     step, stopping, sums = t.train_epoch(epoch, pos, agreement, progress, ctl.save_mid_epoch)
@@ -59,6 +63,15 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
                 if stopping and epoch < cfg.train.epochs:
                     return ctl.stopped(stopping)
             return ctl.finish()
+
+
+def _not_started(rt: dist.Runtime, run_dir: Path, interrupted: str, t: Trainer) -> Result:
+    """A stop request during a new run's start-up: nothing has trained, so nothing is written (exit 128 + the
+    signal, as a shell reports a process it stopped)."""
+    if rt.is_main:
+        print(f"hpc_mnist: {interrupted} during start-up, before the first step: stopped with nothing written (no "
+              f"{run_dir}); the same command starts the run", flush=True)
+    return Result({"status": "not started", "signal": interrupted}, t.model, 128 + signal.Signals[interrupted])
 
 
 def _finished(cfg: Config, rt: dist.Runtime, run_dir: Path, plan: rundir.Plan) -> Result:
@@ -76,6 +89,7 @@ def _finished(cfg: Config, rt: dist.Runtime, run_dir: Path, plan: rundir.Plan) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    logger.survive_a_gone_reader()  # `... | head`, a dropped ssh session: the run goes on
     args = config.parser("python -m hpc_mnist.train", __doc__.split("\n\n")[0], __doc__.split("\n\n")[-1]) \
         .parse_args(argv)
     try:

@@ -37,11 +37,26 @@ class PeerRank:
         self.flags = torch.tensor([bad_key(bad_step, rank=1), signum, late, due])
 
     def __call__(self, flags: torch.Tensor) -> torch.Tensor:
+        if flags.numel() == 1:  # the start-up agreement (a signal before the first step): this peer had none
+            return flags
         self.checks += 1
         return torch.maximum(flags, self.flags) if self.checks >= self.from_check else flags
 
 
 # --- the agreement: whatever one rank sees, every rank stops at the same check ---
+
+def test_a_signal_during_start_up_stops_before_the_first_step_and_leaves_nothing(train_here, tmp_path):
+    """Ctrl-C (or scancel) while the ranks start: they agree on it before the first step (here the signal reached
+    only the peer), stop at once, and leave no run directory; the same command then starts the run."""
+    def peer(flags: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(flags, torch.tensor([signal.SIGINT])) if flags.numel() == 1 else flags
+
+    stopped = train_here([*SMALL, f"log.dir={tmp_path}", "log.name=r"], peer=peer)
+    assert stopped.code == 130, stopped.err
+    assert "SIGINT during start-up, before the first step: stopped with nothing written" in stopped.out, stopped.out
+    assert not (tmp_path / "r").exists()
+    assert train_here([*SMALL, f"log.dir={tmp_path}", "log.name=r"]).code == 0
+
 
 def test_a_peers_signal_stops_this_rank_at_the_next_check_and_the_same_command_continues_exactly(train_here, tmp_path):
     args = [*SMALL, f"log.dir={tmp_path}"]

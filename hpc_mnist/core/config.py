@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from hpc_mnist import resources
-from hpc_mnist.errors import UserError
+from hpc_mnist.errors import ArgumentParser, UserError
 
 
 def opt(default: Any, help: str, **bounds: float) -> Any:
@@ -269,8 +269,11 @@ def _read_yaml(path: str) -> dict[str, Any]:
     flat = {}
     for section, values in data.items():
         if not isinstance(values, dict):
-            raise UserError(f"config file {path}: section '{section}' must be a mapping of keys"
-                            + _suggest(str(section), [f.name for f in dataclasses.fields(Config)]))
+            sections = [f.name for f in dataclasses.fields(Config)]
+            raise UserError(f"config file {path}: section '{section}' must be a mapping of keys, "
+                            + (f"e.g. '{section}: {{{next(iter(dataclasses.asdict(Config())[section]))}: ...}}', "
+                               f"not {values!r}" if section in sections else f"not {values!r}"
+                               + _suggest(str(section), sections)))
         for name, value in values.items():
             flat[f"{section}.{name}"] = value
     return flat
@@ -291,8 +294,16 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 def _cross_checks(cfg: Config) -> None:
     _check_cnn(cfg.model)
+    _check_run_name(cfg.log.name)
     if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum <= 0):
         raise UserError("config key optim.nesterov=true needs optim.name=sgd and optim.momentum > 0")
+
+
+def _check_run_name(name: str) -> None:
+    """A run name is one folder inside log.dir: never a path that leads out of it, onto it, or elsewhere."""
+    if name in (".", "..") or "/" in name or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UserError(f"log.name={name!r} is not a run name: use a plain name (letters, digits, - _ .), and "
+                        "log.dir=FOLDER for where run directories go")
 
 
 def _check_cnn(m: ModelConfig) -> None:
@@ -348,10 +359,21 @@ def build(config_file: str | None = None, overrides: list[str] | tuple[str, ...]
     return cfg
 
 
+class _Once(argparse.Action):
+    """An option given at most once: with two --config files the last would win silently."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)}, {values}): give one file "
+                         "and put changes after it as section.key=value")
+        setattr(namespace, self.dest, values)
+
+
 def parser(prog: str, description: str, notes: str = "") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description, epilog=help_text() + "\n\n" + notes,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="YAML file with sections data, model, optim, train, dist, log")
+    p = ArgumentParser(prog=prog, description=description, epilog=help_text() + "\n\n" + notes,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", action=_Once,
+                   help="YAML file with sections data, model, optim, train, dist, log")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides, applied last")
     return p
 

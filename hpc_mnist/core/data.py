@@ -116,8 +116,9 @@ def _check_idx(path: Path, kind: str, header: bytes, size: int) -> int:
     expected = len(header) + dims[0] * (dims[1] * dims[2] if kind == "images" else 1)
     if path.suffix == ".gz":
         expected %= 2**32
-    if size != expected:
-        raise UserError(f"{path} is truncated or corrupt ({size} bytes, header promises {expected}); {fix}")
+    if size != expected:  # a .gz's size is its trailer's: from a cut file, 4 bytes from the middle of the data
+        found = "its gzip trailer disagrees" if path.suffix == ".gz" else f"{size:,} bytes"
+        raise UserError(f"{path} is truncated or corrupt ({found}; its header promises {expected:,} bytes); {fix}")
     if kind == "images" and dims[1:] != [28, 28]:
         raise UserError(f"{path} holds {dims[1]}x{dims[2]} images, expected 28x28; {fix}")
     return dims[0]
@@ -179,7 +180,7 @@ def _download(cfg: DataConfig, root: Path, command: bool) -> None:
         for name in BUNDLED_MD5:
             shutil.copyfile(BUNDLED / f"{name}.gz", raw / f"{name}.gz")
         return
-    from torchvision import datasets
+    datasets = _torchvision_datasets()
 
     created = [p for p in (*reversed(root.parents), root, root / DATASETS[cfg.name][0], raw) if not p.exists()]
     chatter = io.StringIO()  # torchvision prints each failed mirror; keep the last reason for our one line
@@ -255,6 +256,17 @@ def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     noise = torch.rand(n, 28, 28, generator=g)
     images = (0.5 * protos[labels] + 0.5 * noise) * 255
     return images.to(torch.uint8), labels
+
+
+def _torchvision_datasets():
+    """torchvision.datasets, or one line when torchvision does not fit this torch (pip can install a pair that does
+    not: its native operators then fail to register at import)."""
+    try:
+        from torchvision import datasets
+    except Exception as e:  # ImportError, or RuntimeError "operator torchvision::nms does not exist"
+        raise UserError(f"torchvision cannot be imported beside torch {torch.__version__} ({str(e).splitlines()[0]}): "
+                        "install the pair that fits, e.g. pip install torch torchvision together") from None
+    return datasets
 
 
 def write_idx_split(root: Path, split: str, images: torch.Tensor, labels: torch.Tensor, name: str = "mnist") -> None:

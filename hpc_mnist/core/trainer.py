@@ -131,6 +131,14 @@ class Trainer:
                                                cfg.train.epochs)
         self.scaler = precision.grad_scaler(self.amp, rt.device)
 
+    def size_notes(self) -> list[str]:
+        """What the start panel should say about a batch larger than a rank's share of the training set."""
+        share = len(self.sampler)
+        if self.cfg.train.batch_size <= share:
+            return []
+        return [f"train.batch_size={self.cfg.train.batch_size} is more than this rank's {share:,} training samples: "
+                f"each epoch is one step of {share:,}"]
+
     def _settle_buckets(self) -> None:
         """One backward pass of zero gradients, so that every real step of every process life all-reduces
         with the same bucket layout. DDP rebuilds its buckets after the first step of each process, and with

@@ -144,6 +144,11 @@ def detect(init: str = "auto") -> Placement:
             found["mpi"] = None
         init = next((name for name, place in found.items() if place), "none")
     if init == "none":
+        launched = next(((name, place) for name, place in found.items() if place and (place.world_size or 0) > 1), None)
+        if launched:  # each process would train alone, all of them in one run directory
+            raise UserError(f"dist.init=none, but this process is rank {launched[1].rank} of {launched[1].world_size} "
+                            f"started by {'srun' if launched[0] == 'slurm' else launched[0]}: drop dist.init=none (or "
+                            "set dist.init=auto), or start one process")
         return Placement("none")
     if init == "mpi":
         return found["mpi"] or Placement("mpi", 0, None, 0, None)  # mpi4py supplies the numbers
@@ -253,7 +258,7 @@ def busy_cores(own_processes: int = 1) -> int:
             return 0
         if i < 4:
             time.sleep(0.01)
-    return max(0, sorted(looks)[2] - own_processes)
+    return min(max(0, sorted(looks)[2] - own_processes), os.cpu_count() or 1)  # tasks may outnumber cores
 
 
 def _backend(name: str, device: torch.device) -> str:

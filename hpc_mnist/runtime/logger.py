@@ -7,8 +7,10 @@ training loop never asks which rank it is on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,43 @@ EPOCH_COLUMNS = [  # (key, header, width, format spec)
     ("val_loss", "val loss", 8, ".4f"), ("val_acc", "val acc", 7, ".2%"), ("lr", "lr", 9, ".2e"),
     ("epoch_time_s", "time s", 7, ".2f"), ("samples_per_s", "samples/s", 10, ",.0f"),
 ]
+
+
+class ReaderGone:
+    """A standard stream that outlives its reader (a pipe to `head`, a dropped ssh session): the first write that
+    finds it gone points the descriptor at /dev/null, so this and every later write, and the interpreter's last
+    flush, succeed and the run goes on writing its files and status.json as ever."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._or_null(lambda: self._stream.write(text))
+
+    def flush(self) -> None:
+        self._or_null(self._stream.flush)
+
+    def _or_null(self, action):
+        try:
+            return action()
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+            return action()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def survive_a_gone_reader() -> None:
+    """Standard output and error that a closed pipe or terminal cannot end the process through (trainer only)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, ReaderGone):
+            setattr(sys, name, ReaderGone(stream))
 
 
 def make_console() -> Console:

@@ -13,7 +13,6 @@ at once.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -22,7 +21,7 @@ import subprocess
 import sys
 from typing import Any
 
-from hpc_mnist.errors import UserError, report
+from hpc_mnist.errors import ArgumentParser, UserError, report
 
 CARRIED_RESOURCES = ("select", "place", "walltime")  # what a user sets; ncpus, nodect, ... PBS derives from them
 COUNT_VAR = "RESUBMIT_COUNT"  # 0 in the first job of a run, 1 in its first continuation, ...
@@ -106,7 +105,7 @@ def submit_continuation(job_id: str, script: str, run_name: str, count: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hpc_mnist.runtime.pbs", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m hpc_mnist.runtime.pbs", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     cont = sub.add_parser("continue", help="submit the job that continues this job's run after it ends")
     cont.add_argument("--script", required=True, help="the job script to submit (PBS's copy: $0 in the job)")

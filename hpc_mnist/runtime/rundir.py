@@ -130,21 +130,28 @@ def _running(run_dir: Path, status: dict[str, Any]) -> bool:
         return True
     if status.get("host") != socket.gethostname():
         return True  # another host's process: neither its lock (local on some parallel file systems) nor pid tell
+    held = _lock_held(run_dir)
+    if held is not None:
+        return held
+    return not isinstance(status.get("pid"), int) or peers.process_exists(status["pid"])
+
+
+def _lock_held(run_dir: Path) -> bool | None:
+    """Whether another process holds the run directory's lock now; None where that cannot be told (no lock file,
+    a file system without flock)."""
     try:
         fd = os.open(run_dir / ".lock", os.O_RDWR)
     except OSError:
-        fd = None
-    if fd is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False  # nobody holds it (closing the descriptor releases it again)
-        except BlockingIOError:
-            return True
-        except OSError:
-            pass  # no flock on this file system
-        finally:
-            os.close(fd)
-    return not isinstance(status.get("pid"), int) or peers.process_exists(status["pid"])
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False  # nobody holds it (closing the descriptor releases it again)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None  # no flock on this file system
+    finally:
+        os.close(fd)
 
 
 def plan(cfg: Config, run_dir: Path) -> Plan:
@@ -154,6 +161,8 @@ def plan(cfg: Config, run_dir: Path) -> Plan:
             checkpoint.load(Path(cfg.train.resume))  # a named checkpoint must be usable
             return Plan("new", Path(cfg.train.resume), [f"starting {run_dir} from {cfg.train.resume}"])
         return Plan("new", None, [f"starting a new run in {run_dir}"])
+    if run_dir not in _LOCKS and _lock_held(run_dir):  # live, whatever it has written so far: no other advice
+        raise _in_use(run_dir)
     saved = checkpoint.existing(run_dir)
     status = read_status(run_dir)
     if not saved and status is None:
@@ -193,6 +202,10 @@ def plan(cfg: Config, run_dir: Path) -> Plan:
 _LOCKS: dict[Path, int] = {}  # run directory -> its lock file, held from open_run to close_run
 
 
+def _in_use(run_dir: Path) -> UserError:
+    return UserError(f"run directory {run_dir} is in use by another run; wait for it to end or choose another log.name")
+
+
 def _lock(run_dir: Path) -> None:
     """One process tree per run directory at a time: two would interleave metrics and checkpoints."""
     fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -200,8 +213,7 @@ def _lock(run_dir: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise UserError(f"run directory {run_dir} is in use by another run; wait for it to end or choose "
-                        "another log.name") from None
+        raise _in_use(run_dir) from None
     except OSError:
         pass  # a file system without flock (some parallel file systems): run unlocked
     _LOCKS[run_dir] = fd

@@ -55,6 +55,15 @@ class StopAgreement:
         """A checkpoint was written: the next timed one is due checkpoint_minutes from now."""
         self.last_checkpoint = time.monotonic()
 
+    def before_start(self, device: torch.device) -> str | None:
+        """The signal the ranks agree came during start-up, if any (one small all-reduce, before a new run's
+        directory is made): a Ctrl-C there ends the run at once, with nothing trained and nothing left behind."""
+        signum = (self.stop.signum or 0) if self.stop else 0
+        agreed = int(dist.any_rank(torch.tensor([signum], dtype=torch.long, device=device))[0])
+        if agreed and self.stop:
+            self.stop.agreed = agreed
+        return self.stop.name() if agreed and self.stop else None
+
     def at(self, step: int, last_step: int, first_bad: torch.Tensor, watchdog: Watchdog) -> Verdict | None:
         """None between checks (no collective); at a check, what the ranks agreed."""
         if step % CHECK_EVERY and step != last_step:
