@@ -45,6 +45,13 @@ LAB_FILES = {"tests/cluster/test_slurm.py": "lab", "tests/cluster/test_stops.py"
              "tests/cluster/test_pbs_lab.py": "pbs_lab"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One CPU thread per process unless a test says otherwise (it then sets or clears OMP_NUM_THREADS itself):
+    the workers' processes share 2 cores with the labs' ranks, and a process that takes every core spins against
+    the others (an MLP epoch 10x slower, benchmarks/threads-under-load.md)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     from xdist.scheduler import LoadScopeScheduling
 

@@ -120,8 +120,11 @@ def test_explicit_init_without_its_variables(env):
         dist.detect("slurm")
     with pytest.raises(UserError, match="dist.init=torchrun but RANK/WORLD_SIZE are not set"):
         dist.detect("torchrun")
-    env(RANK=0, WORLD_SIZE=2)
+    env(RANK=0, WORLD_SIZE=1)
     assert dist.detect("none") == Placement("none")
+    env(RANK=0, WORLD_SIZE=2)  # each of torchrun's processes would train alone, in one run directory
+    with pytest.raises(UserError, match="dist.init=none, but this process is rank 0 of 2 started by torchrun"):
+        dist.detect("none")
 
 
 def test_inconsistent_or_malformed_variables(env):

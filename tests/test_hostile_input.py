@@ -78,7 +78,9 @@ def test_hostile_input(case, tmp_path, capsys, request):
     make_args, message = CASES[case]
     if case in ("truncated file", "label count mismatch", "wrong magic"):
         request.getfixturevalue("mnist_root")  # skips when the real digits are absent
-    code = train.main([*SMOKE, f"log.dir={tmp_path / 'runs'}", *make_args(tmp_path)])
+    args = make_args(tmp_path)
+    base = SMOKE[2:] if "--config" in args else SMOKE  # one --config: a bad file instead of the smoke preset
+    code = train.main([*base, f"log.dir={tmp_path / 'runs'}", *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("hpc_mnist: error: ") and message in err[0], err

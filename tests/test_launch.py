@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MPIEXEC, REPO, clean_env
+from conftest import MPIEXEC, REPO, clean_env, free_port
 
 STUBS = REPO / "tests" / "stubs"
 LMOD = STUBS / "lmod.bash"  # `module`/`conda` shell functions whose activate step reads an unset variable
@@ -273,8 +273,9 @@ def test_job_script_runs_under_a_simulated_scheduler(tmp_path, script, scheduler
         nodefile.write_text(socket.gethostname() + "\n")
         env.update(PBS_JOBID="4242.pbs-server", PBS_NODEFILE=str(nodefile), PBS_O_WORKDIR=str(REPO))
     else:
-        env.update(SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="1", SLURM_NNODES="1", SLURM_NTASKS="2",
-                   SLURM_PROCID="0", SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_NODELIST="localhost")
+        # MASTER_PORT: the trainer's Slurm default (20000 + job id) is one port for every test of this table
+        env.update(MASTER_PORT=str(free_port()), SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="1", SLURM_NNODES="1",
+                   SLURM_NTASKS="2", SLURM_PROCID="0", SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_NODELIST="localhost")
     result = subprocess.run(["bash", str(REPO / "jobscripts" / script)], capture_output=True, text=True,
                             env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -357,6 +358,7 @@ def test_slurm_early_warning_stops_with_a_checkpoint_and_requeues(tmp_path):
     env = scheduler_free_env(PATH=f"{STUBS}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", STUB_LOG=str(log),
                     CONFIG="configs/smoke.yaml", RANKS_PER_NODE="2", PYTHON=sys.executable,
                     OVERRIDES=f"log.dir={tmp_path} log.console=plain {slow}", SLURM_JOB_ID="4243",
+                    MASTER_PORT=str(free_port()),
                     SLURM_JOB_NUM_NODES="1", SLURM_NNODES="1", SLURM_SUBMIT_DIR=str(REPO),
                     SLURM_JOB_NODELIST="localhost")
     proc = subprocess.Popen(["bash", str(REPO / "jobscripts" / "slurm.sh")], env=env, cwd=tmp_path, text=True,

@@ -8,6 +8,8 @@ with the reason; with CI=true any other failure to start it fails them, so a bro
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -175,6 +177,31 @@ def job_env(lab: Lab, work: Path, overrides: str, **more: str) -> dict[str, str]
                           "DOCTOR": "0",  # the pre-flight check runs in the 2 x 2 job-script test only
                           "OVERRIDES": f"log.console=plain train.precision=fp32 log.tensorboard=false "
                                        f"log.dir={work / 'runs'} {overrides}", **more})
+
+
+def straight_run(tmp_path_factory: pytest.TempPathFactory, *settings: str) -> Path:
+    """model.pt of the uninterrupted run the labs' results must equal bit for bit: `torchrun --standalone` with 4
+    ranks of one thread on this machine, the smoke config and `settings`. Made once per test run: the Slurm and
+    PBS labs' workers share it (a lock file in the run's shared temporary folder)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder of every worker of this run, not of earlier runs
+    folder = shared / "straight-runs"
+    folder.mkdir(exist_ok=True)
+    name = hashlib.sha1(" ".join(settings).encode()).hexdigest()[:12]
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / name / "model.pt").exists():
+            subprocess.run([str(Path(PY).parent / "torchrun"), "--standalone", "--nproc_per_node=4", "-m",
+                            "hpc_mnist.train", *SMOKE, *settings, f"log.dir={folder}", f"log.name={name}"],
+                           check=True, capture_output=True, timeout=600, env=clean_env(OMP_NUM_THREADS="1"), cwd=REPO)
+    return folder / name / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The straight run of the labs' stop and resume tests: SLOW, EPOCHS epochs."""
+    return straight_run(tmp_path_factory, *SLOW.split(), f"train.epochs={EPOCHS}")
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from cluster.conftest import (
+    EPOCHS,
     PBS_TMRSH,
     PY,
     SLOW,
-    SMOKE,
     PbsLab,
     assert_same_weights,
     assert_whole_checkpoint,
@@ -32,6 +31,7 @@ from cluster.conftest import (
     epochs_logged,
     load_weights,
     status,
+    straight_run,
 )
 from conftest import REPO
 
@@ -39,7 +39,6 @@ pytestmark = pytest.mark.cluster
 
 VENV = Path(sys.prefix)
 PALS = Path(__file__).resolve().parent / "pals"
-LONG_EPOCHS = 12  # ~40-60 s of training on 4 ranks
 
 
 def edited_script(work: Path, name: str, walltime: str = "00:05:00", select: str = "2:ncpus=2") -> Path:
@@ -117,25 +116,12 @@ def jobs_named(lab: PbsLab, name: str) -> list[str]:
     return sorted((j for j, info in jobs.items() if info.get("Job_Name") == name), key=lambda j: int(j.split(".")[0]))
 
 
-def reference(lab: PbsLab, work: Path, epochs: int, extra: str = "") -> Path:
-    """The uninterrupted run: torchrun, 4 ranks on this machine, one thread each."""
-    subprocess.run([str(VENV / "bin" / "torchrun"), "--standalone", "--nproc_per_node=4", "-m", "hpc_mnist.train",
-                    *SMOKE, *SLOW.split(), f"train.epochs={epochs}", f"log.dir={work}", "log.name=reference",
-                    *extra.split()], check=True, capture_output=True, timeout=300, env=lab.env, cwd=REPO)
-    return work / "reference" / "model.pt"
-
-
-@pytest.fixture(scope="module")
-def straight(pbs_lab: PbsLab) -> Path:
-    return reference(pbs_lab, pbs_lab.workdir("reference"), LONG_EPOCHS)
-
-
-def test_pbs_sh_two_hosts_with_the_doctor_equals_torchrun(pbs_lab: PbsLab):
+def test_pbs_sh_two_hosts_with_the_doctor_equals_torchrun(pbs_lab: PbsLab, tmp_path_factory):
     """(a) The generic PBS script as a user edits it, 2 hosts x 2 ranks, pre-flight check on: PBS's
     OMP_NUM_THREADS=2 (the chunk's ncpus) must not make 2 ranks x 2 threads on 2 cores (the doctor failed every
     such job); the weights equal torchrun's 4 ranks with one thread each, bit for bit."""
     work = pbs_lab.workdir("pbs-2x2")
-    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs=2 log.name=run", DOCTOR="1")
+    job = submit(pbs_lab, work, "pbs.sh", "log.name=run", DOCTOR="1")
     info = pbs_lab.wait(job, timeout=240)
     log = log_of(info)
     assert info["Exit_status"] == 0, log
@@ -143,10 +129,10 @@ def test_pbs_sh_two_hosts_with_the_doctor_equals_torchrun(pbs_lab: PbsLab):
     assert "1 CPU thread(s) per rank: its share of 2 core(s) among 2 rank(s); PBS's OMP_NUM_THREADS=2" in log, log
     summary = json.loads((work / "runs" / "run" / "summary.json").read_text())
     assert (summary["world_size"], summary["num_nodes"], summary["launcher"]) == (4, 2, "mpi"), summary
-    assert_same_weights(work / "runs" / "run" / "model.pt", reference(pbs_lab, work, 2))
+    assert_same_weights(work / "runs" / "run" / "model.pt", straight_run(tmp_path_factory))
 
 
-def test_a_run_longer_than_its_walltime_continues_by_itself(pbs_lab: PbsLab, straight: Path):
+def test_a_run_longer_than_its_walltime_continues_by_itself(pbs_lab: PbsLab, uninterrupted: Path):
     """(b) A run longer than its first job: the trainer reads stime and walltime from qstat and stops with a
     checkpoint train.deadline_margin before the walltime, submits its continuation (same run directory, same
     resources, held until this job has ended), and the last job completes: the straight run's weights, every
@@ -161,7 +147,7 @@ def test_a_run_longer_than_its_walltime_continues_by_itself(pbs_lab: PbsLab, str
     first check like the first job and hands on to the next: at most 4 jobs."""
     work = pbs_lab.workdir("long")
     name = unique_name(work)
-    first = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS} log.tensorboard=true "
+    first = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS} log.tensorboard=true "
                    "train.deadline_margin=85", "-N", name, walltime="00:01:30")
     lengthened, deadline = {first}, time.monotonic() + 900
     while True:  # until the newest job of the chain has ended other than by a stop for the walltime (75)
@@ -186,20 +172,20 @@ def test_a_run_longer_than_its_walltime_continues_by_itself(pbs_lab: PbsLab, str
     for earlier, later in zip(infos[:-1], infos[1:], strict=True):  # chained: each held until the one before had ended
         assert stamp(later["stime"]) >= stamp(earlier["obittime"]), (earlier, later)
         assert str(later["Variable_List"]["RUN_NAME"]) == run_dir.name  # qstat gives 60, not "60"
-    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
-    assert_same_weights(run_dir / "model.pt", straight)
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(run_dir)).Reload()
-    assert [e.step for e in events.Scalars("accuracy/val")] == list(range(1, LONG_EPOCHS + 1))
+    assert [e.step for e in events.Scalars("accuracy/val")] == list(range(1, EPOCHS + 1))
 
 
-def test_qdel_ends_the_run_and_a_resubmission_resumes(pbs_lab: PbsLab, straight: Path):
+def test_qdel_ends_the_run_and_a_resubmission_resumes(pbs_lab: PbsLab, uninterrupted: Path):
     """(c) A user's qdel: TERM to every rank, a whole stop checkpoint, no continuation; the same RUN_NAME
     submitted again resumes to the straight run's weights."""
     work = pbs_lab.workdir("qdel")
     name = unique_name(work)
     run_dir = work / "runs" / "deleted"
-    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}", "-N", name, RUN_NAME="deleted")
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", "-N", name, RUN_NAME="deleted")
     wait_for_epoch(pbs_lab, job, run_dir)
     pbs_lab.qdel(job)
     info = pbs_lab.wait(job, timeout=60)
@@ -209,35 +195,35 @@ def test_qdel_ends_the_run_and_a_resubmission_resumes(pbs_lab: PbsLab, straight:
     assert_whole_checkpoint(run_dir, st)
     # F: the job script has ended, so a continuation it submitted (the bug) is in qstat by now
     assert jobs_named(pbs_lab, name) == [job], "a qdel'd run was continued"
-    again = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}", RUN_NAME="deleted")
+    again = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", RUN_NAME="deleted")
     info = pbs_lab.wait(again, timeout=240)
     assert info["Exit_status"] == 0, log_of(info)
-    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
-    assert_same_weights(run_dir / "model.pt", straight)
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)
 
 
-def test_qrerun_resumes_under_the_same_job_id(pbs_lab: PbsLab, straight: Path):
+def test_qrerun_resumes_under_the_same_job_id(pbs_lab: PbsLab, uninterrupted: Path):
     """(d) qrerun (an operator's, or PBS's after a node failure): the same job id, so the same run directory,
     resumed from the stop checkpoint to the straight run's weights."""
     work = pbs_lab.workdir("qrerun")
-    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}")
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}")
     run_dir = work / "runs" / job.split(".")[0]
     wait_for_epoch(pbs_lab, job, run_dir)
     pbs_lab.qrerun(job)
     info = pbs_lab.wait(job, timeout=300)
     assert info["Exit_status"] == 0 and int(info["run_count"]) == 2, log_of(info)
-    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
-    assert_same_weights(run_dir / "model.pt", straight)
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)
 
 
-def test_a_first_host_that_dies_is_rerun_by_pbs_under_the_same_job_id(pbs_lab: PbsLab, straight: Path):
+def test_a_first_host_that_dies_is_rerun_by_pbs_under_the_same_job_id(pbs_lab: PbsLab, uninterrupted: Path):
     """(d') The job's first host (PBS's mother superior, where the job script runs) dies in epoch 2 or later:
     every process on it, pbs_mom included. PBS reruns the job node_fail_requeue seconds after it lost that host
     (10 s on the lab, 310 s by default), under the same job id, so in the same run directory; the rerun waits
     for two hosts until the dead host's mom is back, and continues from the newest checkpoint to the straight
     run's weights, each epoch logged once."""
     work = pbs_lab.workdir("host-dies")
-    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}")
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}")
     run_dir = work / "runs" / job.split(".")[0]
     wait_for_epoch(pbs_lab, job, run_dir, epoch=2)
     first = pbs_lab.info(job)["exec_host"].split("/")[0]
@@ -252,11 +238,11 @@ def test_a_first_host_that_dies_is_rerun_by_pbs_under_the_same_job_id(pbs_lab: P
     pbs_lab.run(["pbs_mom"], host=first)  # the host is back (onpbs puts /opt/pbs/sbin on PATH)
     info = pbs_lab.wait(job, timeout=300)
     assert info["Exit_status"] == 0 and int(info["run_count"]) == 2, (info, log_of(info))
-    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
-    assert_same_weights(run_dir / "model.pt", straight)
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)
 
 
-def test_a_second_host_that_dies_ends_the_job_and_its_successor_continues(pbs_lab: PbsLab, straight: Path):
+def test_a_second_host_that_dies_ends_the_job_and_its_successor_continues(pbs_lab: PbsLab, uninterrupted: Path):
     """(d'') The job's second host dies in epoch 2 or later (every process on it, pbs_mom included). PBS does not
     rerun the job for that (node_fail_requeue is about the first host), and MPICH's mpiexec kills the ranks that
     are left before they can record why. The job script says so in one line, marks the status failed, gone, and,
@@ -264,7 +250,7 @@ def test_a_second_host_that_dies_ends_the_job_and_its_successor_continues(pbs_la
     until the dead host's mom is back, then ends with the straight run's weights, each epoch logged once."""
     work = pbs_lab.workdir("sister-dies")
     name = unique_name(work)
-    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}", "-N", name)
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", "-N", name)
     run_dir = work / "runs" / job.split(".")[0]
     wait_for_epoch(pbs_lab, job, run_dir, epoch=2)
     second = pbs_lab.info(job)["exec_host"].split("+")[1].split("/")[0]
@@ -282,11 +268,11 @@ def test_a_second_host_that_dies_ends_the_job_and_its_successor_continues(pbs_la
     assert len(jobs) == 2, jobs
     info = pbs_lab.wait(jobs[1], timeout=300)
     assert info["Exit_status"] == 0, log_of(info)
-    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
-    assert_same_weights(run_dir / "model.pt", straight)
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)
 
 
-def test_qsig_usr1_ends_the_job_at_once_and_the_last_checkpoint_stays(pbs_lab: PbsLab, straight: Path):
+def test_qsig_usr1_ends_the_job_at_once_and_the_last_checkpoint_stays(pbs_lab: PbsLab, uninterrupted: Path):
     """(e) qsig -s USR1 reaches the job's top processes, PBS's own login shell above the job script included.
     No job script can give that shell a handler: it dies, and PBS kills the whole job within milliseconds
     (Exit_status 266 = 256 + SIGUSR1), before any rank could write a stop checkpoint. So qdel is the clean stop
@@ -294,18 +280,18 @@ def test_qsig_usr1_ends_the_job_at_once_and_the_last_checkpoint_stays(pbs_lab: P
     same RUN_NAME resumes from it to the straight run's weights."""
     work = pbs_lab.workdir("qsig")
     run_dir = work / "runs" / "signalled"
-    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}", RUN_NAME="signalled")
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", RUN_NAME="signalled")
     wait_for_epoch(pbs_lab, job, run_dir, epoch=2)
     pbs_lab.qsig(job, "SIGUSR1")
     info = pbs_lab.wait(job, timeout=60)
     assert info["Exit_status"] == 266, log_of(info)
     newest = max(run_dir.glob("checkpoint-*.pt"))
     assert load_weights(newest), newest  # whole: it loads
-    again = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={LONG_EPOCHS}", RUN_NAME="signalled")
+    again = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", RUN_NAME="signalled")
     info = pbs_lab.wait(again, timeout=240)
     assert info["Exit_status"] == 0, log_of(info)
-    assert epochs_logged(run_dir) == list(range(1, LONG_EPOCHS + 1))
-    assert_same_weights(run_dir / "model.pt", straight)
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)
 
 
 def test_a_walltime_the_trainer_did_not_foresee(pbs_lab: PbsLab):

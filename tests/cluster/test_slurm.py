@@ -7,16 +7,25 @@ import json
 import os
 import re
 import signal
-from pathlib import Path
 
 import pytest
 
-from cluster.conftest import PY, SLOW, SMOKE, Lab, assert_same_weights, job_env, user_edited_job_script, wait_for_epoch
+from cluster.conftest import (
+    PY,
+    SLOW,
+    SMOKE,
+    Lab,
+    assert_same_weights,
+    job_env,
+    straight_run,
+    user_edited_job_script,
+    wait_for_epoch,
+)
 
 pytestmark = pytest.mark.cluster
 
 
-def test_job_script_two_nodes_equals_torchrun_standalone(lab: Lab):
+def test_job_script_two_nodes_equals_torchrun_standalone(lab: Lab, tmp_path_factory):
     work = lab.workdir("slurm-2x2")
     script = user_edited_job_script(work)
     job = lab.submit_and_wait(script, out=work / "job.out", timeout=180,
@@ -26,11 +35,7 @@ def test_job_script_two_nodes_equals_torchrun_standalone(lab: Lab):
     summary = json.loads((work / "runs" / "cluster" / "summary.json").read_text())
     assert (summary["world_size"], summary["num_nodes"], summary["launcher"]) == (4, 2, "slurm"), summary
     assert summary["status"] == "completed"
-
-    local = lab.run([str(Path(PY).parent / "torchrun"), "--standalone", "--nproc_per_node=4", "-m",
-                     "hpc_mnist.train", *SMOKE, f"log.dir={work / 'runs'}", "log.name=standalone"], timeout=180)
-    assert local.returncode == 0
-    assert_same_weights(work / "runs" / "cluster" / "model.pt", work / "runs" / "standalone" / "model.pt")
+    assert_same_weights(work / "runs" / "cluster" / "model.pt", straight_run(tmp_path_factory))  # torchrun x 4
 
 
 def test_uneven_srun_step_trains(lab: Lab):

@@ -14,9 +14,7 @@ import pytest
 
 from cluster.conftest import (
     EPOCHS,
-    PY,
     SLOW,
-    SMOKE,
     Job,
     Lab,
     assert_same_weights,
@@ -32,18 +30,6 @@ from cluster.conftest import (
 )
 
 pytestmark = pytest.mark.cluster
-
-
-def reference(lab: Lab, work: Path, epochs: int) -> Path:
-    """The uninterrupted run on 4 ranks (same global sharding and batch as 2 nodes x 2 tasks)."""
-    lab.run([str(Path(PY).parent / "torchrun"), "--standalone", "--nproc_per_node=4", "-m", "hpc_mnist.train",
-             *SMOKE, *SLOW.split(), f"train.epochs={epochs}", f"log.dir={work}", "log.name=reference"], timeout=300)
-    return work / "reference" / "model.pt"
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(lab: Lab) -> Path:
-    return reference(lab, lab.workdir("reference"), EPOCHS)
 
 
 def submit(lab: Lab, work: Path, name: str, epochs: int = EPOCHS, time_limit: str = "00:05:00",
