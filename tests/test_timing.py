@@ -1,8 +1,7 @@
-"""Per-rank step timing with real processes: a rank slowed by a busy core is named a straggler, with its host,
-in the epoch metrics and in the scaling report; without the load nobody is."""
+"""Per-rank step timing with real processes: a rank that gets less of its core than its peer is named a
+straggler, with its host, in the epoch metrics and in the scaling report; ranks that share a core alike are not."""
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -21,46 +20,43 @@ ARGS = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=
         "model.name=cnn", "data.synthetic_train=2500", "data.synthetic_test=100", "train.batch_size=32",
         "train.epochs=2", "optim.name=adam", "optim.lr=1e-3", "train.eval_batch_size=500"]
 
-needs_two_cores = pytest.mark.skipif(
-    shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs taskset and two cores")
+# Measured (2026-12-06): the niced rank's own work 1.30-1.33x its peer's, idle and beside 3 busy processes; ranks
+# sharing the core alike within 1%. A 10% margin tells them apart with room on both sides.
+MARGIN = 0.1
+needs_taskset = pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset")
 
 
-def two_pinned_ranks(run_dir: Path, busy_core: int | None, port: int) -> None:
-    """Ranks 0 and 1 started by hand with torchrun's variables, each pinned to its own core; optionally a
-    busy loop on one of the cores."""
-    busy = None
-    if busy_core is not None:
-        busy = subprocess.Popen(["taskset", "-c", str(busy_core), sys.executable, "-c", "while True: pass"])
-    try:
-        procs = []
-        for rank in (0, 1):
-            env = clean_env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-            cmd = ["taskset", "-c", str(rank), sys.executable, "-m", "hpc_mnist.train", *ARGS,
-                   f"log.dir={run_dir.parent}", f"log.name={run_dir.name}"]
-            procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True))
-        for proc in procs:
-            out, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, err[-2000:]
-    finally:
-        if busy:
-            busy.kill()
-            busy.wait()
+def two_ranks_on_one_core(run_dir: Path, port: int, niced: int | None = None) -> None:
+    """Ranks 0 and 1 started by hand with torchrun's variables, both pinned to core 0; optionally one of them at
+    nice 19, so that it gets its share of the core only while the other waits. Sharing one core makes the test
+    hold on a busy machine: whatever else runs there (the suite's other workers, the labs) slows both ranks alike,
+    where ranks on two cores met different loads (the kernel moves other work to the core with less on it)."""
+    procs = []
+    for rank in (0, 1):
+        env = clean_env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        nice = ["nice", "-n", "19"] if rank == niced else []
+        cmd = [*nice, "taskset", "-c", "0", sys.executable, "-m", "hpc_mnist.train", *ARGS,
+               f"log.straggler_margin={MARGIN}", f"log.dir={run_dir.parent}", f"log.name={run_dir.name}"]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
 
 
-@needs_two_cores
-def test_a_rank_on_a_loaded_core_is_named_with_its_host_and_nobody_without_load(tmp_path):
-    two_pinned_ranks(tmp_path / "loaded", busy_core=1, port=free_port())
+@needs_taskset
+def test_a_rank_starved_of_its_core_is_named_with_its_host_and_nobody_when_both_share_alike(tmp_path):
+    two_ranks_on_one_core(tmp_path / "loaded", port=free_port(), niced=1)
     rows = read_jsonl(tmp_path / "loaded" / "metrics.jsonl")
     host = socket.gethostname()
     for row in rows:
         assert [(s["rank"], s["host"]) for s in row["stragglers"]] == [(1, host)], row
-        assert row["slowest_rank"] == 1 and row["own_s_max"] > 1.25 * row["own_s_min"]
+        assert row["slowest_rank"] == 1 and row["own_s_max"] > (1 + MARGIN) * row["own_s_min"]
     summary = json.loads((tmp_path / "loaded" / "summary.json").read_text())
     assert summary["stragglers"] == {f"rank 1 on {host}": 2}
 
-    two_pinned_ranks(tmp_path / "quiet", busy_core=None, port=free_port())
+    two_ranks_on_one_core(tmp_path / "quiet", port=free_port())
     assert all(row["stragglers"] == [] for row in read_jsonl(tmp_path / "quiet" / "metrics.jsonl"))
 
     table = scaling.aggregate(scaling.collect([tmp_path / "loaded", tmp_path / "quiet"], 0.5)[0])
