@@ -25,7 +25,7 @@ from typing import Any
 from rich.table import Table
 
 from hpc_mnist import resources
-from hpc_mnist.errors import ArgumentParser, UserError, report
+from hpc_mnist.errors import ArgumentParser, UserError, report, writable_file
 from hpc_mnist.runtime.logger import make_console
 
 
@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in LESSONS]
     if unknown:
         return report(UserError(f"unknown lesson {unknown[0]} (choose from {', '.join(LESSONS)})"))
+    try:
+        json_out = writable_file(args.json) if args.json else None  # before the runs, not after them
+    except UserError as e:
+        return report(e)
     console = make_console()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,9 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     if not args.recipe_only:
         console.print(f"Defaults: {DEFAULTS_NOTE}.")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
     failed = [r["lesson"] for r in rows for key in ("recipe", "defaults")
               if key in r and r[key].get("status") != "completed"]
     return 1 if failed else 0

@@ -254,6 +254,7 @@ def test_cores_busy_with_other_work_are_named_on_the_start_panel(env, monkeypatc
 def test_busy_cores_counts_runnable_tasks_beyond_our_own():
     assert dist.busy_cores(own_processes=10**6) == 0  # never negative
     assert dist.busy_cores(own_processes=0) >= 1  # at least this process, reading
+    assert dist.busy_cores(own_processes=-100) == os.cpu_count()  # runnable tasks beyond the cores: all busy
 
 
 def test_a_share_of_one_core_is_not_reworded_by_other_work(env, monkeypatch, threads_restored):

@@ -50,6 +50,8 @@ def _not_writable(tmp: Path) -> list[str]:
 CASES = {  # name: (arguments built in a temporary folder, message the one line contains)
     "malformed yaml": (lambda t: _yaml(t, "train: {epochs: 2\n"), "is not valid YAML"),
     "python object tag": (lambda t: _yaml(t, "train: !!python/object/apply:os.system [id]\n"), "is not valid YAML"),
+    "section not a mapping": (lambda t: _yaml(t, "optim: 0.1\n"),
+                              "section 'optim' must be a mapping of keys, e.g. 'optim: {name: ...}', not 0.1"),
     "unknown key": (lambda t: ["train.epocs=2"], "unknown config key 'train.epocs' in the command line (did you mean"),
     "wrong type": (lambda t: ["train.batch_size=big"], "config key train.batch_size must be an integer"),
     "zero batch": (lambda t: ["train.batch_size=0"], "config key train.batch_size must be >= 1 (got 0)"),

@@ -61,6 +61,8 @@ CASES = {  # name: (argv built in a temporary folder, what the one line says)
     "scaling report into a run": (lambda t: ["scaling", "report", str(_run_dir(t))], "is not a sweep folder"),
     "model bad argument": (lambda t: ["model", "--bogus"], "hpc-mnist model: unrecognized arguments: --bogus"),
     "init into a file": (lambda t: ["init", str((t / "f").touch() or t / "f")], "cannot write"),
+    "lessons json unwritable": (lambda t: ["lessons", "--only", "linear", "--json", "/proc/nope/l.json"],
+                                "cannot write /proc/nope/l.json"),
 }
 
 
@@ -75,6 +77,24 @@ def test_a_mistake_is_one_line(case, tmp_path, capsys, monkeypatch):
     assert code != 0 and "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("hpc_mnist: error: ") and message in lines[0], err
     assert set(tmp_path.rglob("*")) == before  # nothing written: no figures, no report, no run directory
+
+
+def test_a_preview_never_exports_an_empty_path(capsys, monkeypatch):
+    """Frontier's site file builds LD_LIBRARY_PATH from Cray's; where neither is set, pasting the preview's
+    `export LD_LIBRARY_PATH=''` would clear what the user's shell has."""
+    for name in ("LD_LIBRARY_PATH", "CRAY_LD_LIBRARY_PATH", "HPC_MNIST_SITE"):
+        monkeypatch.delenv(name, raising=False)
+    code, out, err = run_verb(["launch", "--system", "frontier", "--nodes", "2", "--dry-run"], capsys)
+    assert code == 0, err
+    assert "export LD_LIBRARY_PATH" not in out and "srun" in out, out
+
+
+def test_a_batch_larger_than_a_ranks_data_is_said(tmp_path, capsys):
+    code = train.main(["--config", "configs/smoke.yaml", "log.console=plain", "train.epochs=1",
+                       "train.batch_size=100000", f"log.dir={tmp_path}", "log.name=big"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "train.batch_size=100000 is more than this rank's" in out and "each epoch is one step of" in out, out
 
 
 def test_version(capsys):
