@@ -270,10 +270,11 @@ def _read_yaml(path: str) -> dict[str, Any]:
     for section, values in data.items():
         if not isinstance(values, dict):
             sections = [f.name for f in dataclasses.fields(Config)]
-            raise UserError(f"config file {path}: section '{section}' must be a mapping of keys, "
-                            + (f"e.g. '{section}: {{{next(iter(dataclasses.asdict(Config())[section]))}: ...}}', "
-                               f"not {values!r}" if section in sections else f"not {values!r}"
-                               + _suggest(str(section), sections)))
+            known = section in sections  # a known section given a value: show its form, suggest no other name
+            first_key = next(iter(dataclasses.asdict(Config())[section])) if known else ""
+            example = f"e.g. '{section}: {{{first_key}: ...}}', " if known else ""
+            raise UserError(f"config file {path}: section '{section}' must be a mapping of keys, {example}not "
+                            f"{values!r}" + ("" if known else _suggest(str(section), sections)))
         for name, value in values.items():
             flat[f"{section}.{name}"] = value
     return flat
