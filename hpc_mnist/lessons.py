@@ -25,7 +25,7 @@ from typing import Any
 from rich.table import Table
 
 from hpc_mnist import resources
-from hpc_mnist.errors import ArgumentParser, UserError, report, writable_file
+from hpc_mnist.errors import ArgumentParser, UserError, one_line, report, writable_file
 from hpc_mnist.runtime.logger import make_console
 
 
@@ -94,6 +94,7 @@ def _figure(run: dict[str, Any] | None, metric: str) -> str:
     return f"{run[metric]:.2%} ({run['wall_time_s']:.0f} s)"
 
 
+@one_line
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="hpc-mnist lessons", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -109,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in LESSONS]
     if unknown:
         return report(UserError(f"unknown lesson {unknown[0]} (choose from {', '.join(LESSONS)})"))
-    try:
-        json_out = writable_file(args.json) if args.json else None  # before the runs, not after them
-    except UserError as e:
-        return report(e)
+    json_out = writable_file(args.json) if args.json else None  # before the runs, not after them
     console = make_console()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
