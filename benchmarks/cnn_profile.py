@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hpc_mnist.core import config, trainer
+from hpc_mnist.core import config
 from hpc_mnist.runtime import dist
+from hpc_mnist.training import trainer
 
 CONFIG = Path(__file__).parents[1] / "configs" / "cnn.yaml"
 # torch.profiler operator -> what it does in this model (self time, so nothing is counted twice)

@@ -12,9 +12,10 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from hpc_mnist.core import config, trainer
+from hpc_mnist.core import config
 from hpc_mnist.runtime import dist
 from hpc_mnist.runtime.timing import StepTimer
+from hpc_mnist.training import trainer
 
 
 def timer_cost_us(steps: int = 200_000) -> float:

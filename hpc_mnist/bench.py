@@ -35,11 +35,11 @@ from torch import nn
 from hpc_mnist import resources
 from hpc_mnist.core import config, models, optim
 from hpc_mnist.core.config import Config
-from hpc_mnist.core.data import synthetic, write_idx_split
-from hpc_mnist.core.trainer import Trainer, sum_dtype
+from hpc_mnist.core.datasets import synthetic, write_idx_split
 from hpc_mnist.errors import ArgumentParser, one_line, writable_file
 from hpc_mnist.runtime import dist
 from hpc_mnist.runtime.logger import make_console
+from hpc_mnist.training.trainer import Trainer, sum_dtype
 
 DEFAULT_BATCH = {"linear": 128, "mlp": 128, "cnn": 512}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -284,7 +284,7 @@ def time_to_99(args: argparse.Namespace, rt: dist.Runtime, scratch: Path, consol
     report["ours"] = run_protocol("ours", lambda s: Ours(protocol_config(args, s), rt, scratch), cfg.train.epochs,
                                   seeds, console)
     if args.reference_seeds:
-        from hpc_mnist.core.data import DeviceData
+        from hpc_mnist.core.datasets import DeviceData
 
         full = DeviceData(config.DataConfig(val_fraction=0, shuffle=False), torch.device("cpu"))
         root = scratch / "examples"

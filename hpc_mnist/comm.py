@@ -8,7 +8,7 @@ Times a float32 all-reduce over a size sweep (4 B to 64 MiB, x2 steps) and at ea
 rank's mean over the timed iterations), algorithm bandwidth algbw = bytes / time and bus bandwidth
 busbw = algbw x 2(n-1)/n (nccl-tests' definitions: busbw is comparable across rank counts, and approaches
 the link bandwidth for large messages). Prints ALCF's published Polaris figures beside the table, and the
-alpha-beta fit that `hpc_mnist.scaling_model` uses.
+alpha-beta fit that `hpc_mnist.model` uses.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from hpc_mnist import scaling_model
 from hpc_mnist.core.config import DistConfig, ModelConfig
 from hpc_mnist.core.models import allreduce_bytes, build
 from hpc_mnist.errors import ArgumentParser, UserError, writable_file
+from hpc_mnist.perf import step
 from hpc_mnist.runtime import dist
 
 MODELS = ("linear", "mlp", "cnn")
@@ -138,15 +138,15 @@ def _step_times(model_name: str, batch: int, device: torch.device, rounds: int, 
     return {"compute_s": statistics.median(compute), "step_s": statistics.median(full)}
 
 
-def validate(models: list[str], batch: int, device: torch.device, ranks: int, net: scaling_model.Network,
+def validate(models: list[str], batch: int, device: torch.device, ranks: int, net: step.Network,
              rounds: int = 5, budget_s: float = 10.0) -> list[dict[str, Any]]:
     """The scaling model's step time (measured compute + the fitted all-reduce) against the measured step."""
     out = []
     for name in models:
         measured = _step_times(name, batch, device, rounds, budget_s)
         model = build(ModelConfig(name=name))
-        p = scaling_model.predict(scaling_model.Compute(measured["compute_s"], 0.0), net,
-                                  allreduce_bytes(model), batch, ranks, scaling_model.ddp_buckets(model))
+        p = step.predict(step.Compute(measured["compute_s"], 0.0), net,
+                                  allreduce_bytes(model), batch, ranks, step.ddp_buckets(model))
         out.append({"model": name, "batch": batch, **measured, "allreduce_s": p["latency_s"] + p["bandwidth_s"],
                     "predicted_step_s": p["step_s"], "predicted_overlap_step_s": p["step_overlap_s"],
                     "error": p["step_s"] / measured["step_s"] - 1,
@@ -164,7 +164,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
                 for s in sweep_sizes(args.min_bytes, args.max_bytes)]
         rows += [row(s, time_allreduce(s, rt.device, rt.world_size, args.budget), rt.world_size, f"{name} gradients")
                  for name, s in gradient_bytes().items()]
-        net = scaling_model.fit([r for r in rows if r["what"] == "sweep"], rt.world_size)
+        net = step.fit([r for r in rows if r["what"] == "sweep"], rt.world_size)
         checks = validate(args.validate, args.batch, rt.device, rt.world_size, net) if args.validate else []
         hosts = dist.all_gather_object(socket.gethostname())
     finally:
@@ -174,7 +174,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"ranks": rt.world_size, "hosts": len(set(hosts)), "ranks_per_host": rt.local_world_size,
             "backend": rt.backend, "device": rt.device.type, "threads_per_rank": rt.threads,
             "torch": torch.__version__, "python": platform.python_version(), "rows": rows,
-            "fit": scaling_model.network_dict(net), "validation": checks, "reference": POLARIS_REFERENCE,
+            "fit": step.network_dict(net), "validation": checks, "reference": POLARIS_REFERENCE,
             "command": shlex.join(["python", "-m", "hpc_mnist.comm", *args.argv])}
 
 

@@ -2,7 +2,7 @@
 
     hpc-mnist data download --name kmnist --root /path/to/datasets   # fashion_mnist | kmnist | all
 
-MNIST ships inside the package: nothing to fetch. The files are read by hpc_mnist.core.data.
+MNIST ships inside the package: nothing to fetch. The files are read by hpc_mnist.core.datasets.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from hpc_mnist.core.config import DataConfig
-from hpc_mnist.core.data import BUNDLED, DATASETS, prepare
+from hpc_mnist.core.datasets import BUNDLED, DATASETS, prepare
 from hpc_mnist.errors import ArgumentParser, UserError, one_line, report
 
 

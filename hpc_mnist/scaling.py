@@ -467,8 +467,8 @@ def _model_config(table: list[dict[str, Any]], given: str | None):
 
 def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None) -> str:
     """The scaling model's samples/s beside the measured ones, from an all-reduce benchmark's fit."""
-    from hpc_mnist import scaling_model
     from hpc_mnist.core.models import allreduce_bytes, build
+    from hpc_mnist.perf import step
 
     try:
         fit = json.loads(comm_json.read_text())["fit"]
@@ -476,8 +476,8 @@ def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None)
         raise UserError(f"{comm_json} is not an all-reduce benchmark's JSON (python -m hpc_mnist.comm "
                         "--json FILE)") from None
     net = build(_model_config(table, model))
-    return scaling_model.annotate_measured(table, scaling_model.network_from_dict(fit), allreduce_bytes(net),
-                                           scaling_model.ddp_buckets(net))
+    return step.annotate_measured(table, step.network_from_dict(fit), allreduce_bytes(net),
+                                           step.ddp_buckets(net))
 
 
 def report_folder(first: Path) -> Path:

@@ -26,13 +26,13 @@ import torch
 
 from hpc_mnist.core import config, models
 from hpc_mnist.core.config import Config
-from hpc_mnist.core.data import check_root
-from hpc_mnist.core.trainer import Position, Trainer
+from hpc_mnist.core.datasets import check_root
 from hpc_mnist.errors import UserError
 from hpc_mnist.runtime import deadline, dist, logger, rundir
-from hpc_mnist.runtime.controller import Result, RunController
 from hpc_mnist.runtime.signals import StopRequest
 from hpc_mnist.runtime.stopping import StopAgreement
+from hpc_mnist.training.controller import Result, RunController
+from hpc_mnist.training.trainer import Position, Trainer
 
 
 def run(cfg: Config, config_file: str | None = None) -> Result:

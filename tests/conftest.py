@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from hpc_mnist import train
-from hpc_mnist.core.data import BUNDLED, read_idx, write_idx_split
+from hpc_mnist.core.datasets import BUNDLED, read_idx, write_idx_split
 from hpc_mnist.runtime import dist
 
 REPO = Path(__file__).resolve().parents[1]

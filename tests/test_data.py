@@ -10,9 +10,9 @@ import torch
 
 from conftest import REPO, run_train, write_mnist_root
 from hpc_mnist import data as data_command
-from hpc_mnist.core import data
+from hpc_mnist.core import datasets as data
 from hpc_mnist.core.config import DataConfig
-from hpc_mnist.core.data import DeviceData, make_sampler
+from hpc_mnist.core.datasets import DeviceData, make_sampler
 from hpc_mnist.errors import UserError
 
 CPU = torch.device("cpu")

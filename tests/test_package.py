@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, clean_env
 from hpc_mnist import cli, resources
-from hpc_mnist.core import data
+from hpc_mnist.core import datasets as data
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def run_installed(site: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_the_wheel_carries_mnist_and_reads_it_from_its_own_folder(installed):
-    out = subprocess.run([sys.executable, "-c", "from hpc_mnist.core import data; print(data.BUNDLED); "
-                          "print(len(data.read_idx(data.BUNDLED / 't10k-labels-idx1-ubyte.gz', 'labels')))"],
+    out = subprocess.run([sys.executable, "-c", "from hpc_mnist.core import datasets; print(datasets.BUNDLED); "
+                          "print(len(datasets.read_idx(datasets.BUNDLED / 't10k-labels-idx1-ubyte.gz', 'labels')))"],
                          capture_output=True, text=True, cwd=installed.parent / "elsewhere", check=True,
                          env=clean_env(PYTHONPATH=str(installed))).stdout.split()
     assert out == [str(installed / "hpc_mnist" / "mnist"), "10000"]

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hpc_mnist import allreduce_model
-from hpc_mnist import scaling_model as sm
+from hpc_mnist import model as model_cmd
 from hpc_mnist.core.config import ModelConfig
 from hpc_mnist.core.models import build
+from hpc_mnist.perf import allreduce
+from hpc_mnist.perf import step as sm
 
 
 def test_fit_recovers_alpha_and_bus_bandwidth():
@@ -36,7 +37,7 @@ def test_latency_grows_with_log2_of_ranks_or_linearly_for_a_ring():
 def test_polaris_model_follows_the_published_sweeps_it_was_fitted_to():
     net = sm.polaris()
     assert net.fitted_ranks == (8, 32, 2160)
-    errors = [abs(e["error"]) for sweep in allreduce_model.shipped_sweeps() for e in allreduce_model.errors(net, sweep)]
+    errors = [abs(e["error"]) for sweep in allreduce.shipped_sweeps() for e in allreduce.errors(net, sweep)]
     assert statistics.median(errors) < 0.15
 
 
@@ -145,7 +146,7 @@ NCCL_TESTS = Path(__file__).parent / "data" / "nccl-tests-polaris-n2.txt"
 
 
 def test_reads_nccl_tests_output_as_published():
-    sweep = allreduce_model.read_sweep(NCCL_TESTS)
+    sweep = allreduce.read_sweep(NCCL_TESTS)
     assert (sweep.ranks, sweep.hosts, len(sweep.sizes)) == (8, 2, 29)  # 8 device lines on 2 hosts; 4 B to 1 GiB
     assert (sweep.sizes[0], sweep.times_us[0]) == (4, 28.38)  # the out-of-place time, not the in-place 23.58
     assert (sweep.sizes[-1], sweep.times_us[-1]) == (2**30, 51048.0)
@@ -153,37 +154,38 @@ def test_reads_nccl_tests_output_as_published():
 
 def test_unreadable_sweeps_are_one_line(tmp_path, capsys):
     (tmp_path / "junk.txt").write_text("# nothing here\n")
-    assert sm.main(["--comm", str(tmp_path / "junk.txt")]) == 2
-    assert sm.main(["--comm", str(tmp_path / "missing.json")]) == 2
+    assert model_cmd.main(["--comm", str(tmp_path / "junk.txt")]) == 2
+    assert model_cmd.main(["--comm", str(tmp_path / "missing.json")]) == 2
     (tmp_path / "bad.json").write_text('{"ranks": 2}')
-    assert sm.main(["--comm", str(tmp_path / "bad.json")]) == 2
-    assert sm.main(["--compute-ms", "cnn=4"]) == 2
+    assert model_cmd.main(["--comm", str(tmp_path / "bad.json")]) == 2
+    assert model_cmd.main(["--compute-ms", "cnn=4"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 4 and all(line.startswith("hpc_mnist: error: ") for line in err)
     assert "not an nccl-tests all_reduce_perf output" in err[0] and "cannot read" in err[1]
 
 
-def _synthetic(ranks: int) -> allreduce_model.Sweep:
+def _synthetic(ranks: int) -> allreduce.Sweep:
     """Two regimes that grow with log2(ranks), as the model assumes: a fit must recover them."""
-    small = allreduce_model.Regime(5e-6, 10e-6, 0.2e-9, 0.3e-9)
-    large = allreduce_model.Regime(50e-6, 40e-6, 20e-12, 2e-12)
+    small = allreduce.Regime(5e-6, 10e-6, 0.2e-9, 0.3e-9)
+    large = allreduce.Regime(50e-6, 40e-6, 20e-12, 2e-12)
     sizes = tuple(4 * 2**k for k in range(25))
-    return allreduce_model.Sweep(ranks, sizes, tuple(min(small.time_s(s, ranks), large.time_s(s, ranks)) * 1e6
+    return allreduce.Sweep(ranks, sizes, tuple(min(small.time_s(s, ranks), large.time_s(s, ranks)) * 1e6
                                                      for s in sizes), f"synthetic {ranks}")
 
 
 def test_fit_over_several_rank_counts_recovers_the_growth():
-    net = allreduce_model.fit([_synthetic(8), _synthetic(32)])
+    net = allreduce.fit([_synthetic(8), _synthetic(32)])
     assert len(net.regimes) == 2 and net.fitted_ranks == (8, 32)
     far = _synthetic(4096)  # 128x the ranks
-    assert max(abs(e["error"]) for e in allreduce_model.errors(net, far)) < 0.01
-    one = allreduce_model.fit([_synthetic(8)])  # one rank count: latency grows as log2(n) from one rank
+    assert max(abs(e["error"]) for e in allreduce.errors(net, far)) < 0.01
+    one = allreduce.fit([_synthetic(8)])  # one rank count: latency grows as log2(n) from one rank
     assert one.latency_s(64) == pytest.approx(2 * one.latency_s(8), rel=1e-6)
 
 
 def test_predict_ranks_writes_the_allreduce_shape(tmp_path):
     out = tmp_path / "p.json"
-    assert sm.main(["--comm", str(NCCL_TESTS), "--predict-ranks", "16,64", "--batches", "128", "--json", str(out)]) == 0
+    assert model_cmd.main(["--comm", str(NCCL_TESTS), "--predict-ranks", "16,64", "--batches", "128",
+                           "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["allreduce"]
     assert {(r["ranks"], r["bytes"]) for r in rows} == {(n, 4 * 2**k) for n in (16, 64) for k in range(29)}
     assert all(set(r) == {"ranks", "bytes", "time_us"} and r["time_us"] > 0 for r in rows)
@@ -192,9 +194,9 @@ def test_predict_ranks_writes_the_allreduce_shape(tmp_path):
 def test_help_examples_run(tmp_path):
     """The docstring's examples (its --help), with real files in place of the names."""
     sweep = str(NCCL_TESTS)
-    assert sm.main(["--batches", "128", "--max-nodes", "8"]) == 0
-    assert sm.main(["--comm", sweep, "--comm", sweep, "--check", sweep, "--max-nodes", "8"]) == 0
-    assert sm.main(["--comm", sweep, "--compute-ms", "cnn:128=4.1", "--ranks-per-node", "4", "--max-nodes", "8",
+    assert model_cmd.main(["--batches", "128", "--max-nodes", "8"]) == 0
+    assert model_cmd.main(["--comm", sweep, "--comm", sweep, "--check", sweep, "--max-nodes", "8"]) == 0
+    assert model_cmd.main(["--comm", sweep, "--compute-ms", "cnn:128=4.1", "--ranks-per-node", "4", "--max-nodes", "8",
                     "--json", str(tmp_path / "m.json")]) == 0
     measured = json.loads((tmp_path / "m.json").read_text())["models"]["cnn"]["batches"]["128"]
     assert measured["compute"]["source"].startswith("measured: 4.1 ms")
@@ -204,9 +206,9 @@ def test_help_examples_run(tmp_path):
 def test_fitted_on_2_and_8_polaris_nodes_it_predicts_540_nodes():
     """The validation goal (benchmarks/allreduce-model-validation.md): fitted on the two smallest node counts of
     ALCF's published sweeps, the 540-node one (270x the ranks) within 40% at five sizes, 25% in the median."""
-    sweeps = {s.ranks: s for s in allreduce_model.shipped_sweeps()}
-    net = allreduce_model.fit([sweeps[8], sweeps[32]])
-    errors = {e["bytes"]: e["error"] for e in allreduce_model.errors(net, sweeps[2160])}
+    sweeps = {s.ranks: s for s in allreduce.shipped_sweeps()}
+    net = allreduce.fit([sweeps[8], sweeps[32]])
+    errors = {e["bytes"]: e["error"] for e in allreduce.errors(net, sweeps[2160])}
     for size in (4, 64 * 2**10, 2**20, 4 * 2**20, 64 * 2**20):
         assert abs(errors[size]) <= 0.40, (size, errors[size])
     assert statistics.median(abs(e) for s, e in errors.items() if s <= 64 * 2**20) <= 0.25

@@ -10,7 +10,7 @@ import torch
 from conftest import run_train
 from hpc_mnist import bench, resources
 from hpc_mnist.core import config, models
-from hpc_mnist.core.data import BUNDLED, read_idx, write_idx_split
+from hpc_mnist.core.datasets import BUNDLED, read_idx, write_idx_split
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 

@@ -7,8 +7,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, read_jsonl, run_train, without_timing
-from hpc_mnist.core import config, trainer
+from hpc_mnist.core import config
 from hpc_mnist.runtime import dist
+from hpc_mnist.training import trainer
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 

@@ -1,2 +1,3 @@
-"""The distributed and job runtime: process groups, stop requests and their agreement, deadlines,
-the run directory and controller, hang diagnostics, timing, the console and PBS continuation."""
+"""The distributed and job runtime: process groups, stop requests and their agreement, deadlines, the run
+directory, hang diagnostics, timing, the console and the schedulers. Imports core, never training or a command.
+"""

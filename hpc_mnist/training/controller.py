@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from hpc_mnist.core import checkpoint, models
-from hpc_mnist.core.trainer import Position, Trainer
 from hpc_mnist.errors import UserError
 from hpc_mnist.runtime import dist, hang, peers, rundir
 from hpc_mnist.runtime.logger import RunLogger
 from hpc_mnist.runtime.signals import EXIT_STOPPED
 from hpc_mnist.runtime.stopping import StopAgreement
+from hpc_mnist.training.trainer import Position, Trainer
 
 
 @dataclass

@@ -38,7 +38,7 @@ import numpy as np
 
 from hpc_mnist.errors import UserError
 
-SHIPPED = Path(__file__).resolve().parent / "sweeps"  # published sweeps the default model is fitted to
+SHIPPED = Path(__file__).resolve().parents[1] / "sweeps"  # published sweeps the default model is fitted to
 
 
 @dataclass(frozen=True)

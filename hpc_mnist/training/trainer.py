@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hpc_mnist.core import checkpoint, models, optim, precision
 from hpc_mnist.core.config import Config
-from hpc_mnist.core.data import DeviceData, Subset, make_sampler, prepare
+from hpc_mnist.core.datasets import DeviceData, Subset, make_sampler, prepare
 from hpc_mnist.errors import UserError
 from hpc_mnist.runtime import dist, hang, timing
 from hpc_mnist.runtime.stopping import StopAgreement
