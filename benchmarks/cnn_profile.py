@@ -3,7 +3,7 @@
     python benchmarks/cnn_profile.py [--batch 128] [--steps 30] [--threads 2] [--markdown FILE] [--json FILE]
 
 The bound: FLOPs per sample, forward and backward (counted by torch.utils.flop_counter), at the speed of a
-large matmul in the precision the trainer picks here. The step: the trainer's own `train_steps` on the
+large matmul in the precision the trainer picks here. The step: the trainer's own `train_on` on the
 bundled MNIST (data gather, forward, loss, backward, optimizer, metrics), timed, then traced with
 torch.profiler and its operators' own time grouped by what they do. The ceiling the convolution kernels
 set: each convolution pass timed alone at the trainer's shapes and memory format. And the evaluation's
@@ -119,19 +119,17 @@ def profile(args: argparse.Namespace) -> dict:
     with TemporaryDirectory() as scratch:
         rt = dist.Runtime(0, 0, 1, 1, "none", torch.device("cpu"), None, args.threads, ("local",))
         t = trainer.Trainer(cfg, rt, Path(scratch))
-        t.sampler.set_epoch(1)
-        batches = t.data.train_batches(t.sampler, cfg.train.batch_size)
+        batches = t.order(1)
         warm, timed_batches = batches[:3], batches[3:3 + args.steps]
         traced = batches[3 + args.steps:3 + args.steps + 10]
-        sums = torch.zeros(3, dtype=torch.float64)
-        t.train_steps(warm, sums)
+        t.train_on(warm)
 
         start = time.perf_counter()
-        t.train_steps(timed_batches, sums)
+        t.train_on(timed_batches)
         step_s = (time.perf_counter() - start) / len(timed_batches)
 
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            t.train_steps(traced, sums)
+            t.train_on(traced)
         groups: dict[str, float] = {}
         for event in prof.key_averages():
             if event.self_cpu_time_total <= 0:

@@ -41,15 +41,13 @@ def interleaved(model: str, steps: int, rounds: int) -> tuple[float, float, floa
     with TemporaryDirectory() as scratch:
         rt = dist.Runtime(0, 0, 1, 1, "none", torch.device("cpu"), None, torch.get_num_threads(), ("local",))
         t = trainer.Trainer(cfg, rt, Path(scratch))
-        t.sampler.set_epoch(1)
-        batches = t.data.train_batches(t.sampler, cfg.train.batch_size)[:steps]
+        batches = t.order(1)[:steps]
         seconds: dict[bool, list[float]] = {True: [], False: []}
         for r in range(rounds):
             for on in ((True, False) if r % 2 == 0 else (False, True)):
                 t.monitor.timer.enabled = on
-                sums = torch.zeros(3, dtype=torch.float64)
                 start = time.perf_counter()
-                t.train_steps(batches, sums)
+                t.train_on(batches)
                 seconds[on].append((time.perf_counter() - start) / len(batches))
                 t.monitor.timer.phase_seconds()
     on, off = statistics.median(seconds[True]), statistics.median(seconds[False])

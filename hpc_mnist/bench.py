@@ -39,7 +39,7 @@ from hpc_mnist.core.datasets import synthetic, write_idx_split
 from hpc_mnist.errors import ArgumentParser, one_line, writable_file
 from hpc_mnist.runtime import dist
 from hpc_mnist.runtime.logger import make_console
-from hpc_mnist.training.trainer import Trainer, sum_dtype
+from hpc_mnist.training.trainer import Trainer
 
 DEFAULT_BATCH = {"linear": 128, "mlp": 128, "cnn": 512}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -98,13 +98,11 @@ class Ours:
         it = self._batches()
 
         def go() -> None:
-            t = self.trainer
-            sums = torch.zeros(3, dtype=sum_dtype(t.rt.device), device=t.rt.device)
-            t.train_steps([next(it) for _ in range(n)], sums)
+            self.trainer.train_on([next(it) for _ in range(n)])
         return go
 
     def epoch(self, epoch: int) -> None:
-        self.trainer.train_epoch(epoch)
+        self.trainer.train_on(self.trainer.order(epoch))
 
     def test_accuracy(self) -> float:
         t = self.trainer

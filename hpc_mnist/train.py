@@ -10,8 +10,8 @@ stopped early with a checkpoint (a signal or the deadline; status.json in the ru
 a second Ctrl-C stopped it at once (130 or 143 also: a signal during a new run's start-up, nothing written).
 torchrun reports any of these but 0 as 1.
 
-run() is the story of a run; the Trainer (trainer.py) holds the model, data, optimizer and the step; the
-RunController (controller.py) decides when to checkpoint, log and stop, and writes status.json and
+run() is the story of a run; the Trainer (training/trainer.py) holds the model, data, optimizer and the step;
+the RunController (training/controller.py) decides when to checkpoint, log and stop, and writes status.json and
 summary.json.
 """
 
@@ -31,8 +31,10 @@ from hpc_mnist.errors import UserError
 from hpc_mnist.runtime import deadline, dist, logger, rundir
 from hpc_mnist.runtime.signals import StopRequest
 from hpc_mnist.runtime.stopping import StopAgreement
+from hpc_mnist.training.checkpointer import Checkpointer
 from hpc_mnist.training.controller import Result, RunController
-from hpc_mnist.training.trainer import Position, Trainer
+from hpc_mnist.training.state import Position
+from hpc_mnist.training.trainer import Trainer
 
 
 def run(cfg: Config, config_file: str | None = None) -> Result:
@@ -48,21 +50,20 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
         if plan.action == "finished":
             return _finished(cfg, rt, run_dir, plan)
         agreement = StopAgreement(stop, dist.on_main(lambda: deadline.resolve(cfg.train)), cfg.train.checkpoint_minutes)
-        t = Trainer(cfg, rt, run_dir)
+        trainer = Trainer(cfg, rt, run_dir)
         if plan.action == "new" and not plan.checkpoint and (interrupted := agreement.before_start(rt.device)):
-            return _not_started(rt, run_dir, interrupted, t)
-        pos, notes = t.restore(plan.checkpoint) if plan.checkpoint else (Position(), [])
-        ctl = RunController(t, pos, agreement, started)
-        with ctl.running(plan.notes + notes + t.size_notes() + rundir.name_notes(cfg, config_file)):
-            for epoch in ctl.epochs():
-                with ctl.epoch(epoch) as progress:
-                    step, stopping, sums = t.train_epoch(epoch, pos, agreement, progress, ctl.save_mid_epoch)
-                if stopping and step < t.steps_per_epoch:
-                    return ctl.stop_mid_epoch(step, sums, stopping)
-                ctl.end_epoch(epoch, sums, t.rank_times(), t.evaluate(t.data.val), stopping)
-                if stopping and epoch < cfg.train.epochs:
-                    return ctl.stopped(stopping)
-            return ctl.finish()
+            return _not_started(rt, run_dir, interrupted, trainer)
+        checkpointer = Checkpointer(trainer)
+        pos, notes = checkpointer.restore(plan.checkpoint) if plan.checkpoint else (Position(), [])
+        controller = RunController(trainer, checkpointer, pos, agreement, started)
+        with controller.running(plan.notes + notes + trainer.size_notes() + rundir.name_notes(cfg, config_file)):
+            for epoch in controller.epochs():
+                for step, x, y in controller.steps(epoch):  # checkpoints and stops happen between steps
+                    loss, logits = trainer.step(x, y)
+                    controller.meter.add(step, loss, logits, y)
+                controller.end_epoch(epoch)
+            controller.finish()
+        return controller.result
 
 
 def _not_started(rt: dist.Runtime, run_dir: Path, interrupted: str, t: Trainer) -> Result:

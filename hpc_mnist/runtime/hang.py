@@ -18,7 +18,6 @@ from pathlib import Path
 
 from hpc_mnist.runtime import dist
 
-EXIT_HUNG = 4
 COLLECTIVE = "waiting in a collective"
 # Test-only fault: "RANK:STEP" makes that rank stop responding at that training step; "RANK:evaluate",
 # "RANK:checkpoint" or "RANK:rank_times" in that work between steps.

@@ -17,10 +17,9 @@ import socket
 import time
 from pathlib import Path
 
-from hpc_mnist.errors import UserError
+from hpc_mnist.errors import EXIT_RANK_LOST, UserError
 from hpc_mnist.runtime import dist
 
-EXIT_RANK_LOST = 5
 ANSWER_WITHIN = 5.0  # seconds a survivor on another host has to say it is alive
 _LOST = re.compile(r"connection (reset|closed) by peer|broken pipe|connection refused|end of file|"
                    r"remote process exited|socket closed|ECONNRESET|EPIPE", re.I)
@@ -40,7 +39,7 @@ def process_exists(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def gone(rt: dist.Runtime, wait: float = ANSWER_WITHIN) -> dict[int, str]:
+def dead_ranks(rt: dist.Runtime, wait: float = ANSWER_WITHIN) -> dict[int, str]:
     """{rank: how we know it is gone} for the ranks that died, as this surviving rank sees them.
 
     Every survivor says so in the rendezvous store first. A dying process closes its sockets before it becomes a
@@ -79,7 +78,7 @@ def gone(rt: dist.Runtime, wait: float = ANSWER_WITHIN) -> dict[int, str]:
 
 def lost_error(rt: dist.Runtime, error: BaseException, where: str) -> UserError:
     """The one line naming the dead rank(s), said by the lowest survivor (the others stay quiet); exit 5."""
-    dead = gone(rt)
+    dead = dead_ranks(rt)
     if not dead:  # the backend lost a connection but every rank is still there: a network fault
         cause = str(error).strip().splitlines()[-1][:200] if str(error).strip() else type(error).__name__
         return UserError(f"a collective failed although every rank is still running ({cause}), {where}",

@@ -15,8 +15,8 @@ import signal
 import sys
 import time
 
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint written; run the same command again to continue
-EXIT_ABORTED = 128 + signal.SIGINT  # a second Ctrl-C: stop now, as a shell would report it
+from hpc_mnist.errors import EXIT_ABORTED
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 ABORT_AFTER = 3.0  # seconds: a Ctrl-C this long after the first request is deliberate, not a copy
 

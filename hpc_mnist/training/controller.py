@@ -1,9 +1,11 @@
 """One run's life around the training step: where it stands, when it checkpoints and stops, what it writes.
 
 The Trainer trains and evaluates; the RunController decides everything else. It opens the run directory and
-the start panel, keeps `status.json` true (running, stopped, completed, failed), times each epoch, writes the
-epoch's row and checkpoint on its cadence, stops with a checkpoint when the ranks agree to, and writes the
-summary. Rank 0 alone writes files; every rank takes part in checkpoints (RNG states, partial sums).
+the start panel, keeps `status.json` true (running, stopped, completed, failed), hands out each epoch's steps
+and acts between them on what the ranks agreed (a timed checkpoint, a stop, a non-finite loss), writes the
+epoch's row and checkpoint on its cadence, and the summary. A stop is carried out here alone: with its
+checkpoint, `result` says stopped and the run's frame (`running`) ends. Rank 0 alone writes files; every rank
+takes part in checkpoints (RNG states, partial sums).
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpc_mnist.core import checkpoint, models
-from hpc_mnist.errors import UserError
+from hpc_mnist.core import models
+from hpc_mnist.errors import EXIT_HUNG, EXIT_STOPPED, UserError
 from hpc_mnist.runtime import dist, hang, peers, rundir
 from hpc_mnist.runtime.logger import RunLogger
-from hpc_mnist.runtime.signals import EXIT_STOPPED
 from hpc_mnist.runtime.stopping import StopAgreement
-from hpc_mnist.training.trainer import Position, Trainer
+from hpc_mnist.training.checkpointer import Checkpointer
+from hpc_mnist.training.meter import EpochMeter
+from hpc_mnist.training.state import Position
+from hpc_mnist.training.trainer import Trainer
 
 
 @dataclass
@@ -37,16 +41,24 @@ class Result:
     exit_code: int = 0
 
 
+class _Stopped(Exception):
+    """The ranks stopped with a checkpoint: ends the run's frame (RunController.running), which returns."""
+
+
 class RunController:
-    def __init__(self, trainer: Trainer, pos: Position, agreement: StopAgreement, started: float):
-        self.t, self.cfg, self.rt, self.run_dir = trainer, trainer.cfg, trainer.rt, trainer.run_dir
-        self.pos, self.agreement, self.started = pos, agreement, started
+    def __init__(self, trainer: Trainer, checkpointer: Checkpointer, pos: Position, agreement: StopAgreement,
+                 started: float):
+        self.trainer, self.cfg, self.rt, self.run_dir = trainer, trainer.cfg, trainer.rt, trainer.run_dir
+        self.checkpointer, self.pos, self.agreement, self.started = checkpointer, pos, agreement, started
         self.first_epoch = pos.epochs_done + 1
         self.val_loss = self.val_acc = float("nan")
         self.checkpoint: Path | None = None
         self.stragglers: dict[str, int] = {}  # 'rank R on HOST' -> epochs it was named in
         self.log: RunLogger  # opened with the run directory (running)
-        self._epoch: dict[str, Any] = {}
+        self.meter: EpochMeter  # this epoch's figures (steps)
+        self.stopping: str | None = None  # why the ranks agreed to stop, at this epoch's last check
+        self.result: Result | None = None  # how the run ended: set by finish() or a stop
+        self._epoch_start = self._epoch_seconds = self._epoch_lr = 0.0
 
     # --- the run's frame ---
 
@@ -54,7 +66,7 @@ class RunController:
     def running(self, notes: list[str]) -> Iterator[RunController]:
         """Open the run directory and the start panel, mark the run running; on the way out of a failure,
         say which rank a timed-out collective waited for and record `failed` in status.json."""
-        cfg, rt, t = self.cfg, self.rt, self.t
+        cfg, rt, t = self.cfg, self.rt, self.trainer
         dist.on_main(lambda: rundir.open_run(cfg, self.run_dir, rt.hosts, rt.pids))  # a failed start leaves nothing
         self.log = RunLogger(cfg.log, self.run_dir, enabled=rt.is_main, epochs_done=self.pos.epochs_done)
         self.log.start(notes[0], {
@@ -74,9 +86,11 @@ class RunController:
         try:
             with t.monitor.watchdog:
                 yield self
+        except _Stopped:
+            pass  # self.result says stopped; the caller returns it
         except RuntimeError as e:
             if peers.is_lost(e) and rt.world_size > 1:
-                newest = self._newest_checkpoint()
+                newest = self.checkpointer.newest()
                 error = peers.lost_error(rt, e, self._where(newest))
                 # A job script requeues after a lost rank (a host that died) only if this segment saved a
                 # checkpoint: a rank that dies again at the same place (out of memory) must not loop.
@@ -88,7 +102,7 @@ class RunController:
                 raise
             error = UserError(f"a collective timed out after {cfg.dist.timeout:g} s (dist.timeout): "
                               f"{hang.who_is_behind(rt.world_size, list(rt.hosts))}; every rank's stacks are in "
-                              f"{self.run_dir}/hang-rank*.txt", hang.EXIT_HUNG, on_all_ranks=True)
+                              f"{self.run_dir}/hang-rank*.txt", EXIT_HUNG, on_all_ranks=True)
             self._failed(error)
             raise error from None
         except BaseException as e:
@@ -103,51 +117,72 @@ class RunController:
 
     # --- one epoch ---
 
-    @contextlib.contextmanager
-    def epoch(self, epoch: int) -> Iterator[Callable[[int, float, float], None]]:
-        """Around an epoch's steps: its clock, the progress line, the profiler on this segment's first epoch."""
-        self._epoch = {"start": time.perf_counter(), "lr": self.t.scheduler.get_last_lr()[0],
-                       "earlier": int(self.pos.partial[2]) if self.pos.partial else 0}  # samples before a stop
-        profiling = self.t.profiled() if epoch == self.first_epoch else contextlib.nullcontext()
-        with profiling, self.log.progress(epoch, self.cfg.train.epochs, self.t.steps_per_epoch) as update:
-            yield update
-        self._epoch["seconds"] = time.perf_counter() - self._epoch["start"]
-        self.pos.train_time += self._epoch["seconds"]
+    def steps(self, epoch: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """This epoch's steps (step, x, y) from where the run stands; between them, what the ranks agreed at
+        their check: a timed checkpoint, a stop (after its checkpoint the run ends) or a non-finite loss (the run
+        fails). The epoch's clock and progress line, and the profiler on this segment's first epoch."""
+        t = self.trainer
+        self.meter, self.stopping, step = EpochMeter(self.rt.device, self.pos.partial), None, self.pos.step
+        self._epoch_start, self._epoch_lr = time.perf_counter(), t.scheduler.get_last_lr()[0]
+        profiling = t.profiled() if epoch == self.first_epoch else contextlib.nullcontext()
+        with profiling, self.log.progress(epoch, self.cfg.train.epochs, t.steps_per_epoch) as progress:
+            for step, x, y in t.batches(t.order(epoch), start=self.pos.step):
+                self.meter.learning_rate(step, t.scheduler.get_last_lr()[0])
+                yield step, x, y
+                if self._check(epoch, step, progress):
+                    break
+        self._epoch_seconds = time.perf_counter() - self._epoch_start
+        self.pos.train_time += self._epoch_seconds
+        if self.stopping and step < t.steps_per_epoch:  # inside the epoch: checkpoint there, partial sums too
+            self.pos.step, self.pos.partial = step, None
+            self._stop(self.stopping, self.checkpointer.save(self.pos, self.wall(), self.meter.sums))
 
-    def save_mid_epoch(self, step: int, sums: torch.Tensor) -> None:
-        """A timed checkpoint inside the epoch (train.checkpoint_minutes), where the ranks agreed on it."""
-        at = dataclasses.replace(self.pos, step=step, partial=None,
-                                 train_time=self.pos.train_time + time.perf_counter() - self._epoch["start"])
-        self._saved(self.t.save_checkpoint(at, self.wall(), sums), at)
+    def _check(self, epoch: int, step: int, progress: Callable[[int, float, float], None]) -> bool:
+        """At the ranks' checks (stopping.py): fail on a non-finite loss, report progress, checkpoint when a timed
+        one is due; True when the ranks agreed to stop here."""
+        t, meter = self.trainer, self.meter
+        verdict = self.agreement.at(step, t.steps_per_epoch, meter.first_bad, t.monitor.watchdog)
+        if verdict is None:
+            return False
+        if verdict.bad_step:
+            raise t.diverged(epoch, verdict.bad_step, verdict.bad_rank, meter.lrs[verdict.bad_step])
+        meter.checked()
+        progress(step, meter.loss.item(), meter.rate())
+        if verdict.reason:
+            self.stopping = verdict.reason
+            return True
+        if verdict.checkpoint and step < t.steps_per_epoch:  # train.checkpoint_minutes, agreed by the ranks
+            at = dataclasses.replace(self.pos, step=step, partial=None,
+                                     train_time=self.pos.train_time + time.perf_counter() - self._epoch_start)
+            self._saved(self.checkpointer.save(at, self.wall(), meter.sums), at)
+        return False
 
-    def stop_mid_epoch(self, step: int, sums: torch.Tensor, reason: str) -> Result:
-        """The ranks agreed to stop inside an epoch: checkpoint there (with every rank's partial sums)."""
-        self.pos.step, self.pos.partial = step, None
-        return self.stopped(reason, self.t.save_checkpoint(self.pos, self.wall(), sums))
-
-    def end_epoch(self, epoch: int, sums: torch.Tensor, times: dict[str, Any], val: tuple[float, float, Any],
-                  stopping: str | None) -> None:
-        """A whole epoch done: its global figures, the checkpoint when due, its row in the log."""
-        loss_sum, correct, samples = dist.all_reduce_sum(sums).tolist()
-        new_samples = samples - self._epoch["earlier"] * self.rt.world_size
+    def end_epoch(self, epoch: int) -> None:
+        """A whole epoch done: its timings across ranks, validation, global figures, the checkpoint when due,
+        its row in the log; then the stop the ranks agreed at its last step, if any."""
+        t = self.trainer
+        times = t.rank_times()
+        self.val_loss, self.val_acc, _ = t.evaluate(t.data.val)
+        loss_sum, correct, samples = dist.all_reduce_sum(self.meter.sums).tolist()
+        new_samples = samples - self.meter.earlier * self.rt.world_size
         self.pos.epochs_done, self.pos.step, self.pos.partial = epoch, 0, None
         self.pos.train_samples += int(new_samples)
-        self.val_loss, self.val_acc, _ = val
-        every = self.cfg.train.checkpoint_every
-        if (every and epoch % every == 0) or epoch == self.cfg.train.epochs or stopping:
-            self._saved(self.t.save_checkpoint(self.pos, self.wall()), self.pos)
-        seconds = self._epoch["seconds"]
+        if self.checkpointer.due(epoch, self.stopping):
+            self._saved(self.checkpointer.save(self.pos, self.wall()), self.pos)
+        seconds = self._epoch_seconds
         self.log.epoch({"epoch": epoch, "train_loss": loss_sum / samples, "train_acc": correct / samples,
-                        "val_loss": self.val_loss, "val_acc": self.val_acc, "lr": self._epoch["lr"],
-                        "epoch_time_s": time.perf_counter() - self._epoch["start"], "train_time_s": seconds,
+                        "val_loss": self.val_loss, "val_acc": self.val_acc, "lr": self._epoch_lr,
+                        "epoch_time_s": time.perf_counter() - self._epoch_start, "train_time_s": seconds,
                         "samples_per_s": new_samples / seconds, **times})
         for s in times.get("stragglers", []):
             name = f"rank {s['rank']} on {s['host']}"
             self.stragglers[name] = self.stragglers.get(name, 0) + 1
+        if self.stopping and epoch < self.cfg.train.epochs:
+            self._stop(self.stopping)
 
     # --- the end ---
 
-    def stopped(self, reason: str, checkpoint: Path | None = None) -> Result:
+    def _stop(self, reason: str, checkpoint: Path | None = None) -> None:
         """Stopped with a checkpoint (a signal, the deadline): exit 75; the same command continues."""
         checkpoint = checkpoint or self.checkpoint
         signal = self.agreement.stop.name() if reason == "signal" and self.agreement.stop else None
@@ -155,11 +190,12 @@ class RunController:
                                 step=self.pos.step, checkpoint=str(checkpoint))
         self.log.stopped(summary)
         self._status("stopped", reason=reason, signal=signal, exit_code=EXIT_STOPPED, checkpoint=str(checkpoint))
-        return Result(summary, self.t.model, EXIT_STOPPED)
+        self.result = Result(summary, self.trainer.model, EXIT_STOPPED)
+        raise _Stopped
 
-    def finish(self) -> Result:
+    def finish(self) -> None:
         """All epochs done: the final test evaluation, the model's weights, the summary."""
-        t, cfg = self.t, self.cfg
+        t, cfg = self.trainer, self.cfg
         if math.isnan(self.val_acc):  # continued after the last epoch (e.g. stopped in the final evaluation)
             self.val_loss, self.val_acc, _ = t.evaluate(t.data.val)
         test_loss, test_acc, wrong = t.evaluate(t.data.test, keep_failures=cfg.log.failures)
@@ -174,7 +210,7 @@ class RunController:
             failures = (t.data.test.images[rows], wrong[1], t.data.test.labels[rows])
         self.log.finish(summary, _flat_hparams(cfg), failures)
         self._status("completed", checkpoint=str(self.checkpoint) if self.checkpoint else None)
-        return Result(summary, t.model)
+        self.result = Result(summary, t.model)
 
     # --- what the run writes ---
 
@@ -186,7 +222,7 @@ class RunController:
         cfg, rt = self.cfg, self.rt
         return {"model": cfg.model.name, "dataset": cfg.data.name, "world_size": rt.world_size,
                 "num_nodes": rt.num_nodes, "launcher": rt.launcher, "device": str(rt.device), "backend": rt.backend,
-                "precision": self.t.amp, "threads_per_rank": rt.threads, "batch_per_rank": cfg.train.batch_size,
+                "precision": self.trainer.amp, "threads_per_rank": rt.threads, "batch_per_rank": cfg.train.batch_size,
                 "global_batch": cfg.train.batch_size * rt.world_size, "run_dir": str(self.run_dir),
                 "status": status, **facts, "train_time_s": self.pos.train_time, "segments": self.pos.segments}
 
@@ -202,23 +238,18 @@ class RunController:
         where = {"epochs_done": self.pos.epochs_done, "step": self.pos.step}
         dist.on_main(lambda: rundir.write_status(self.run_dir, state, **where, **facts))
 
-    def _newest_checkpoint(self) -> Path | None:
-        """The newest checkpoint in the run directory, from any segment (written atomically: it is sound)."""
-        saved = checkpoint.existing(self.run_dir)
-        return saved[-1] if saved else None
-
     def _where(self, newest: Path | None) -> str:
         """Where this rank stopped and what is kept, for a failure's line."""
         kept = (f"the newest checkpoint, {newest.name}, is kept: the same command continues from it" if newest
                 else "no checkpoint had been written")
-        return f"in epoch {self.t.monitor.epoch} at step {self.t.monitor.step}; {kept}"
+        return f"in epoch {self.trainer.monitor.epoch} at step {self.trainer.monitor.step}; {kept}"
 
     def _failed(self, error: BaseException, writer: bool | None = None, newest: Path | None = None) -> None:
         """Without a collective: the other ranks may be gone. Rank 0 writes, or the rank that reports a lost one."""
         if self.rt.is_main if writer is None else writer:
             code = error.exit_code if isinstance(error, UserError) else 1
             facts = {"reason": "error", **(error.status if isinstance(error, UserError) else {})}
-            newest = newest or self._newest_checkpoint()
+            newest = newest or self.checkpointer.newest()
             rundir.write_status(self.run_dir, "failed", **facts, exit_code=code, error=str(error)[:500],
                                 epochs_done=self.pos.epochs_done, step=self.pos.step,
                                 checkpoint=str(newest) if newest else None)
