@@ -31,7 +31,7 @@ import torch
 import torch.distributed as tdist
 
 from hpc_mnist.errors import ArgumentParser, UserError, report, writable_file
-from hpc_mnist.runtime import dist
+from hpc_mnist.runtime import cpus, devices, launchers, rendezvous
 
 DEFAULT_TIMEOUT = 60.0
 ALLREDUCE_BYTES = 4 * 2**20
@@ -109,12 +109,12 @@ def _gpu(device: torch.device) -> dict[str, Any]:
     return out
 
 
-def gather_self(place: dist.Placement, device_name: str) -> RankInfo:
-    device = dist.select_device(device_name, place.local_rank or 0)
+def gather_self(place: launchers.Placement, device_name: str) -> RankInfo:
+    device = devices.select_device(device_name, place.local_rank or 0)
     if device.type in ("cuda", "xpu"):  # object collectives use the current device: never all on GPU 0
         getattr(torch, device.type).set_device(device)
-    threads, _ = dist.set_cpu_threads(place.local_world_size or 1)
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    threads, _ = cpus.set_cpu_threads(place.local_world_size or 1)
+    usable = cpus.usable_cpus()
     mpi = None
     if importlib.util.find_spec("mpi4py") is not None:
         try:
@@ -127,7 +127,7 @@ def gather_self(place: dist.Placement, device_name: str) -> RankInfo:
                     if k in os.environ), None)
     master = os.environ.get("MASTER_ADDR")
     return RankInfo(place.rank, place.world_size, place.local_rank or 0, place.local_world_size or 1, place.launcher,
-                    socket.gethostname(), os.getpid(), str(device), cpus=cpus, cpu_count=os.cpu_count() or 1,
+                    socket.gethostname(), os.getpid(), str(device), cpus=usable, cpu_count=os.cpu_count() or 1,
                     threads=threads, omp_num_threads=os.environ.get("OMP_NUM_THREADS"), master_addr=master,
                     master_ip=_resolve(master), mpi4py=mpi, visible_devices=visible, **_gpu(device))
 
@@ -310,7 +310,7 @@ def _reachable(addr: str, port: int, timeout: float) -> bool:
             time.sleep(0.2)
 
 
-def _connect(place: dist.Placement, timeout: float, host: str) -> tdist.Store:
+def _connect(place: launchers.Placement, timeout: float, host: str) -> tdist.Store:
     """The rendezvous: rank 0 serves a TCP store (torchrun's agent serves it under torchrun)."""
     addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
     if not addr or not port:
@@ -389,7 +389,7 @@ def _read_nccl_log(folder: Path | None) -> str | None:
 
 def diagnose(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     """Run on every rank; rank 0 returns the report. Exit code 0 healthy, 1 otherwise."""
-    place = dist.detect(args.init)
+    place = launchers.detect(args.init)
     if place.launcher == "mpi":
         try:
             import mpi4py  # noqa: F401
@@ -397,12 +397,12 @@ def diagnose(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
             raise Failure("mpi4py: an MPI launch was detected (rank variables of mpiexec/PALS/PMI) but mpi4py "
                           "cannot be imported, and the trainer needs it there: load the site's mpi4py, or launch "
                           "with torchrun") from None
-        place = dist._mpi_rendezvous(place)  # noqa: SLF001 - mpi4py's numbers and rank 0's address
+        place = rendezvous.mpi_rendezvous(place)  # mpi4py's numbers and rank 0's address
     elif place.launcher == "slurm" and place.world_size > 1:
-        dist._slurm_rendezvous()  # noqa: SLF001
+        rendezvous.slurm_rendezvous()
     me = gather_self(place, args.device)
     device = torch.device(me.device)
-    backend = args.backend if args.backend != "auto" else {"cuda": "nccl", "xpu": "xccl"}.get(device.type, "gloo")
+    backend = devices.backend_for(args.backend, device)
     if not tdist.is_backend_available(backend):
         raise UserError(f"this PyTorch ({torch.__version__}) has no {backend} backend (a CPU-only build has no nccl): "
                         "install the site's GPU build of torch, or check the CPU path with --backend gloo")
