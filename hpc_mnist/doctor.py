@@ -31,6 +31,7 @@ import torch
 import torch.distributed as tdist
 
 from hpc_mnist.errors import ArgumentParser, UserError, report, writable_file
+from hpc_mnist.perf.allreduce import bus_factor
 from hpc_mnist.runtime import cpus, devices, launchers, rendezvous
 
 DEFAULT_TIMEOUT = 60.0
@@ -454,7 +455,7 @@ def diagnose(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
         return code, None
     slowest = max(results, key=lambda r: r["seconds"])
     n = place.world_size
-    slowest["busbw_gbs"] = slowest["bytes"] / slowest["seconds"] / 1e9 * 2 * (n - 1) / n
+    slowest["busbw_gbs"] = slowest["bytes"] / slowest["seconds"] / 1e9 * bus_factor(n)
     slowest["correct"] = all(r["correct"] for r in results)
     code, report = _verdict(report, infos, slowest, [r["network"] for r in results], backend)
     store.set("verdict", str(code))
