@@ -15,7 +15,7 @@ from hpc_mnist import errors, resources
 VERBS = {  # verb: (module, what it does)
     "train": ("train", "train a model (what every rank runs; `torchrun -m hpc_mnist.train` under a launcher)"),
     "launch": ("launch", "start a command on every allocated node the way the system wants it"),
-    "doctor": ("doctor", "pre-flight check of a job: ranks, devices, CPU binding, network, one all-reduce"),
+    "doctor": ("doctor.command", "pre-flight check of a job: ranks, devices, CPU binding, network, one all-reduce"),
     "data": ("data", "download datasets before a job (MNIST ships with the package)"),
     "bench": ("bench", "throughput and time-to-accuracy benchmarks"),
     "comm": ("comm", "all-reduce benchmark, under a launcher (`torchrun ... -m hpc_mnist.comm`)"),

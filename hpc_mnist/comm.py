@@ -32,6 +32,7 @@ from hpc_mnist.core.config import DistConfig, ModelConfig
 from hpc_mnist.core.models import allreduce_bytes, build
 from hpc_mnist.errors import ArgumentParser, UserError, writable_file
 from hpc_mnist.perf import step
+from hpc_mnist.perf.allreduce import bus_factor
 from hpc_mnist.runtime import dist
 
 MODELS = ("linear", "mlp", "cnn")
@@ -57,11 +58,6 @@ def sweep_sizes(smallest: int = 4, largest: int = 64 * 2**20) -> list[int]:
 def gradient_bytes() -> dict[str, int]:
     """Bytes DDP all-reduces per step for each shipped model (fp32 gradients, default hyper-parameters)."""
     return {name: allreduce_bytes(build(ModelConfig(name=name))) for name in MODELS}
-
-
-def bus_factor(ranks: int) -> float:
-    """nccl-tests' all-reduce factor: busbw = algbw x 2(n-1)/n (a ring moves 2(n-1)/n of the data per rank)."""
-    return 2 * (ranks - 1) / ranks
 
 
 def time_allreduce(nbytes: int, device: torch.device, ranks: int, budget_s: float, blocks: int = 5) -> float:

@@ -10,12 +10,13 @@ import pytest
 
 from conftest import REPO, clean_env, fake_run
 from hpc_mnist import comm, scaling
+from hpc_mnist.perf.allreduce import bus_factor
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
 
 
 def test_bus_bandwidth_factor_and_gradient_sizes():
-    assert comm.bus_factor(2) == 1.0 and comm.bus_factor(8) == pytest.approx(1.75)
+    assert bus_factor(2) == 1.0 and bus_factor(8) == pytest.approx(1.75)
     assert comm.gradient_bytes() == {"linear": 4 * 7850, "mlp": 4 * 44860, "cnn": 4 * 1199882}
     assert comm.sweep_sizes()[0] == 4 and comm.sweep_sizes()[-1] == 64 * 2**20 and len(comm.sweep_sizes()) == 25
 

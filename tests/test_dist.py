@@ -9,8 +9,8 @@ import torch
 
 from conftest import LAUNCH_VARS, MPIEXEC, REPO, run_train
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import dist
-from hpc_mnist.runtime.dist import Placement
+from hpc_mnist.runtime import cpus, devices, launchers, rendezvous
+from hpc_mnist.runtime.launchers import Placement
 
 SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32"]
 
@@ -29,12 +29,12 @@ def env(monkeypatch):
 
 
 def test_no_launcher_is_one_process(env):
-    assert dist.detect() == Placement("none")
+    assert launchers.detect() == Placement("none")
 
 
 def test_torchrun(env):
     env(RANK=5, WORLD_SIZE=8, LOCAL_RANK=1, LOCAL_WORLD_SIZE=4)
-    assert dist.detect() == Placement("torchrun", 5, 1, 8, 4)
+    assert launchers.detect() == Placement("torchrun", 5, 1, 8, 4)
 
 
 @pytest.mark.parametrize("variables, expected", [
@@ -48,29 +48,29 @@ def test_torchrun(env):
 ])
 def test_mpi_launchers(env, variables, expected):
     env(**variables)
-    assert dist.detect() == expected
+    assert launchers.detect() == expected
 
 
 def test_srun_step(env):
     env(SLURM_STEP_ID=0, SLURM_PROCID=5, SLURM_LOCALID=1, SLURM_NTASKS=8, SLURM_NNODES=2, SLURM_JOB_ID=42)
-    assert dist.detect() == Placement("slurm", 5, 1, 8, 4)
+    assert launchers.detect() == Placement("slurm", 5, 1, 8, 4)
 
 
 def test_batch_shell_without_srun_is_one_process(env):
     """sbatch's shell exports SLURM_PROCID/SLURM_NTASKS; trusting them would wait forever for peers."""
     env(SLURM_PROCID=0, SLURM_NTASKS=8, SLURM_LOCALID=0, SLURM_JOB_ID=42, SLURM_NNODES=2)
-    assert dist.detect() == Placement("none")
+    assert launchers.detect() == Placement("none")
 
 
 def test_torchrun_under_mpiexec_uses_torchrun_ranks(env):
     """Under `mpiexec --ppn 1 torchrun`, PMI_RANK is the node index, not the worker's rank."""
     env(PMI_RANK=1, PMI_SIZE=2, RANK=6, WORLD_SIZE=8, LOCAL_RANK=2, LOCAL_WORLD_SIZE=4)
-    assert dist.detect() == Placement("torchrun", 6, 2, 8, 4)
+    assert launchers.detect() == Placement("torchrun", 6, 2, 8, 4)
 
 
 def test_srun_as_the_mpi_launcher_needs_no_mpi4py(env):
     env(SLURM_STEP_ID=0, SLURM_PROCID=3, SLURM_LOCALID=3, SLURM_NTASKS=4, SLURM_NNODES=1, PMI_RANK=3, PMI_SIZE=4)
-    assert dist.detect().launcher == "slurm"
+    assert launchers.detect().launcher == "slurm"
 
 
 @pytest.mark.parametrize("plugin_vars", [
@@ -82,7 +82,7 @@ def test_srun_mpi_plugins_without_a_world_size_take_the_slurm_path(env, plugin_v
     """Slurm's MPI plugins give each task a rank but no world size: still an srun step, no mpi4py needed."""
     env(SLURM_STEP_ID=0, SLURM_PROCID=3, SLURM_LOCALID=1, SLURM_NODEID=1, SLURM_NTASKS=4, SLURM_NNODES=2,
         SLURM_STEP_NUM_TASKS=4, SLURM_STEP_NUM_NODES=2, SLURM_STEP_TASKS_PER_NODE="2(x2)", **plugin_vars)
-    assert dist.detect() == Placement("slurm", 3, 1, 4, 2)
+    assert launchers.detect() == Placement("slurm", 3, 1, 4, 2)
 
 
 @pytest.mark.parametrize("tasks_per_node, node, local_rank, local_size", [
@@ -98,55 +98,55 @@ def test_uneven_srun_layouts(env, tasks_per_node, node, local_rank, local_size):
     env(SLURM_STEP_ID=0, SLURM_PROCID=rank, SLURM_LOCALID=local_rank, SLURM_NODEID=node,
         SLURM_STEP_NUM_TASKS=sum(counts), SLURM_STEP_NUM_NODES=len(counts), SLURM_NTASKS=sum(counts),
         SLURM_NNODES=len(counts), SLURM_STEP_TASKS_PER_NODE=tasks_per_node, SLURM_TASKS_PER_NODE=tasks_per_node)
-    assert dist.detect() == Placement("slurm", rank, local_rank, sum(counts), local_size)
+    assert launchers.detect() == Placement("slurm", rank, local_rank, sum(counts), local_size)
 
 
 def test_uneven_layout_from_the_job_when_the_step_does_not_say(env):
     """Older Slurm sets only SLURM_TASKS_PER_NODE (the job's layout, which a plain srun step uses)."""
     env(SLURM_STEP_ID=0, SLURM_PROCID=2, SLURM_LOCALID=0, SLURM_NODEID=1, SLURM_NTASKS=3, SLURM_NNODES=2,
         SLURM_TASKS_PER_NODE="2,1")
-    assert dist.detect() == Placement("slurm", 2, 0, 3, 1)
+    assert launchers.detect() == Placement("slurm", 2, 0, 3, 1)
 
 
 def test_mpirun_inside_a_slurm_step_uses_mpi_ranks(env):
     """Open MPI starts its daemons with srun: SLURM_PROCID is then the node index."""
     env(SLURM_STEP_ID=0, SLURM_PROCID=0, SLURM_NTASKS=1, SLURM_NNODES=1,
         OMPI_COMM_WORLD_RANK=3, OMPI_COMM_WORLD_SIZE=4, OMPI_COMM_WORLD_LOCAL_RANK=3, OMPI_COMM_WORLD_LOCAL_SIZE=4)
-    assert dist.detect() == Placement("mpi", 3, 3, 4, 4)
+    assert launchers.detect() == Placement("mpi", 3, 3, 4, 4)
 
 
 def test_explicit_init_without_its_variables(env):
     with pytest.raises(UserError, match="dist.init=slurm but SLURM_STEP_ID/SLURM_PROCID are not set"):
-        dist.detect("slurm")
+        launchers.detect("slurm")
     with pytest.raises(UserError, match="dist.init=torchrun but RANK/WORLD_SIZE are not set"):
-        dist.detect("torchrun")
+        launchers.detect("torchrun")
     env(RANK=0, WORLD_SIZE=1)
-    assert dist.detect("none") == Placement("none")
+    assert launchers.detect("none") == Placement("none")
     env(RANK=0, WORLD_SIZE=2)  # each of torchrun's processes would train alone, in one run directory
     with pytest.raises(UserError, match="dist.init=none, but this process is rank 0 of 2 started by torchrun"):
-        dist.detect("none")
+        launchers.detect("none")
 
 
 def test_inconsistent_or_malformed_variables(env):
     env(RANK=4, WORLD_SIZE=4)
     with pytest.raises(UserError, match="inconsistent torchrun variables"):
-        dist.detect()
+        launchers.detect()
     env(RANK="one")
     with pytest.raises(UserError, match="RANK='one' is not an integer"):
-        dist.detect()
+        launchers.detect()
 
 
 @pytest.mark.parametrize("local_rank, visible, index", [(0, 4, 0), (3, 4, 3), (5, 4, 1), (3, 1, 0), (7, 1, 0)])
 def test_device_index(local_rank, visible, index):
     """A rank that sees one GPU (CUDA_VISIBLE_DEVICES per rank, --gpus-per-task=1) uses device 0."""
-    assert dist.device_index(local_rank, visible) == index
+    assert devices.device_index(local_rank, visible) == index
 
 
 def test_fewer_ranks_than_gpus_spread_over_both_sockets():
     """Aurora --ppn 6 binds ranks 3-5 to socket 1: they take tiles on socket 1 (6-11), not 3-5."""
-    assert [dist.device_index(r, 12, 6) for r in range(6)] == [0, 2, 4, 6, 8, 10]
-    assert [dist.device_index(r, 4, 4) for r in range(4)] == [0, 1, 2, 3]
-    assert [dist.device_index(r, 12, 24) for r in (0, 13)] == [0, 1]
+    assert [devices.device_index(r, 12, 6) for r in range(6)] == [0, 2, 4, 6, 8, 10]
+    assert [devices.device_index(r, 4, 4) for r in range(4)] == [0, 1, 2, 3]
+    assert [devices.device_index(r, 12, 24) for r in (0, 13)] == [0, 1]
 
 
 @pytest.mark.parametrize("nodelist, host", [
@@ -154,7 +154,7 @@ def test_fewer_ranks_than_gpus_spread_over_both_sockets():
     ("x3005c0s13b0n0,x3005c0s13b1n0", "x3005c0s13b0n0"), ("gpu-[10-11]", "gpu-10"),
 ])
 def test_first_host_of_a_slurm_node_list(nodelist, host):
-    assert dist.first_host(nodelist) == host
+    assert rendezvous.first_host(nodelist) == host
 
 
 def _mpiexec_2(args, extra_env=None, program=None):
@@ -226,7 +226,7 @@ def test_threads_are_the_ranks_share_unless_someone_chose(env, monkeypatch, thre
         monkeypatch.delenv(name, raising=False)
     env(**variables)
     torch.set_num_threads(5)  # what the OpenMP runtime may have taken from OMP_NUM_THREADS at import
-    threads, why = dist.set_cpu_threads(local_world_size=2)
+    threads, why = cpus.set_cpu_threads(local_world_size=2)
     if chosen:
         assert (threads, why) == (5, f"OMP_NUM_THREADS={variables['OMP_NUM_THREADS']}")
     else:
@@ -242,19 +242,19 @@ def test_cores_busy_with_other_work_are_named_on_the_start_panel(env, monkeypatc
     cores = len(os.sched_getaffinity(0))
     if cores != os.cpu_count() or cores < 2:
         pytest.skip("needs two or more cores, unpinned")
-    monkeypatch.setattr(dist, "busy_cores", lambda own=1: cores - 1)
-    threads, why = dist.set_cpu_threads(local_world_size=1)
+    monkeypatch.setattr(cpus, "busy_cores", lambda own=1: cores - 1)
+    threads, why = cpus.set_cpu_threads(local_world_size=1)
     # Said, not changed: every segment of a run computes with the same threads (exact resume).
     assert threads == cores and why.endswith(
         f"; {cores - 1} core(s) busy with other work: OMP_NUM_THREADS=1 may run many times faster")
-    monkeypatch.setattr(dist, "busy_cores", lambda own=1: 0)
-    assert dist.set_cpu_threads(local_world_size=1) == (cores, f"its share of {cores} core(s) among 1 rank(s)")
+    monkeypatch.setattr(cpus, "busy_cores", lambda own=1: 0)
+    assert cpus.set_cpu_threads(local_world_size=1) == (cores, f"its share of {cores} core(s) among 1 rank(s)")
 
 
 def test_busy_cores_counts_runnable_tasks_beyond_our_own():
-    assert dist.busy_cores(own_processes=10**6) == 0  # never negative
-    assert dist.busy_cores(own_processes=0) >= 1  # at least this process, reading
-    assert dist.busy_cores(own_processes=-100) == os.cpu_count()  # runnable tasks beyond the cores: all busy
+    assert cpus.busy_cores(own_processes=10**6) == 0  # never negative
+    assert cpus.busy_cores(own_processes=0) >= 1  # at least this process, reading
+    assert cpus.busy_cores(own_processes=-100) == os.cpu_count()  # runnable tasks beyond the cores: all busy
 
 
 def test_a_share_of_one_core_is_not_reworded_by_other_work(env, monkeypatch, threads_restored):
@@ -264,5 +264,5 @@ def test_a_share_of_one_core_is_not_reworded_by_other_work(env, monkeypatch, thr
     cores = len(os.sched_getaffinity(0))
     if cores != os.cpu_count() or cores != 2:
         pytest.skip("needs exactly two unpinned cores")
-    monkeypatch.setattr(dist, "busy_cores", lambda own=1: 2)
-    assert dist.set_cpu_threads(local_world_size=2) == (1, "its share of 2 core(s) among 2 rank(s)")
+    monkeypatch.setattr(cpus, "busy_cores", lambda own=1: 2)
+    assert cpus.set_cpu_threads(local_world_size=2) == (1, "its share of 2 core(s) among 2 rank(s)")

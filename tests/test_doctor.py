@@ -13,8 +13,19 @@ import time
 import pytest
 
 from conftest import REPO, clean_env, free_port
-from hpc_mnist import doctor
-from hpc_mnist.doctor import RankInfo
+from hpc_mnist.doctor.allreduce import nccl_network
+from hpc_mnist.doctor.checks import (
+    allocation_nodes,
+    check_cpu_sets,
+    check_gpus,
+    check_master,
+    check_mpi4py,
+    check_threads,
+    check_transport,
+    check_world,
+    cpu_ranges,
+)
+from hpc_mnist.doctor.ranks import RankInfo
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
 
@@ -95,92 +106,92 @@ def rank(r: int, host: str = "a", **kw) -> RankInfo:
 
 
 def test_world_size_against_the_allocation():
-    assert doctor.check_world([rank(0), rank(1)], None).status == "ok"
-    one = doctor.check_world([rank(0, world_size=1, local_world_size=1)], 2)
+    assert check_world([rank(0), rank(1)], None).status == "ok"
+    one = check_world([rank(0, world_size=1, local_world_size=1)], 2)
     assert one.status == "fail" and "the job has 2 node(s) but the ranks run on 1 as one process" in one.message
     two_hosts = [rank(0, "a", local_rank=0, local_world_size=1), rank(1, "b", local_rank=0, local_world_size=1)]
-    assert doctor.check_world(two_hosts, 2).status == "ok"
-    wrong = doctor.check_world([rank(0, local_world_size=4), rank(1, local_world_size=4)], None)
+    assert check_world(two_hosts, 2).status == "ok"
+    wrong = check_world([rank(0, local_world_size=4), rank(1, local_world_size=4)], None)
     assert wrong.status == "fail" and "a runs 2 rank(s) but they say the local world size is 4" in wrong.message
-    idle = doctor.check_world([rank(0, gpus_on_host=4), rank(1, gpus_on_host=4)], None)
+    idle = check_world([rank(0, gpus_on_host=4), rank(1, gpus_on_host=4)], None)
     assert idle.status == "warn" and "has 4 GPUs and 2 rank(s)" in idle.message
 
 
 def test_allocation_nodes_from_the_scheduler(tmp_path, monkeypatch):
     for key in [k for k in os.environ if k.startswith(("PBS_", "SLURM_"))]:
         monkeypatch.delenv(key)
-    assert doctor.allocation_nodes() is None
+    assert allocation_nodes() is None
     nodefile = tmp_path / "nodefile"
     nodefile.write_text("n1\nn1\nn2\n")
     monkeypatch.setenv("PBS_NODEFILE", str(nodefile))
-    assert doctor.allocation_nodes() == 2
+    assert allocation_nodes() == 2
     monkeypatch.setenv("SLURM_JOB_ID", "5")
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "8")
     monkeypatch.setenv("SLURM_STEP_ID", "0")
     monkeypatch.setenv("SLURM_STEP_NUM_NODES", "2")  # a step on part of the job
-    assert doctor.allocation_nodes() == 2
+    assert allocation_nodes() == 2
 
 
 def test_two_ranks_on_one_gpu_fail():
     same = [rank(0, gpu_index=0, gpu_uuid="GPU-1"), rank(1, gpu_index=0, gpu_uuid="GPU-1")]
-    result = doctor.check_gpus(same)
+    result = check_gpus(same)
     assert result.status == "fail" and result.message.startswith("ranks 0, 1 on a share GPU 0 (GPU-1)")
     apart = [rank(0, gpu_index=0, gpu_uuid="GPU-1"), rank(1, gpu_index=1, gpu_uuid="GPU-2")]
-    assert doctor.check_gpus(apart).status == "ok"
+    assert check_gpus(apart).status == "ok"
     # One visible GPU per rank (CUDA_VISIBLE_DEVICES=0 / =1): both say index 0, yet they differ.
     masked = [rank(0, gpu_index=0, visible_devices="0"), rank(1, gpu_index=0, visible_devices="1")]
-    assert doctor.check_gpus(masked).status == "ok"
-    assert doctor.check_gpus([rank(0), rank(1)]).status == "skip"
+    assert check_gpus(masked).status == "ok"
+    assert check_gpus([rank(0), rank(1)]).status == "skip"
 
 
 def test_cpu_sets_overlap_only_matters_when_bound():
-    assert doctor.check_cpu_sets([rank(0), rank(1)]).status == "skip"  # both float over all 4 cores
+    assert check_cpu_sets([rank(0), rank(1)]).status == "skip"  # both float over all 4 cores
     bound = [rank(0, cpus=[0, 1]), rank(1, cpus=[2, 3])]
-    assert doctor.check_cpu_sets(bound).status == "ok"
-    clash = doctor.check_cpu_sets([rank(0, cpus=[0, 1, 2]), rank(1, cpus=[2, 3])])
+    assert check_cpu_sets(bound).status == "ok"
+    clash = check_cpu_sets([rank(0, cpus=[0, 1, 2]), rank(1, cpus=[2, 3])])
     assert clash.status == "fail" and "ranks 0 and 1 on a share core(s) 2" in clash.message
     other_hosts = [rank(0, "a", cpus=[0, 1]), rank(1, "b", cpus=[0, 1])]
-    assert doctor.check_cpu_sets(other_hosts).status == "ok"
+    assert check_cpu_sets(other_hosts).status == "ok"
 
 
 def test_thread_oversubscription():
-    assert doctor.check_threads([rank(0, threads=2), rank(1, threads=2)]).status == "ok"  # 4 on 4 cores
-    over = doctor.check_threads([rank(0, threads=4), rank(1, threads=4)])
+    assert check_threads([rank(0, threads=2), rank(1, threads=2)]).status == "ok"  # 4 on 4 cores
+    over = check_threads([rank(0, threads=4), rank(1, threads=4)])
     assert over.status == "fail" and "2 rank(s) x 4 thread(s) = 8 threads on 4 core(s)" in over.message
-    pinned = doctor.check_threads([rank(0, threads=2, cpus=[0]), rank(1, cpus=[1])])
+    pinned = check_threads([rank(0, threads=2, cpus=[0]), rank(1, cpus=[1])])
     assert pinned.status == "fail" and "rank 0 on a runs 2 threads on 1 core(s)" in pinned.message
 
 
 def test_master_address_only_checked_across_hosts():
-    assert doctor.check_master([rank(0, master_ip="127.0.0.1"), rank(1, master_ip="127.0.0.1")]).status == "skip"
-    loop = doctor.check_master([rank(0, "a", master_ip="127.0.1.1"), rank(1, "b", master_ip="127.0.1.1")])
+    assert check_master([rank(0, master_ip="127.0.0.1"), rank(1, master_ip="127.0.0.1")]).status == "skip"
+    loop = check_master([rank(0, "a", master_ip="127.0.1.1"), rank(1, "b", master_ip="127.0.1.1")])
     assert loop.status == "fail" and "loopback" in loop.message
-    lost = doctor.check_master([rank(0, "a"), rank(1, "b", master_ip=None)])
+    lost = check_master([rank(0, "a"), rank(1, "b", master_ip=None)])
     assert lost.status == "fail" and "rank 1 on b cannot resolve MASTER_ADDR='a'" in lost.message
-    assert doctor.check_master([rank(0, "a"), rank(1, "b")]).status == "ok"
+    assert check_master([rank(0, "a"), rank(1, "b")]).status == "ok"
 
 
 def test_mpi4py_where_the_launch_needs_it():
-    assert doctor.check_mpi4py([rank(0, mpi4py=None)]).status == "skip"  # torchrun
-    missing = doctor.check_mpi4py([rank(0, launcher="mpi", mpi4py="4.1"), rank(1, launcher="mpi", mpi4py=None)])
+    assert check_mpi4py([rank(0, mpi4py=None)]).status == "skip"  # torchrun
+    missing = check_mpi4py([rank(0, launcher="mpi", mpi4py="4.1"), rank(1, launcher="mpi", mpi4py=None)])
     assert missing.status == "fail" and "rank 1 on a cannot import mpi4py" in missing.message
 
 
 def test_nccl_transport():
     log = ("vm:1:1 [0] NCCL INFO NET/Plugin: Could not find: libnccl-net.so.\n"
            "vm:1:1 [0] NCCL INFO Using network Socket\n")
-    assert doctor.nccl_network(log) == "Socket"
-    assert doctor.nccl_network("NCCL INFO Using network AWS Libfabric\n") == "AWS Libfabric"
+    assert nccl_network(log) == "Socket"
+    assert nccl_network("NCCL INFO Using network AWS Libfabric\n") == "AWS Libfabric"
     two_hosts = [rank(0, "a"), rank(1, "b")]
-    slow = doctor.check_transport(two_hosts, "nccl", ["Socket", "Socket"])
+    slow = check_transport(two_hosts, "nccl", ["Socket", "Socket"])
     assert slow.status == "fail" and "TCP sockets" in slow.message
-    assert doctor.check_transport(two_hosts, "nccl", ["AWS Libfabric"] * 2).status == "ok"
-    assert doctor.check_transport([rank(0), rank(1)], "nccl", ["Socket"] * 2).status == "ok"  # one host
-    assert doctor.check_transport(two_hosts, "gloo", [None, None]).status == "skip"
+    assert check_transport(two_hosts, "nccl", ["AWS Libfabric"] * 2).status == "ok"
+    assert check_transport([rank(0), rank(1)], "nccl", ["Socket"] * 2).status == "ok"  # one host
+    assert check_transport(two_hosts, "gloo", [None, None]).status == "skip"
 
 
 def test_cpu_ranges():
-    assert doctor.cpu_ranges([5, 0, 1, 2, 8, 9]) == "0-2,5,8-9"
+    assert cpu_ranges([5, 0, 1, 2, 8, 9]) == "0-2,5,8-9"
 
 
 def test_an_mpi_launch_without_mpi4py_fails_in_one_line(tmp_path):

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import REPO, clean_env
 from hpc_mnist import cli, train
-from hpc_mnist.runtime import dist, rundir
+from hpc_mnist.errors import UserError
+from hpc_mnist.runtime import launchers, rundir
 
 BENCH = ["bench", "--steps", "1", "--warmup", "0", "--repeats", "1", "--synthetic-train", "256",
          "--synthetic-test", "64", "--no-reference"]
@@ -118,8 +119,8 @@ def test_a_launcher_with_dist_init_none_is_named(monkeypatch):
     """torchrun's two processes with dist.init=none would each train alone, racing in one run directory."""
     for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(dist.UserError, match=r"dist.init=none, but this process is rank 1 of 2 started by torchrun"):
-        dist.detect("none")
+    with pytest.raises(UserError, match=r"dist.init=none, but this process is rank 1 of 2 started by torchrun"):
+        launchers.detect("none")
 
 
 def test_a_live_run_is_named_live_before_any_other_advice(tmp_path, capsys):

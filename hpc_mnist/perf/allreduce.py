@@ -207,3 +207,8 @@ def errors(model: AllReduceModel, sweep: Sweep) -> list[dict[str, Any]]:
     return [{"bytes": s, "measured_us": t, "predicted_us": model.allreduce_s(s, sweep.ranks) * 1e6,
              "error": model.allreduce_s(s, sweep.ranks) * 1e6 / t - 1}
             for s, t in zip(sweep.sizes, sweep.times_us, strict=True)]
+
+
+def bus_factor(ranks: int) -> float:
+    """nccl-tests' all-reduce factor: busbw = algbw x 2(n-1)/n (a ring moves 2(n-1)/n of the data per rank)."""
+    return 2 * (ranks - 1) / ranks

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from hpc_mnist.runtime import devices
+
 PHASES = ("data", "forward", "backward", "wait", "optimizer")
 OWN = ("data", "forward", "backward", "optimizer")  # the rank's own work: everything but waiting on peers
 MIN_GAP_S = 0.05  # per epoch: below this, a difference between ranks is clock noise, not a straggler
@@ -28,6 +30,7 @@ class StepTimer:
 
     def __init__(self, device: torch.device, enabled: bool = True):
         self.enabled = enabled
+        self.device = device
         self.cuda = device.type == "cuda"
         self.marks: list[tuple[str, Any]] = []  # (phase that ends here, clock or event)
         self.grads_ready: Any = None  # set by the communication hook when a bucket is ready
@@ -60,8 +63,8 @@ class StepTimer:
     def phase_seconds(self) -> dict[str, float]:
         """Seconds per phase since the last call, summed over steps."""
         totals = dict.fromkeys(PHASES, 0.0)
-        if self.cuda and self.marks:
-            torch.cuda.synchronize()
+        if self.marks:
+            devices.synchronize(self.device)
         previous = None
         for phase, mark in self.marks:
             if previous is not None and phase != "start":
