@@ -49,3 +49,16 @@ def test_checkpoints_fall_on_the_cadence_the_last_epoch_and_a_stop():
     cfg.train.checkpoint_every = 0
     assert [e for e in range(1, 6) if every_second.due(e, None)] == [5]
 
+
+
+def test_a_single_process_run_on_a_platform_without_sched_getaffinity(monkeypatch):
+    """macOS has no os.sched_getaffinity: the start panel's oversubscription check must not need it."""
+    from hpc_mnist.training import controller
+
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    one = SimpleNamespace(local_world_size=1, threads=8)
+    assert controller._oversubscribed(one) == [
+        "oversubscribed: 1 rank(s) x 8 thread(s) on 4 CPU core(s); each rank runs at a fraction of its speed "
+        "(use fewer ranks per node)"]
+    assert controller._oversubscribed(SimpleNamespace(local_world_size=1, threads=4)) == []

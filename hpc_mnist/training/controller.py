@@ -25,7 +25,7 @@ from torch import nn
 
 from hpc_mnist.core import models
 from hpc_mnist.errors import EXIT_HUNG, EXIT_STOPPED, UserError
-from hpc_mnist.runtime import dist, hang, peers, rundir
+from hpc_mnist.runtime import cpus, dist, hang, peers, rundir
 from hpc_mnist.runtime.logger import RunLogger
 from hpc_mnist.runtime.stopping import StopAgreement
 from hpc_mnist.training.checkpointer import Checkpointer
@@ -262,7 +262,7 @@ def _flat_hparams(cfg) -> dict[str, Any]:
 
 def _oversubscribed(rt: dist.Runtime) -> list[str]:
     """A note when this node's ranks want more threads than it has cores (4 ranks on 2 cores ran 2.4x slower)."""
-    cores = len(os.sched_getaffinity(0)) if rt.local_world_size == 1 else os.cpu_count() or 1
+    cores = cpus.usable_cores() if rt.local_world_size == 1 else os.cpu_count() or 1
     wanted = rt.local_world_size * rt.threads
     if wanted <= cores:
         return []
