@@ -30,9 +30,9 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from hpc_mnist import launch
 from hpc_mnist.core import config
 from hpc_mnist.errors import ArgumentParser, UserError, report
+from hpc_mnist.runtime import systems
 from hpc_mnist.runtime.logger import make_console
 
 COLUMNS = [  # (key, header)
@@ -174,15 +174,15 @@ def check_nodes(args: argparse.Namespace) -> list[str] | None:
     """With --nodes: the allocation's hosts (PBS) or None (Slurm picks hosts), after checking the sizes fit."""
     if not args.nodes:
         return None
-    name = args.system or launch.detect_system()
-    system = launch.SYSTEMS.get(name)
+    name = args.system or systems.detect_system()
+    system = systems.SYSTEMS.get(name)
     if system is None:
-        raise UserError(f"unknown system {name!r}; choose one of {', '.join(launch.SYSTEMS)}")
+        raise UserError(f"unknown system {name!r}; choose one of {', '.join(systems.SYSTEMS)}")
     if system.scheduler == "local":
         raise UserError(f"--nodes {','.join(map(str, args.nodes))} needs a batch allocation, and this shell is "
                         "not inside a batch job (PBS or Slurm): use --ranks 1,2 on a workstation, or run inside "
                         "qsub/sbatch")
-    hosts = launch.allocated_hosts(system)
+    hosts = systems.allocated_hosts(system)
     if max(args.nodes) > len(hosts):
         raise UserError(f"--nodes {','.join(map(str, args.nodes))} asks for {max(args.nodes)} nodes but the job "
                         f"has {len(hosts)}")
