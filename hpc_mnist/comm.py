@@ -30,7 +30,7 @@ import torch.distributed as tdist
 
 from hpc_mnist.core.config import DistConfig, ModelConfig
 from hpc_mnist.core.models import allreduce_bytes, build
-from hpc_mnist.errors import ArgumentParser, UserError, writable_file
+from hpc_mnist.errors import ArgumentParser, UserError, comma_list, writable_file
 from hpc_mnist.perf import step
 from hpc_mnist.runtime import dist
 
@@ -232,7 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0.2, help="seconds of timed iterations per size (default: 0.2)")
     p.add_argument("--device", default="auto", help="as train.device (default: auto)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a collective may wait (default: 60)")
-    p.add_argument("--validate", type=lambda t: [m for m in t.split(",") if m], default=[],
+    p.add_argument("--validate", type=comma_list(), default=[],
                    help="models (e.g. mlp,cnn) whose DDP step to time against the scaling model's prediction "
                    "(default: none)")
     p.add_argument("--batch", type=int, default=128, help="per-rank batch for --validate (default: 128)")

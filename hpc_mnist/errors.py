@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 EXIT_USAGE = 2
 
@@ -41,6 +42,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"hpc_mnist: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def comma_list(kind: Callable[[str], Any] = str, *, positive: bool = False) -> Callable[[str], list[Any]]:
+    """An argparse `type=` for `a,b,c`: the items as `kind` (empty ones skipped), so that every tool's list
+    options read and fail alike. `positive` (counts): at least one item, each at least 1."""
+
+    def parse(text: str) -> list[Any]:
+        values = [kind(v) for v in text.split(",") if v]  # ValueError: argparse's 'invalid comma list of int value'
+        if positive and (not values or min(values) < 1):
+            raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        return values
+
+    parse.__name__ = f"comma list of {kind.__name__}"
+    return parse
 
 
 def one_line(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:

@@ -148,6 +148,15 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its dotted key, `section.key`, as the command line names it."""
+        return flat(self.to_dict())
+
+
+def flat(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{section: {key: value}} (a Config's to_dict(), a config file's YAML) as {'section.key': value}."""
+    return {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
+
 
 def _keys() -> dict[str, tuple[dataclasses.Field, Any]]:
     """Every dotted key -> (its dataclass field, its resolved type)."""
@@ -266,7 +275,6 @@ def _read_yaml(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must be a mapping of sections (data, model, ...)")
-    flat = {}
     for section, values in data.items():
         if not isinstance(values, dict):
             sections = [f.name for f in dataclasses.fields(Config)]
@@ -275,9 +283,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
             example = f"e.g. '{section}: {{{first_key}: ...}}', " if known else ""
             raise UserError(f"config file {path}: section '{section}' must be a mapping of keys, {example}not "
                             f"{values!r}" + ("" if known else _suggest(str(section), sections)))
-        for name, value in values.items():
-            flat[f"{section}.{name}"] = value
-    return flat
+    return flat(data)
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
