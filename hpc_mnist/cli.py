@@ -19,7 +19,7 @@ VERBS = {  # verb: (module, what it does)
     "data": ("data", "download datasets before a job (MNIST ships with the package)"),
     "bench": ("bench", "throughput and time-to-accuracy benchmarks"),
     "comm": ("comm", "all-reduce benchmark, under a launcher (`torchrun ... -m hpc_mnist.comm`)"),
-    "scaling": ("scaling", "scaling study: run a sweep of jobs, report efficiency"),
+    "scaling": ("scaling.command", "scaling study: run a sweep of jobs, report efficiency"),
     "model": ("model", "predict scaling efficiency from all-reduce measurements"),
     "lessons": ("lessons", "reproduce the classic MNIST lessons' published figures"),
     "init": (None, "copy the job scripts, site settings and presets into a folder to edit and submit from"),
