@@ -17,7 +17,7 @@ VERBS = {  # verb: (module, what it does)
     "launch": ("launch", "start a command on every allocated node the way the system wants it"),
     "doctor": ("doctor", "pre-flight check of a job: ranks, devices, CPU binding, network, one all-reduce"),
     "data": ("data", "download datasets before a job (MNIST ships with the package)"),
-    "bench": ("bench", "throughput and time-to-accuracy benchmarks"),
+    "bench": ("bench.command", "throughput and time-to-accuracy benchmarks"),
     "comm": ("comm", "all-reduce benchmark, under a launcher (`torchrun ... -m hpc_mnist.comm`)"),
     "scaling": ("scaling.command", "scaling study: run a sweep of jobs, report efficiency"),
     "model": ("model", "predict scaling efficiency from all-reduce measurements"),
