@@ -159,6 +159,14 @@ def test_users_settings_win_over_the_sweeps(tmp_path):
     assert (cfg.train.epochs, cfg.train.batch_size) == (1, 16)
 
 
+def test_a_shipped_preset_is_found_from_any_folder(tmp_path, monkeypatch):
+    """`-- --config configs/smoke.yaml` where there is no configs/ folder is the package's preset, for the sweep as
+    for the trainer (the sweep read the path as given: a traceback)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _trainer_sees(_plan(["--", "--config", "configs/smoke.yaml"], tmp_path)[1])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.optim.scale_lr) == (2, 64, True)
+
+
 def test_strong_mode_splits_the_configured_global_batch(tmp_path):
     points = _plan(["--mode", "strong", "--ranks", "1,2", "--", "--config", "configs/smoke.yaml"], tmp_path)
     assert [_trainer_sees(p).train.batch_size for p in points] == [64, 32]

@@ -258,7 +258,9 @@ def _config_path(path: str) -> Path:
     return p
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def read_file(path: str) -> dict[str, Any]:
+    """The settings a config file sets, by dotted key (`configs/...` not here is the package's own preset); one
+    line for a file that is missing, not YAML, or not sections of keys."""
     p = _config_path(path)
     try:
         text = p.read_text()
@@ -357,7 +359,7 @@ def build(config_file: str | None = None, overrides: list[str] | tuple[str, ...]
     """Resolve defaults < config file < overrides into a validated Config."""
     cfg = Config()
     if config_file:
-        for key, value in _read_yaml(config_file).items():
+        for key, value in read_file(config_file).items():
             _set(cfg, key, value, config_file)
     for item in overrides:
         key, value = _parse_override(item)

@@ -8,8 +8,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from hpc_mnist.core import config
 from hpc_mnist.errors import UserError
 
@@ -58,7 +56,7 @@ def resolve(args: argparse.Namespace) -> Sweep:
     file, overrides = _trainer_words(args.trainer_args)
     cfg = config.build(file, overrides)  # a mistake in the user's words stops here, in one line
     mine = {w.split("=", 1)[0] for w in overrides}
-    in_file = _file_keys(file) if file else set()
+    in_file = set(config.read_file(file)) if file else set()
     for key in ("log.dir", "log.name"):
         if key in mine:
             raise UserError(f"the sweep names each point's run directory itself; drop {key}=... after -- "
@@ -97,11 +95,6 @@ def resolve(args: argparse.Namespace) -> Sweep:
     what = "batch per rank" if args.mode == "weak" else "global batch"
     notes.append(f"{what} {batch} ({where}), epochs {epochs} ({ewhere})")
     return Sweep(batch, epochs, words, why, notes)
-
-
-def _file_keys(file: str) -> set[str]:
-    """The dotted keys the config file itself sets (the trainer has already read it without a mistake)."""
-    return set(config.flat(yaml.safe_load(Path(file).read_text()) or {}))
 
 
 def plan(args: argparse.Namespace, sweep_dir: Path) -> list[Point]:
