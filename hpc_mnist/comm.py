@@ -30,10 +30,11 @@ import torch.distributed as tdist
 
 from hpc_mnist.core.config import DistConfig, ModelConfig
 from hpc_mnist.core.models import allreduce_bytes, build
-from hpc_mnist.errors import ArgumentParser, UserError, writable_file
+from hpc_mnist.errors import ArgumentParser, UserError, comma_list, writable_file
 from hpc_mnist.perf import step
 from hpc_mnist.perf.allreduce import bus_factor
 from hpc_mnist.runtime import dist
+from hpc_mnist.runtime.devices import synchronize
 
 MODELS = ("linear", "mlp", "cnn")
 # argonne-lcf/alcf-nccl-tests, NCCL 2.18 with ALCF's tuned environment (aws-ofi-nccl, FI_CXI_* settings):
@@ -66,17 +67,13 @@ def time_allreduce(nbytes: int, device: torch.device, ranks: int, budget_s: floa
     Iterations are sized so that all blocks take about `budget_s`."""
     x = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def block(iters: int) -> float:
         tdist.barrier()
-        sync()
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(iters):
             tdist.all_reduce(x)
-        sync()
+        synchronize(device)
         mean = torch.tensor([(time.perf_counter() - start) / iters], dtype=torch.float64, device=device)
         tdist.all_reduce(mean, op=tdist.ReduceOp.MAX)  # every rank then agrees on the iteration count
         return float(mean)
@@ -112,13 +109,11 @@ def _step_times(model_name: str, batch: int, device: torch.device, rounds: int, 
 
     def timed(reduce: bool) -> float:
         tdist.barrier()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             step(reduce)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         mean = torch.tensor([(time.perf_counter() - start) / steps], dtype=torch.float64, device=device)
         tdist.all_reduce(mean, op=tdist.ReduceOp.MAX)
         return float(mean)
@@ -228,7 +223,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0.2, help="seconds of timed iterations per size (default: 0.2)")
     p.add_argument("--device", default="auto", help="as train.device (default: auto)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a collective may wait (default: 60)")
-    p.add_argument("--validate", type=lambda t: [m for m in t.split(",") if m], default=[],
+    p.add_argument("--validate", type=comma_list(), default=[],
                    help="models (e.g. mlp,cnn) whose DDP step to time against the scaling model's prediction "
                    "(default: none)")
     p.add_argument("--batch", type=int, default=128, help="per-rank batch for --validate (default: 128)")

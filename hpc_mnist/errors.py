@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # Every exit code of the package, in one place (the train command's docstring says what each means to a user).
 EXIT_USAGE = 2  # a usage or input error: one line says which
@@ -48,6 +49,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"hpc_mnist: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def comma_list(kind: Callable[[str], Any] = str, *, positive: bool = False) -> Callable[[str], list[Any]]:
+    """An argparse `type=` for `a,b,c`: the items as `kind` (empty ones skipped), so that every tool's list
+    options read and fail alike. `positive` (counts): at least one item, each at least 1."""
+
+    def parse(text: str) -> list[Any]:
+        values = [kind(v) for v in text.split(",") if v]  # ValueError: argparse's 'invalid comma list of int value'
+        if positive and (not values or min(values) < 1):
+            raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        return values
+
+    parse.__name__ = f"comma list of {kind.__name__}"
+    return parse
 
 
 def one_line(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:

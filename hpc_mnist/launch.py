@@ -14,198 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
-from hpc_mnist import resources
 from hpc_mnist.errors import ArgumentParser, UserError, report
-
-# Aurora: 2 sockets x 52 cores; ALCF reserves cores 0 and 52 for the system.
-AURORA_SOCKET_CORES = (range(1, 52), range(53, 104))
-PERLMUTTER_CORES, PERLMUTTER_GPUS = 64, 4  # one AMD Milan (2 hardware threads per core), 4 A100
-FRONTIER_GCDS = 8  # 7 usable cores per GCD's L3 region (low-noise mode keeps the 8th for the system)
-PLACEHOLDER_NODEFILE = "$PBS_NODEFILE"
-
-
-@dataclass(frozen=True)
-class System:
-    scheduler: str  # pbs | slurm | local
-    ranks_per_node: int  # one per GPU (GCD, tile)
-
-
-SYSTEMS = {
-    "polaris": System("pbs", 4),
-    "aurora": System("pbs", 12),
-    "perlmutter": System("slurm", 4),
-    "frontier": System("slurm", 8),
-    "pbs": System("pbs", 1),
-    "slurm": System("slurm", 1),
-    "local": System("local", 1),
-}
-
-
-def detect_system() -> str:
-    """The system this runs on, from variables each site sets; generic pbs/slurm/local otherwise."""
-    env = os.environ
-    if env.get("HPC_MNIST_SYSTEM"):
-        return env["HPC_MNIST_SYSTEM"]
-    hints = " ".join([env.get("NERSC_HOST", ""), env.get("LMOD_SYSTEM_NAME", ""), env.get("PBS_O_HOST", ""),
-                      socket.gethostname()]).lower()
-    for name in ("polaris", "aurora", "perlmutter", "frontier"):
-        if name in hints:
-            return name
-    if "PBS_JOBID" in env:
-        return "pbs"
-    if "SLURM_JOB_ID" in env:
-        return "slurm"
-    return "local"
-
-
-def in_allocation(system: System) -> bool:
-    if system.scheduler == "pbs":
-        return bool(os.environ.get("PBS_NODEFILE"))
-    return system.scheduler != "slurm" or "SLURM_JOB_ID" in os.environ
-
-
-def allocated_hosts(system: System) -> list[str]:
-    if system.scheduler == "pbs":
-        nodefile = os.environ.get("PBS_NODEFILE")
-        if not nodefile or not Path(nodefile).exists():
-            raise UserError("a PBS system but PBS_NODEFILE is not set or missing: run inside a PBS job (qsub), "
-                            "or add --dry-run to preview the line")
-        return list(dict.fromkeys(line.strip() for line in Path(nodefile).read_text().splitlines() if line.strip()))
-    if system.scheduler == "slurm":
-        if "SLURM_JOB_ID" not in os.environ:
-            raise UserError("a Slurm system but no SLURM_JOB_ID: run inside an allocation (sbatch or salloc), "
-                            "or add --dry-run to preview the line")
-        count = int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
-        return [f"node{i}" for i in range(count)]  # srun -N picks the hosts itself
-    return [socket.gethostname()]
-
-
-def _hostfile(hosts: list[str], nodes: int) -> str:
-    """PBS_NODEFILE itself, or a file naming its first `nodes` hosts (scaling runs on part of a job)."""
-    if nodes == len(hosts):
-        return os.environ.get("PBS_NODEFILE", PLACEHOLDER_NODEFILE)
-    with tempfile.NamedTemporaryFile("w", prefix="hostfile-", suffix=".txt", delete=False) as f:
-        f.write("\n".join(hosts[:nodes]) + "\n")
-        return f.name
-
-
-def aurora_cpu_bind(ppn: int) -> str:
-    """ALCF's `--cpu-bind list:` for `ppn` ranks: half the ranks on each socket, equal blocks of its free cores.
-
-    For 12 ranks this is ALCF's documented list (8 cores each, 1-8 ... 93-100)."""
-    free = sum(len(cores) for cores in AURORA_SOCKET_CORES)
-    if not 1 <= ppn <= free:
-        raise UserError(f"--ppn {ppn}: an Aurora node has {free} cores for ranks (0 and 52 are reserved)")
-    blocks = []
-    for cores, count in zip(AURORA_SOCKET_CORES, ((ppn + 1) // 2, ppn // 2), strict=True):
-        width = len(cores) // count if count else 0
-        for i in range(count):
-            first, last = cores[i * width], cores[i * width + width - 1]
-            blocks.append(str(first) if first == last else f"{first}-{last}")
-    return "list:" + ":".join(blocks)
-
-
-def mpi_flavour() -> str:
-    """'openmpi', or 'mpich' for the `--ppn` family (MPICH, Cray PALS, Intel MPI), from HPC_MNIST_MPI or mpiexec."""
-    if os.environ.get("HPC_MNIST_MPI"):
-        return os.environ["HPC_MNIST_MPI"]
-    try:
-        out = subprocess.run(["mpiexec", "--version"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return "mpich"
-    return "openmpi" if "open mpi" in (out.stdout + out.stderr).lower() or "openrte" in out.stdout.lower() \
-        else "mpich"
-
-
-def launch_line(name: str, nodes: int, ppn: int, cpu_bind: str | None, hosts: list[str],
-                command: list[str]) -> list[str]:
-    n = str(nodes * ppn)
-    if name in ("polaris", "aurora", "pbs"):
-        if name == "pbs" and mpi_flavour() == "openmpi":  # Open MPI has no --ppn
-            line = ["mpiexec", "-n", n, "--map-by", f"ppr:{ppn}:node"]
-        else:
-            line = ["mpiexec", "-n", n, "--ppn", str(ppn)]
-        if name == "polaris":
-            line += ["--depth", "8", "--cpu-bind", cpu_bind or "depth"]
-        elif name == "aurora":
-            line += ["--cpu-bind", cpu_bind or aurora_cpu_bind(ppn)]
-        elif cpu_bind:
-            line += ["--cpu-bind", cpu_bind]
-        line += ["--hostfile", _hostfile(hosts, nodes)]
-        if name == "polaris":  # Cray MPICH does not bind GPUs; the helper sets CUDA_VISIBLE_DEVICES per rank
-            line.append(str(resources.site_folder() / "gpu_affinity_polaris.sh"))
-        return line + command
-    if name == "perlmutter":  # all 4 GPUs visible to every task; CPUs shared out as NERSC's 2 x floor(64 / ppn)
-        if ppn > PERLMUTTER_CORES:
-            raise UserError(f"--ppn {ppn}: a Perlmutter GPU node has {PERLMUTTER_CORES} cores")
-        line = ["srun", "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn), "--gpus-per-node",
-                str(min(ppn, PERLMUTTER_GPUS)), "--cpus-per-task", str(2 * (PERLMUTTER_CORES // ppn)),
-                "--cpu-bind", cpu_bind or "cores"]
-        return line + command
-    if name == "frontier":  # each task sees one GCD as device 0; 7 cores (one L3 region) per GCD it stands for
-        if ppn > FRONTIER_GCDS:
-            raise UserError(f"--ppn {ppn}: a Frontier node has {FRONTIER_GCDS} GCDs (one per task)")
-        line = ["srun", "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn), "-c", str(7 * (FRONTIER_GCDS // ppn)),
-                "--gpus-per-task", "1", "--gpu-bind", "closest", "--network=disable_rdzv_get"]
-        return line + (["--cpu-bind", cpu_bind] if cpu_bind else []) + command
-    if name == "slurm":
-        line = ["srun", "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn)]
-        return line + (["--cpu-bind", cpu_bind] if cpu_bind else []) + command
-    # A workstation: torchrun runs the Python program itself.
-    program = command[1:] if Path(command[0]).name.startswith("python") else ["--no-python", *command]
-    return [_torchrun(), "--standalone", f"--nproc_per_node={ppn}", *program]
-
-
-def _torchrun() -> str:
-    """torchrun from PATH, else the one installed beside this Python (an unactivated venv)."""
-    beside = Path(sys.executable).parent / "torchrun"
-    return "torchrun" if shutil.which("torchrun") or not beside.exists() else str(beside)
-
-
-def site_file(name: str) -> Path:
-    return resources.site_folder() / f"{name}.sh"
-
-
-def site_preview(name: str) -> tuple[list[str], dict[str, str]]:
-    """The module commands launch/<system>.sh would run, and what it adds or changes in the environment.
-
-    The file is sourced with HPC_MNIST_DRY_RUN set: it then prints its module commands (to fd 3) instead of
-    running them, so this works on a laptop as well as on a login node."""
-    path = site_file(name)
-    if not path.exists() or os.environ.get("HPC_MNIST_SITE") == name:
-        return [], {}
-    result = subprocess.run(["bash", "-c", 'source "$1" 3>&2 >/dev/null 2>&1; env -0', "bash", str(path)],
-                            capture_output=True, check=True, env={**os.environ, "HPC_MNIST_DRY_RUN": "1"})
-    after = dict(item.split("=", 1) for item in result.stdout.decode().split("\0") if "=" in item)
-    skip = ("SHLVL", "_", "PWD", "OLDPWD", "HPC_MNIST_DRY_RUN")
-    # a variable the file sets to empty from unset (Frontier's LD_LIBRARY_PATH without Cray's modules) is left out:
-    # pasted as `export X=''` it would clear what the user's own shell has there
-    changed = {k: v for k, v in after.items() if os.environ.get(k) != v and k not in skip and (v or k in os.environ)}
-    return result.stderr.decode().splitlines(), changed
-
-
-def default_ranks_per_node(name: str) -> int:
-    if name == "local":
-        import torch
-
-        return max(1, torch.cuda.device_count())
-    if name == "slurm" and os.environ.get("SLURM_GPUS_ON_NODE", "").isdigit():
-        return int(os.environ["SLURM_GPUS_ON_NODE"])
-    return SYSTEMS[name].ranks_per_node
+from hpc_mnist.runtime import systems
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog="hpc-mnist launch", description=__doc__.split("\n\n")[0],
                        usage="%(prog)s [options] -- COMMAND...")
-    p.add_argument("--system", choices=list(SYSTEMS), help="override detection")
+    p.add_argument("--system", choices=list(systems.SYSTEMS), help="override detection")
     p.add_argument("--nodes", type=int, help="nodes to use (default: all allocated)")
     p.add_argument("--ppn", type=int, help="ranks per node (default: GPUs per node)")
     p.add_argument("--cpu-bind", help="CPU binding passed to mpiexec/srun (default: the system's)")
@@ -227,26 +45,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        name = args.system or detect_system()
-        if name not in SYSTEMS:
-            raise UserError(f"unknown system {name!r} (HPC_MNIST_SYSTEM); choose one of {', '.join(SYSTEMS)}")
-        preview = args.dry_run and not in_allocation(SYSTEMS[name])
+        name = args.system or systems.detect_system()
+        if name not in systems.SYSTEMS:
+            raise UserError(f"unknown system {name!r} (HPC_MNIST_SYSTEM); choose one of "
+                            f"{', '.join(systems.SYSTEMS)}")
+        preview = args.dry_run and not systems.in_allocation(systems.SYSTEMS[name])
         if preview:  # before submitting: the line a job of --nodes nodes would run
             hosts = [f"<node{i}>" for i in range(args.nodes or 1)]
         else:
-            hosts = allocated_hosts(SYSTEMS[name])
+            hosts = systems.allocated_hosts(systems.SYSTEMS[name])
         nodes = args.nodes or len(hosts)
         if not 1 <= nodes <= len(hosts):
             raise UserError(f"--nodes {nodes} but the job has {len(hosts)} node(s)")
-        ppn = args.ppn or default_ranks_per_node(name)
-        line = launch_line(name, nodes, ppn, args.cpu_bind, hosts, args.command)
+        ppn = args.ppn or systems.default_ranks_per_node(name)
+        line = systems.launch_line(name, nodes, ppn, args.cpu_bind, hosts, args.command)
     except UserError as e:
         return report(e)
+    settings = systems.site_file(name)
     if args.dry_run:
-        site = f"site settings {site_file(name)}" if site_file(name).exists() else "no site settings"
+        site = f"site settings {settings}" if settings.exists() else "no site settings"
         where = "; outside a job: placeholder hosts" if preview else ""
         print(f"# system {name}, {nodes} node(s) x {ppn} rank(s); {site}{where}")
-        modules, changed = site_preview(name)
+        modules, changed = systems.site_preview(name)
         for command in modules:
             print(command)
         for key, value in sorted(changed.items()):
@@ -254,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         print(shlex.join(line))
         return 0
     sys.stdout.flush()
-    if site_file(name).exists() and os.environ.get("HPC_MNIST_SITE") != name:
-        line = ["bash", "-c", 'source "$0" && exec "$@"', str(site_file(name)), *line]
+    if settings.exists() and os.environ.get("HPC_MNIST_SITE") != name:
+        line = ["bash", "-c", 'source "$0" && exec "$@"', str(settings), *line]
     try:
         os.execvp(line[0], line)
     except FileNotFoundError:
         return report(UserError(f"{line[0]} not found on PATH: load the site's MPI or PyTorch module "
-                                f"(see {site_file(name)})"))
+                                f"(see {settings})"))
 
 
 if __name__ == "__main__":

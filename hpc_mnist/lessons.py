@@ -25,7 +25,7 @@ from typing import Any
 from rich.table import Table
 
 from hpc_mnist import resources
-from hpc_mnist.errors import ArgumentParser, UserError, one_line, report, writable_file
+from hpc_mnist.errors import ArgumentParser, UserError, comma_list, one_line, report, writable_file
 from hpc_mnist.runtime.logger import make_console
 
 
@@ -99,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="hpc-mnist lessons", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--only", default=",".join(LESSONS), help=f"comma list of {', '.join(LESSONS)}")
+    p.add_argument("--only", type=comma_list(), default=",".join(LESSONS), help=f"comma list of {', '.join(LESSONS)}")
     p.add_argument("--recipe-only", action="store_true", help="skip the runs with this project's defaults")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run (repeatable), e.g. train.seed=1")
     p.add_argument("--log-dir", default="", help="keep the run directories here (default: a temporary folder)")
     p.add_argument("--json", default="", help="also write the figures here")
     args = p.parse_args(argv)
-    names = [n for n in args.only.split(",") if n]
+    names = args.only
     unknown = [n for n in names if n not in LESSONS]
     if unknown:
         return report(UserError(f"unknown lesson {unknown[0]} (choose from {', '.join(LESSONS)})"))

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpc_mnist.errors import ArgumentParser, UserError, report
+from hpc_mnist.errors import ArgumentParser, UserError, comma_list, report
 from hpc_mnist.perf import allreduce
 from hpc_mnist.perf.step import describe, polaris_report
 
@@ -76,16 +76,6 @@ def check_text(net: allreduce.AllReduceModel, measured: allreduce.Sweep) -> tupl
                               "median_abs_error_to_64MiB": median}
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise UserError(f"not a comma list of integers: {text!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"not a comma list of positive integers: {text!r}")
-    return values
-
-
 def _compute_ms(items: list[str]) -> dict[tuple[str, int], float]:
     """'cnn:128=4.1' -> {('cnn', 128): 4.1}: a measured step's milliseconds (forward, backward, optimizer)."""
     out = {}
@@ -111,11 +101,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "several rank counts (default: Polaris' published sweeps)")
     p.add_argument("--check", action="append", default=[], metavar="FILE",
                    help="a sweep to compare the fitted model with (e.g. a larger node count than --comm's)")
-    p.add_argument("--predict-ranks", default="", metavar="N[,N...]",
+    p.add_argument("--predict-ranks", type=comma_list(int, positive=True), metavar="N[,N...]",
                    help="all-reduce times at these rank counts, for each message size of the inputs (--json)")
     p.add_argument("--compute-ms", action="append", default=[], metavar="MODEL:BATCH=MS",
                    help="a measured step (ms) instead of the assumed A100's, e.g. cnn:128=4.1 (repeatable)")
-    p.add_argument("--batches", default="32,128,512", help="per-rank batches (default: 32,128,512)")
+    p.add_argument("--batches", type=comma_list(int, positive=True), default="32,128,512",
+                   help="per-rank batches (default: 32,128,512)")
     p.add_argument("--ranks-per-node", type=int, default=4, help="(default: 4, Polaris' A100s)")
     p.add_argument("--max-nodes", type=int, default=1024, help="(default: 1024)")
     p.add_argument("--json", type=Path, help="write the predictions as JSON (all-reduce times under 'allreduce')")
@@ -130,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         net = allreduce.fit(sweeps)
         checks = [check_text(net, allreduce.read_sweep(f)) for f in args.check]
         nodes = [2**k for k in range(int(math.log2(max(1, args.max_nodes))) + 1)]
-        batches, measured = _ints(args.batches), _compute_ms(args.compute_ms)
-        predict_ranks = _ints(args.predict_ranks) if args.predict_ranks else [n * args.ranks_per_node for n in nodes]
+        batches, measured = args.batches, _compute_ms(args.compute_ms)
+        predict_ranks = args.predict_ranks or [n * args.ranks_per_node for n in nodes]
     except UserError as e:
         return report(e)
     predicted = polaris_report(batches, nodes, args.ranks_per_node, net, measured)

@@ -29,7 +29,7 @@ source launch/jobs.sh && job_begin pbs   # signals handled from here on (launch/
 
 CONFIG=${CONFIG:-configs/cnn.yaml}
 OVERRIDES=${OVERRIDES:-}
-RANKS_PER_NODE=${RANKS_PER_NODE:-12}      # one per tile; hpc_mnist/launch.py builds the CPU binding for any count
+RANKS_PER_NODE=${RANKS_PER_NODE:-12}      # one per tile; hpc_mnist/runtime/systems.py binds CPUs for any count
 PYTHON=${PYTHON:-python}
 RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id; continuations keep it)
 MAX_RESUBMITS=${MAX_RESUBMITS:-10}        # jobs that may continue a run stopped for the walltime

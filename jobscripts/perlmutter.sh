@@ -7,7 +7,7 @@
 # stop with a checkpoint and requeue themselves; preempt for cheap, checkpointed runs. Submit from $PSCRATCH
 # (a clone there: runs/ and data/ are written next to the scripts), not from $HOME or CFS.
 # Ranks per node other than 4 (RANKS_PER_NODE): set --ntasks-per-node to it and --cpus-per-task to
-# 2 x floor(64 / ranks); hpc_mnist/launch.py derives the srun line the same way.
+# 2 x floor(64 / ranks); hpc_mnist/runtime/systems.py derives the srun line the same way.
 #SBATCH -A YOUR_ACCOUNT
 #SBATCH -C gpu
 #SBATCH -q debug

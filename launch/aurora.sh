@@ -30,7 +30,7 @@ export CCL_PROCESS_LAUNCHER=pmix
 export CCL_ATL_TRANSPORT=mpi
 export CCL_KVS_MODE=mpi
 export FI_MR_CACHE_MONITOR=userfaultfd
-# The CPU binding (hpc_mnist/launch.py) is ALCF's list for 12 ranks per node and is built for any other
+# The CPU binding (hpc_mnist/runtime/systems.py) is ALCF's list for 12 ranks per node and is built for any other
 # --ppn: half the ranks on each socket, equal blocks of cores, cores 0 and 52 left to the system.
 
 export HPC_MNIST_SITE=aurora

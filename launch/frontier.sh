@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/modules.sh"
 frontier_modules() {
     module load "PrgEnv-gnu/${HPC_MNIST_PRGENV:-8.7.0}" "cpe/${HPC_MNIST_CPE:-26.03}" || return
     # rccl-net-plugin after rocm (OLCF); it also sets the libfabric variables RCCL needs (FI_CXI_RDZV_PROTO=alt_read
-    # goes with the job's --network=disable_rdzv_get: see jobscripts/frontier.sh and hpc_mnist/launch.py).
+    # goes with the job's --network=disable_rdzv_get: see jobscripts/frontier.sh and hpc_mnist/runtime/systems.py).
     module load "rocm/${HPC_MNIST_ROCM:-7.1.1}" craype-accel-amd-gfx90a rccl-net-plugin || return
 }
 load_site_modules frontier_modules "${BASH_SOURCE[0]}" || return

@@ -9,8 +9,11 @@ import sys
 import pytest
 
 from conftest import REPO, clean_env, fake_run
-from hpc_mnist import comm, scaling
+from hpc_mnist import comm
+from hpc_mnist.errors import UserError
 from hpc_mnist.perf.allreduce import bus_factor
+from hpc_mnist.scaling import command as scaling_command
+from hpc_mnist.scaling.report import report_paths
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
 
@@ -57,7 +60,7 @@ def test_allreduce_benchmark_needs_peers():
 
 def test_the_benchmark_has_one_home(capsys):
     """`scaling comm` was a second way in; it now says in one line where the benchmark is."""
-    assert scaling.main(["comm", "--json", "x.json"]) == 2
+    assert scaling_command.main(["comm", "--json", "x.json"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("hpc_mnist: error: the all-reduce benchmark has one home now: "
                                                    "python -m hpc_mnist.comm"), err
@@ -68,15 +71,15 @@ def test_report_shows_predicted_beside_measured(tmp_path):
     b = fake_run(tmp_path, "r2", 2, 1800.0, [(2.2, 0.9)])
     fit = {"alpha_s": 1e-3, "busbw": 1e8, "ref_ranks": 2, "latency": "tree", "max_rel_error": 0.1}
     (tmp_path / "comm.json").write_text(json.dumps({"fit": fit}))
-    assert scaling.main(["report", str(a), str(b), "--out", str(tmp_path / "out"), "--comm",
+    assert scaling_command.main(["report", str(a), str(b), "--out", str(tmp_path / "out"), "--comm",
                          str(tmp_path / "comm.json"), "--model", "mlp"]) == 0
     md = (tmp_path / "out" / "scaling.md").read_text()
     # 2 ranks: 64 ms compute + 1 ms + 179,440 B / 0.1 GB/s = 66.79 ms per step -> 1,916/s, +6.5%; one bucket: no overlap
     assert "| predicted samples/s | predicted with overlap | model error |" in md
     assert "| 1,916 | 1,916 | +6.5% |" in md and "Error of the predicted samples/s (no overlap) on the other " \
         "measured points: 2 ranks +6.5%." in md
-    with pytest.raises(scaling.UserError, match="give --model"):
-        scaling.report_paths([a, b], 0.9, tmp_path / "o2", tmp_path / "comm.json")
+    with pytest.raises(UserError, match="give --model"):
+        report_paths([a, b], 0.9, tmp_path / "o2", tmp_path / "comm.json")
 
 
 def test_report_predicts_with_the_model_the_runs_saved(tmp_path):
@@ -87,6 +90,6 @@ def test_report_predicts_with_the_model_the_runs_saved(tmp_path):
         shutil.copy(REPO / "configs" / "lean.yaml", run / "config.yaml")
     fit = {"alpha_s": 1e-3, "busbw": 1e8, "ref_ranks": 2, "latency": "tree", "max_rel_error": 0.1}
     (tmp_path / "comm.json").write_text(json.dumps({"fit": fit}))
-    assert scaling.main(["report", *map(str, runs), "--out", str(tmp_path / "out"), "--comm",
+    assert scaling_command.main(["report", *map(str, runs), "--out", str(tmp_path / "out"), "--comm",
                          str(tmp_path / "comm.json")]) == 0
     assert "all-reduce of 622,952 bytes" in (tmp_path / "out" / "scaling.md").read_text()

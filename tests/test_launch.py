@@ -236,7 +236,7 @@ def test_system_detection_from_site_variables():
                       ({"PBS_O_HOST": "polaris-login-02.hsn.cm.polaris.alcf.anl.gov"}, "polaris"),
                       ({"PBS_O_HOST": "aurora-uan-0010.hostmgmt"}, "aurora"), ({"PBS_JOBID": "7"}, "pbs"),
                       ({"SLURM_JOB_ID": "7"}, "slurm"), ({}, "local")]:
-        code = "from hpc_mnist.launch import detect_system; print(detect_system())"
+        code = "from hpc_mnist.runtime.systems import detect_system; print(detect_system())"
         out = subprocess.run([sys.executable, "-c", code], env=scheduler_free_env(**env), capture_output=True,
                              text=True)
         assert out.stdout.strip() == name, env

@@ -46,7 +46,7 @@ CASES = {  # name: (argv built in a temporary folder, what the one line says)
     "doctor nccl without a GPU": (lambda t: ["doctor", "--backend", "nccl", "--device", "cpu"], "no GPU visible"),
     "doctor json unwritable": (lambda t: ["doctor", "--json", "/proc/nope/d.json"], "cannot write /proc/nope/d.json"),
     "bench unknown model": (lambda t: ["bench", "--models", "resnet"], "--models takes linear, mlp, cnn, not resnet"),
-    "bench zero batch": (lambda t: ["bench", "--batch-sizes", "0"], "--batch-sizes must be positive"),
+    "bench zero batch": (lambda t: ["bench", "--batch-sizes", "0"], "--batch-sizes: expected positive integers"),
     "bench unknown precision": (lambda t: ["bench", "--precisions", "fp64"], "--precisions takes auto, fp32"),
     "bench batch not a number": (lambda t: ["bench", "--batch-sizes", "x"], "invalid comma list of int value"),
     "bench data root missing": (lambda t: [*BENCH, "--data-root", str(t / "none"), "--json", str(t / "b.json")],

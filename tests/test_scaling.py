@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, clean_env, fake_run
-from hpc_mnist import scaling
+from hpc_mnist.errors import UserError
+from hpc_mnist.scaling import command, plan, report, run
 
 STUBS = REPO / "tests" / "stubs"
 
@@ -31,8 +32,8 @@ def sweep(tmp_path):
 
 
 def test_report_arithmetic(sweep):
-    rows, mode = scaling.collect([sweep], target=0.9)
-    table = {row["ranks"]: row for row in scaling.aggregate(rows)}
+    rows, mode = report.collect([sweep], target=0.9)
+    table = {row["ranks"]: row for row in report.aggregate(rows)}
     assert mode == "weak"
     assert table[1]["speedup"] == 1.0 and table[1]["efficiency"] == 1.0
     assert table[2]["speedup"] == pytest.approx(1.8) and table[2]["efficiency"] == pytest.approx(0.9)
@@ -45,7 +46,7 @@ def test_report_arithmetic(sweep):
 
 
 def test_report_files_show_failed_points(sweep, capsys):
-    assert scaling.main(["report", str(sweep), "--target", "0.9"]) == 1  # a point failed
+    assert command.main(["report", str(sweep), "--target", "0.9"]) == 1  # a point failed
     with open(sweep / "scaling.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["ranks"] for r in rows] == ["1", "2", "4", "8"]
@@ -63,7 +64,7 @@ def test_strong_scaling_speedup_is_the_time_ratio(tmp_path):
     """Fixed global work: speedup = T(1) / T(N), which for equal samples is the throughput ratio."""
     a = fake_run(tmp_path, "s1", 1, 500.0, [(10.0, 0.9)])
     b = fake_run(tmp_path, "s2", 2, 900.0, [(10.0 * 500 / 900, 0.9)])
-    table = scaling.aggregate(scaling.collect([a, b], 0.5)[0])
+    table = report.aggregate(report.collect([a, b], 0.5)[0])
     assert table[1]["speedup"] == pytest.approx(table[0]["epoch_time_s"] / table[1]["epoch_time_s"])
     assert table[1]["efficiency"] == pytest.approx(0.9)
 
@@ -82,7 +83,7 @@ def test_report_without_matplotlib_still_writes_tables(sweep):
 
 
 def test_strong_mode_needs_a_divisible_global_batch(capsys):
-    assert scaling.main(["run", "--mode", "strong", "--ranks", "1,3", "--batch", "64", "--dry-run"]) == 2
+    assert command.main(["run", "--mode", "strong", "--ranks", "1,3", "--batch", "64", "--dry-run"]) == 2
     assert "3 does not divide it" in capsys.readouterr().err
 
 
@@ -128,7 +129,7 @@ def test_local_weak_sweep_of_one_and_two_ranks(tmp_path):
     assert "scale_lr: true" in config  # weak scaling grows the global batch: linear lr scaling
 
 
-def _trainer_sees(point: scaling.Point) -> "object":
+def _trainer_sees(point: plan.Point) -> "object":
     """The configuration the trainer of one point resolves from its command line."""
     from hpc_mnist.core import config
 
@@ -136,9 +137,9 @@ def _trainer_sees(point: scaling.Point) -> "object":
     return config.build(args.config, args.overrides)
 
 
-def _plan(argv: list[str], tmp_path: Path) -> list[scaling.Point]:
-    args = scaling.parse_args(["run", *argv])
-    return scaling.plan(args, tmp_path / "sweep")
+def _plan(argv: list[str], tmp_path: Path) -> list[plan.Point]:
+    args = command.parse_args(["run", *argv])
+    return plan.plan(args, tmp_path / "sweep")
 
 
 def test_users_settings_win_over_the_sweeps(tmp_path):
@@ -158,10 +159,18 @@ def test_users_settings_win_over_the_sweeps(tmp_path):
     assert (cfg.train.epochs, cfg.train.batch_size) == (1, 16)
 
 
+def test_a_shipped_preset_is_found_from_any_folder(tmp_path, monkeypatch):
+    """`-- --config configs/smoke.yaml` where there is no configs/ folder is the package's preset, for the sweep as
+    for the trainer (the sweep read the path as given: a traceback)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _trainer_sees(_plan(["--", "--config", "configs/smoke.yaml"], tmp_path)[1])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.optim.scale_lr) == (2, 64, True)
+
+
 def test_strong_mode_splits_the_configured_global_batch(tmp_path):
     points = _plan(["--mode", "strong", "--ranks", "1,2", "--", "--config", "configs/smoke.yaml"], tmp_path)
     assert [_trainer_sees(p).train.batch_size for p in points] == [64, 32]
-    with pytest.raises(scaling.UserError, match="give the global batch with --batch"):
+    with pytest.raises(UserError, match="give the global batch with --batch"):
         _plan(["--mode", "strong", "--", "train.batch_size=64"], tmp_path)
 
 
@@ -209,10 +218,10 @@ def test_dry_run_on_part_of_a_pbs_job_leaves_no_hostfile(tmp_path):
     assert [line.split()[2] for line in lines] == ["1", "2", "3"]
     assert str(nodefile) in lines[2]  # the whole job: PBS's own file
     assert not list(tmp.iterdir()) and not (tmp_path / "sweep").exists()
-    with pytest.raises(scaling.UserError, match="asks for 4 nodes but the job has 3"):
+    with pytest.raises(UserError, match="asks for 4 nodes but the job has 3"):
         os.environ.update(PBS_JOBID="7.pbs", PBS_NODEFILE=str(nodefile))
         try:
-            scaling.check_nodes(scaling.parse_args(["run", "--system", "pbs", "--nodes", "1,4"]))
+            run.check_nodes(command.parse_args(["run", "--system", "pbs", "--nodes", "1,4"]))
         finally:
             del os.environ["PBS_JOBID"], os.environ["PBS_NODEFILE"]
 
@@ -223,12 +232,12 @@ def test_report_warns_when_points_ran_with_different_threads(tmp_path):
         run_dir = fake_run(tmp_path, name, ranks, rate, [(1.0, 0.9)])
         summary = json.loads((run_dir / "summary.json").read_text())
         (run_dir / "summary.json").write_text(json.dumps({**summary, "threads_per_rank": threads}))
-    assert scaling.main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
+    assert command.main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "scaling.md").read_text()
     assert "| threads/rank |" in text and "different threads per rank (1, 2)" in text
 
 
 def test_threads_must_be_positive(tmp_path, capsys):
-    assert scaling.main(["run", "--threads", "0", "--sweep-dir", str(tmp_path / "s"), "--", "--config",
+    assert command.main(["run", "--threads", "0", "--sweep-dir", str(tmp_path / "s"), "--", "--config",
                          "configs/smoke.yaml"]) == 2
     assert capsys.readouterr().err.startswith("hpc_mnist: error: --threads 0")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import run_train
-from hpc_mnist import bench, resources
+from hpc_mnist import resources
+from hpc_mnist.bench.reference import TutorialLoop
 from hpc_mnist.core import config, models
 from hpc_mnist.core.datasets import BUNDLED, read_idx, write_idx_split
 
@@ -43,7 +44,7 @@ def test_examples_recipe_is_the_tutorial_cnn_with_adadelta(tmp_path):
     labels = read_idx(BUNDLED / "t10k-labels-idx1-ubyte.gz", "labels")
     write_idx_split(tmp_path, "train", images[:2000], labels[:2000])
     write_idx_split(tmp_path, "t10k", images[2000:3000], labels[2000:3000])
-    recipe = bench.ExamplesRecipe(tmp_path, seed=0, device=torch.device("cpu"))
+    recipe = TutorialLoop.pytorch_examples(tmp_path, seed=0, device=torch.device("cpu"))
     assert models.parameter_count(recipe.model) == 1_199_882
     assert isinstance(recipe.optimizer, torch.optim.Adadelta) and recipe.train_loader.batch_size == 64
     recipe.epoch(1)

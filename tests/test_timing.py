@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, clean_env, free_port, read_jsonl, run_train
-from hpc_mnist import scaling
 from hpc_mnist.runtime.timing import summarize
+from hpc_mnist.scaling.report import aggregate, collect
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 
@@ -59,7 +59,7 @@ def test_a_rank_starved_of_its_core_is_named_with_its_host_and_nobody_when_both_
     two_ranks_on_one_core(tmp_path / "quiet", port=free_port())
     assert all(row["stragglers"] == [] for row in read_jsonl(tmp_path / "quiet" / "metrics.jsonl"))
 
-    table = scaling.aggregate(scaling.collect([tmp_path / "loaded", tmp_path / "quiet"], 0.5)[0])
+    table = aggregate(collect([tmp_path / "loaded", tmp_path / "quiet"], 0.5)[0])
     assert table[0]["stragglers"] == f"rank 1 on {host}"
 
 

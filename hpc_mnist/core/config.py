@@ -148,6 +148,15 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its dotted key, `section.key`, as the command line names it."""
+        return flat(self.to_dict())
+
+
+def flat(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{section: {key: value}} (a Config's to_dict(), a config file's YAML) as {'section.key': value}."""
+    return {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
+
 
 def _keys() -> dict[str, tuple[dataclasses.Field, Any]]:
     """Every dotted key -> (its dataclass field, its resolved type)."""
@@ -249,7 +258,9 @@ def _config_path(path: str) -> Path:
     return p
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def read_file(path: str) -> dict[str, Any]:
+    """The settings a config file sets, by dotted key (`configs/...` not here is the package's own preset); one
+    line for a file that is missing, not YAML, or not sections of keys."""
     p = _config_path(path)
     try:
         text = p.read_text()
@@ -266,7 +277,6 @@ def _read_yaml(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must be a mapping of sections (data, model, ...)")
-    flat = {}
     for section, values in data.items():
         if not isinstance(values, dict):
             sections = [f.name for f in dataclasses.fields(Config)]
@@ -275,9 +285,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
             example = f"e.g. '{section}: {{{first_key}: ...}}', " if known else ""
             raise UserError(f"config file {path}: section '{section}' must be a mapping of keys, {example}not "
                             f"{values!r}" + ("" if known else _suggest(str(section), sections)))
-        for name, value in values.items():
-            flat[f"{section}.{name}"] = value
-    return flat
+    return flat(data)
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -351,7 +359,7 @@ def build(config_file: str | None = None, overrides: list[str] | tuple[str, ...]
     """Resolve defaults < config file < overrides into a validated Config."""
     cfg = Config()
     if config_file:
-        for key, value in _read_yaml(config_file).items():
+        for key, value in read_file(config_file).items():
             _set(cfg, key, value, config_file)
     for item in overrides:
         key, value = _parse_override(item)

@@ -48,8 +48,8 @@ def _bookkeeping(key: str) -> bool:
 def identity(cfg: Config, config_file: str | None) -> list[str]:
     """The settings this command changes from its config file (or the defaults) that change the result:
     'key=value' words. Epochs are not among them: raising train.epochs continues a run."""
-    base = _flat(config.build(config_file).to_dict())
-    return [f"{key}={value!r}" for key, value in sorted(_flat(cfg.to_dict()).items())
+    base = config.build(config_file).flat()
+    return [f"{key}={value!r}" for key, value in sorted(cfg.flat().items())
             if value != base.get(key) and not _bookkeeping(key) and key != "train.epochs" and key not in FREE_KEYS]
 
 
@@ -80,13 +80,9 @@ def path_for(cfg: Config, config_file: str | None = None) -> Path:
     return Path(cfg.log.dir) / (cfg.log.name or default_name(cfg, config_file))
 
 
-def _flat(d: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, values in d.items() for key, value in values.items()}
-
-
 def compare(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
     """(refused, changed): settings that differ, as 'key: old -> new', split by whether a run may change them."""
-    old_flat, new_flat = _flat(old), _flat(new)
+    old_flat, new_flat = config.flat(old), config.flat(new)
     refused, changed = [], []
     for key, value in new_flat.items():
         before = old_flat.get(key, value)

@@ -208,7 +208,8 @@ class RunController:
         if wrong:
             rows = t.data.test.index[wrong[0].to(t.data.test.index.device)]
             failures = (t.data.test.images[rows], wrong[1], t.data.test.labels[rows])
-        self.log.finish(summary, _flat_hparams(cfg), failures)
+        self.log.finish(summary, {k: str(v) if isinstance(v, list) else v for k, v in cfg.flat().items()},
+                        failures)
         self._status("completed", checkpoint=str(self.checkpoint) if self.checkpoint else None)
         self.result = Result(summary, t.model)
 
@@ -253,11 +254,6 @@ class RunController:
             rundir.write_status(self.run_dir, "failed", **facts, exit_code=code, error=str(error)[:500],
                                 epochs_done=self.pos.epochs_done, step=self.pos.step,
                                 checkpoint=str(newest) if newest else None)
-
-
-def _flat_hparams(cfg) -> dict[str, Any]:
-    return {f"{section}.{key}": str(value) if isinstance(value, list) else value
-            for section, values in cfg.to_dict().items() for key, value in values.items()}
 
 
 def _oversubscribed(rt: dist.Runtime) -> list[str]:

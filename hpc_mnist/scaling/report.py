@@ -1,0 +1,222 @@
+"""A sweep's report: one row per run from its summary.json and metrics.jsonl, the median over repeats with
+speedup and efficiency, the scaling model's predictions beside them (--comm), written as scaling.csv,
+scaling.md and plots, and shown as a table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from hpc_mnist.core import config
+from hpc_mnist.errors import UserError
+from hpc_mnist.runtime.logger import make_console
+from hpc_mnist.scaling.plot import plot
+
+COLUMNS = [  # (key, header)
+    ("nodes", "nodes"), ("ranks", "ranks"), ("threads_per_rank", "threads/rank"), ("global_batch", "global batch"),
+    ("samples_per_s", "samples/s"),
+    ("speedup", "speedup"), ("efficiency", "efficiency"), ("epoch_time_s", "epoch time s"),
+    ("time_to_target_s", "time to target s"), ("test_acc", "test accuracy"), ("stragglers", "stragglers"),
+    ("status", "status"),
+]
+PREDICTED = [("predicted_samples_per_s", "predicted samples/s"),
+             ("predicted_overlap_samples_per_s", "predicted with overlap"), ("model_error", "model error")]
+
+
+def _epoch_metrics(run_dir: Path, target: float) -> tuple[float | None, float | None]:
+    """Mean epoch time and the training time until validation accuracy first reached `target`."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None, None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None, None
+    elapsed, reached = 0.0, None
+    for row in rows:
+        elapsed += row["epoch_time_s"]
+        if reached is None and row["val_acc"] >= target:
+            reached = elapsed
+    return statistics.mean(r["epoch_time_s"] for r in rows), reached
+
+
+def collect(paths: list[Path], target: float) -> tuple[list[dict[str, Any]], str]:
+    """One row per run (failed and missing ones included), from sweep directories or run directories."""
+    runs: list[tuple[Path, int, int, int | None]] = []  # run dir, nodes, ranks, exit code
+    mode = "weak"
+    for path in paths:
+        manifest = path / "sweep.json"
+        if manifest.exists():
+            sweep = json.loads(manifest.read_text())
+            mode = sweep.get("mode", mode)
+            runs += [(Path(p["run_dir"]), p["nodes"], p["ranks"], p["exit_code"]) for p in sweep["points"]]
+        elif (path / "summary.json").exists():
+            s = json.loads((path / "summary.json").read_text())
+            runs.append((path, s.get("num_nodes", 1), s["world_size"], None))
+        else:
+            raise UserError(f"{path} has neither sweep.json nor summary.json: give a sweep or run directory")
+    rows = []
+    for run_dir, nodes, ranks, exit_code in runs:
+        row: dict[str, Any] = {"nodes": nodes, "ranks": ranks, "run_dir": str(run_dir)}
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        if summary.get("status") != "completed":
+            why = f"exit code {exit_code}" if exit_code else summary.get("status", "not run")
+            rows.append({**row, "status": f"failed ({why})"})
+            continue
+        epoch_time, reached = _epoch_metrics(run_dir, target)
+        rows.append({**row, "status": "ok", "global_batch": summary["global_batch"],
+                     "threads_per_rank": summary.get("threads_per_rank"),
+                     "samples_per_s": summary["samples_per_s"], "epoch_time_s": epoch_time,
+                     "time_to_target_s": reached, "test_acc": summary["test_acc"],
+                     "stragglers": sorted(summary.get("stragglers", {}))})
+    return rows, mode
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median over repeats per (nodes, ranks); speedup and efficiency against the smallest size.
+
+    speedup(N) = throughput(N) / throughput(N0); efficiency(N) = speedup(N) / (N / N0). In weak scaling
+    the work grows with N, so throughput is the measure; in strong scaling the work is fixed, and the
+    throughput ratio equals the time ratio T(N0) / T(N). Failed points stay in the table as failed.
+    """
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["nodes"], row["ranks"]), []).append(row)
+    table = []
+    for (nodes, ranks), found in sorted(groups.items()):
+        ok = [r for r in found if r["status"] == "ok"]
+        if not ok:
+            table.append({"nodes": nodes, "ranks": ranks, "status": found[0]["status"], "repeats": len(found)})
+            continue
+        threads = sorted({r["threads_per_rank"] for r in ok if r.get("threads_per_rank")})
+        entry = {"nodes": nodes, "ranks": ranks, "repeats": len(ok), "global_batch": ok[0]["global_batch"],
+                 "threads_per_rank": ",".join(map(str, threads)) or None,
+                 "status": "ok" if len(ok) == len(found) else f"ok ({len(found) - len(ok)} failed)"}
+        for key in ("samples_per_s", "epoch_time_s", "test_acc"):
+            entry[key] = statistics.median(r[key] for r in ok)
+        times = [r["time_to_target_s"] for r in ok if r["time_to_target_s"] is not None]
+        entry["time_to_target_s"] = statistics.median(times) if len(times) == len(ok) else None
+        named = sorted({name for r in ok for name in r.get("stragglers", [])})  # per-rank timing (timing.py)
+        entry["stragglers"] = ", ".join(named) or "none"
+        table.append(entry)
+    base = next((e for e in table if "samples_per_s" in e), None)
+    for e in table:
+        if base and "samples_per_s" in e:
+            e["speedup"] = e["samples_per_s"] / base["samples_per_s"]
+            e["efficiency"] = e["speedup"] / (e["ranks"] / base["ranks"])
+    return table
+
+
+def unlike_threads(table: list[dict[str, Any]]) -> str:
+    """A warning when the points ran with different threads per rank: their speedup mixes two effects."""
+    seen = {row["threads_per_rank"] for row in table if row.get("threads_per_rank")}
+    if len(seen) < 2:
+        return ""
+    return (f"Warning: the points ran with different threads per rank ({', '.join(sorted(seen))}), so speedup and "
+            "efficiency compare unlike runs; run the sweep again with one thread count (hpc-mnist scaling run "
+            "holds it fixed: --threads, or OMP_NUM_THREADS).")
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    """A table cell: '-' where a failed point has no figure, 'not reached' for a missed target."""
+    if key not in row:
+        return "-"
+    value = row[key]
+    if value is None:
+        return "not reached" if key == "time_to_target_s" else "-"
+    if key == "test_acc":
+        return f"{value:.2%}"
+    if key in ("speedup", "efficiency"):
+        return f"{value:.2f}"
+    if key == "model_error":
+        return f"{value:+.1%}"
+    if key in ("samples_per_s", "predicted_samples_per_s", "predicted_overlap_samples_per_s"):
+        return f"{value:,.0f}"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _columns(table: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The report's columns; the model's predictions when `report --comm` made them."""
+    return COLUMNS + (PREDICTED if any("predicted_samples_per_s" in r for r in table) else [])
+
+
+def write_outputs(table: list[dict[str, Any]], mode: str, target: float, out: Path, note: str = "") -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    columns = _columns(table)
+    with open(out / "scaling.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k, _ in columns], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+    lines = [f"{mode.capitalize()} scaling; time to target = training time until validation accuracy >= "
+             f"{target:.1%}.", "", "| " + " | ".join(h for _, h in columns) + " |",
+             "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in table]
+    lines += ["", note] if note else []
+    (out / "scaling.md").write_text("\n".join(lines) + "\n")
+    return [out / "scaling.csv", out / "scaling.md", *plot(table, mode, out)]
+
+
+def _model_config(table: list[dict[str, Any]], given: str | None):
+    """The model the runs trained: --model's preset, else the model section of a run's saved config.yaml (its
+    channels, widths and layers decide the bytes DDP all-reduces)."""
+    if given:
+        return config.ModelConfig(name=given)
+    for row in table:
+        saved = Path(row.get("run_dir", "")) / "config.yaml"
+        if saved.exists():
+            return config.build(str(saved)).model
+    raise UserError("report --comm needs the model: no config.yaml in the run directories, so give --model")
+
+
+def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None) -> str:
+    """The scaling model's samples/s beside the measured ones, from an all-reduce benchmark's fit."""
+    from hpc_mnist.core.models import allreduce_bytes, build
+    from hpc_mnist.perf import step
+
+    try:
+        fit = json.loads(comm_json.read_text())["fit"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{comm_json} is not an all-reduce benchmark's JSON (python -m hpc_mnist.comm "
+                        "--json FILE)") from None
+    net = build(_model_config(table, model))
+    return step.annotate_measured(table, step.network_from_dict(fit), allreduce_bytes(net),
+                                           step.ddp_buckets(net))
+
+
+def report_folder(first: Path) -> Path:
+    """Where a report goes by default: a sweep's own folder, never a training run's directory."""
+    if not (first / "sweep.json").exists():
+        raise UserError(f"{first} is not a sweep folder (no sweep.json): say where the report goes with --out, "
+                        "so that it never lands in a training run's directory")
+    return first
+
+
+def report_paths(paths: list[Path], target: float, out: Path, comm_json: Path | None = None,
+                 model: str | None = None) -> int:
+    rows, mode = collect(paths, target)
+    table = aggregate(rows)
+    for row in table:  # the run directory of the median's first repeat, for its saved config
+        row.setdefault("run_dir", next((r["run_dir"] for r in rows if r["ranks"] == row["ranks"]), ""))
+    note = predictions(table, comm_json, model) if comm_json else ""
+    warning = unlike_threads(table)
+    note = "\n\n".join(n for n in (warning, note) if n)
+    written = write_outputs(table, mode, target, out, note)
+    console = make_console()
+    view = Table(title=f"{mode} scaling")
+    columns = _columns(table)
+    for _, header in columns:
+        view.add_column(header, justify="right")
+    for row in table:
+        view.add_row(*(_cell(row, k) for k, _ in columns))
+    console.print(view)
+    if note:
+        console.print(note)
+    console.print("written: " + ", ".join(str(p) for p in written))
+    return 0 if all(r["status"] == "ok" for r in table) else 1
