@@ -16,7 +16,8 @@
 # top processes, and PBS's own login shell above this script, which no job script can reach, dies of it:
 # PBS then kills the job at once (Exit_status 266, measured on the lab); qdel is the clean stop there.
 #
-# The trainer writes why it ended to $HPC_MNIST_STATUS_FILE:
+# The trainer writes why it ended to $HPC_MNIST_STATUS_FILE (its format and rules: hpc_mnist/runtime/status.py,
+# which this file reads and keeps only through `python -m hpc_mnist.job`, hpc_mnist/job.py):
 #   {"state": ..., "reason": "deadline" | "signal" | ..., "requeue": true | false, "run_dir": ..., ...}
 # and the job continues the run only when requeue is true (a stop for the time limit; ranks or a host lost
 # after this job had saved a checkpoint): Slurm requeues the job (same id, same run directory); PBS, where
@@ -84,35 +85,25 @@ preflight() {
 # job_launch CMD...: the training launch; afterwards continue the run when the status says so (requeue true:
 # stopped for the time limit, or ranks lost after progress). Returns the launch's exit status, which the job
 # script exits with (a batch script whose last command succeeds is COMPLETED even when its launch failed).
+#
+# After the launch, `hpc_mnist.job after-launch` reads the status the ranks left. One still `running` means they
+# were killed before they could record why (the OOM killer, a node that died, a launcher that killed the rest,
+# as MPICH's mpiexec does): it says so in one line and marks both copies of the status failed, reason gone,
+# with requeue true when this job's ranks had saved a checkpoint (a running status names the newest one only
+# then), as the trainer decides after a lost rank, and the job was not being stopped (a scancel or qdel ends
+# the job whatever its ranks managed to write). It exits 0 when the status asks for the run to continue,
+# printing why it stopped and the run's name (JOB_WHY, JOB_RUN for continue_*_job); 1 when not; 2 with one
+# line when the status file cannot be read. No status file: the ranks recorded nothing, nothing to continue.
 job_launch() {
-    local status=0
+    local status=0 said
     job_run "$@" || status=$?
-    if grep -qs '"state": *"running"' "$HPC_MNIST_STATUS_FILE"; then gone "$status"; fi
-    if grep -qs '"requeue": *true' "$HPC_MNIST_STATUS_FILE"; then
+    if [ -e "$HPC_MNIST_STATUS_FILE" ] && said=$("${PYTHON:-python}" -m hpc_mnist.job after-launch \
+            --scheduler "$JOB_SCHEDULER" --exit "$status" --stopping "${JOB_STOPPING:-}" \
+            --status "$HPC_MNIST_STATUS_FILE"); then
+        { IFS= read -r JOB_WHY || :; IFS= read -r JOB_RUN || :; } <<< "$said"   # $() drops an empty last line
         "continue_${JOB_SCHEDULER}_job"
     fi
     return "$status"
-}
-
-# gone EXIT: the launch ended and the ranks' status still says running: they were killed before they could
-# record why (the OOM killer, a node that died, a launcher that killed the rest, as MPICH's mpiexec does). Say
-# so, and mark both copies of the status failed, reason gone; requeue true when this job's ranks had saved a
-# checkpoint (a running status names the newest one only then), as the trainer decides after a lost rank, and
-# the job was not being stopped (a scancel or qdel ends the job whatever its ranks managed to write).
-gone() {
-    local run_dir saved kept edits='s/"state": *"running"/"state": "failed"/; s/"reason": *null/"reason": "gone"/'
-    run_dir=$(status_value run_dir)
-    saved=$(status_value checkpoint)
-    if [ -n "$saved" ] && [ -z "${JOB_STOPPING:-}" ]; then
-        kept="this job had saved ${saved##*/}, the newest checkpoint"
-        edits+='; s/"requeue": *false/"requeue": true/'
-    else
-        kept="the newest checkpoint is kept: resubmit with RUN_NAME=${run_dir##*/} to continue"
-    fi
-    echo "hpc_mnist: the launch ended (exit $1) without the ranks recording why: a rank or its node died" \
-        "(the OOM killer, a node failure; the launcher's report above names it); $kept" >&2
-    sed -i "$edits" "$HPC_MNIST_STATUS_FILE"
-    if grep -qs '"state": *"running"' "$run_dir/status.json"; then sed -i "$edits" "$run_dir/status.json"; fi
 }
 
 job_usr1() {
@@ -144,43 +135,23 @@ continue_slurm_job() {
     fi
 }
 
-# PBS: submit the same script (PBS's copy of it, $0), variables and resources as a job that starts after this
-# one has ended, on the same run directory (hpc_mnist/pbs.py builds the qsub line from qstat). RESUBMIT_COUNT
-# counts the jobs that carried the run; MAX_RESUBMITS (10) bounds it.
-# stopped_why: why the run stopped with requeue true: the time limit, or a rank (or its host) lost after
-# this job's segment had saved a checkpoint (the trainer, or gone above, sets requeue only then, so that a rank
-# that dies again at the same place, out of memory say, does not requeue the job over and over).
+# stopped_why: why the run stopped with requeue true, as hpc_mnist.job said after the launch: the time limit,
+# or a rank (or its host) lost after this job's segment had saved a checkpoint (the trainer, or the rule for a
+# status left running, sets requeue only then, so that a rank that dies again at the same place, out of memory
+# say, does not requeue the job over and over).
 stopped_why() {
-    if grep -qs '"reason": *"rank lost"' "$HPC_MNIST_STATUS_FILE"; then
-        echo "a rank was lost (above), after this job had made progress"
-    elif grep -qs '"reason": *"gone"' "$HPC_MNIST_STATUS_FILE"; then
-        echo "the ranks were lost (above), after this job had made progress"
-    elif [ "$JOB_SCHEDULER" = pbs ]; then
-        echo "stopped for the walltime"
-    else
-        echo "stopped for the time limit"
-    fi
+    echo "${JOB_WHY:-}"
 }
 
-# status_value KEY: a string value of the status file (one "key": value per line, as the trainer writes it).
-status_value() {
-    sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p" "$HPC_MNIST_STATUS_FILE"
-}
-
-# run_name: the run directory's name, from the status file.
-run_name() {
-    local run
-    run=$(status_value run_dir)
-    echo "${run##*/}"
-}
-
+# PBS: submit the same script (PBS's copy of it, $0), variables and resources as a job that starts after this
+# one has ended, on the same run directory (hpc_mnist/runtime/pbs.py builds the qsub line from qstat).
+# RESUBMIT_COUNT counts the jobs that carried the run; MAX_RESUBMITS (10) bounds it.
 continue_pbs_job() {
-    local count=${RESUBMIT_COUNT:-0} run new
-    run=$(run_name)
+    local count=${RESUBMIT_COUNT:-0} run=${JOB_RUN:-} new
     if [ "$count" -ge "${MAX_RESUBMITS:-10}" ]; then
         echo "hpc_mnist: $(stopped_why) with a checkpoint; not continuing run $run again ($count jobs" \
             "submitted, MAX_RESUBMITS=${MAX_RESUBMITS:-10}): resubmit with RUN_NAME=$run"
-    elif new=$("${PYTHON:-python}" -m hpc_mnist.runtime.pbs continue --script "$0" --run-name "$run" \
+    elif new=$("${PYTHON:-python}" -m hpc_mnist.job continue-pbs --script "$0" --run-name "$run" \
             --count $((count + 1))); then
         echo "hpc_mnist: $(stopped_why) with a checkpoint; job $new continues run $run after job $JOB_ID ends"
     else
