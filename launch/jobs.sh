@@ -2,10 +2,21 @@
 # What every job script does around its launch, in one place: signals from its first line, the files through
 # which it and the ranks talk, the launch and its exit status, and continuing a run the time limit stopped.
 #
-#   source launch/jobs.sh && job_begin slurm|pbs   # first thing: the job's id, its files, the signal traps
+#   source launch/jobs.sh && job_begin slurm|pbs   # first thing: the job's id, its files, the signal traps,
+#                                                 # the settings every job has (below)
+#   train_job SYSTEM                              # a training job: the pre-flight check, then the training
+#   scaling_job SYSTEM ALLOCATED                  # a scaling sweep on 1, 2, 4, ... ALLOCATED nodes
+# and the steps they are made of:
 #   preflight CMD...                              # the doctor through the job's launch line (DOCTOR=0 skips)
 #   job_launch CMD...                             # the training; continues the run after a time-limit stop
-#   job_run CMD...                                # any other step (a scaling sweep)
+#   job_run CMD...                                # any other step
+#
+# The settings every job has, from the submission (sbatch --export, qsub -v) or the job script, else these
+# defaults: OVERRIDES (extra section.key=value words, none), PYTHON (python), RUN_NAME (the run directory's
+# name; none: the job id names it, and a requeue or a continuation keeps it), MAX_REQUEUES (Slurm: how often a
+# job requeues itself, 10), MAX_RESUBMITS (PBS: how many jobs may carry one run, 10), DOCTOR (0 skips the
+# pre-flight check), HPC_MNIST_JOB_FILES (the folder of the status and stop files, runs/.jobs). The job script
+# sets CONFIG (the run's YAML) and RANKS_PER_NODE.
 #
 # Signals. The scheduler itself delivers TERM to every process of the job (scancel, qdel, a time limit, a
 # requeue, preemption): this shell forwards nothing, waits for the ranks' stop checkpoint, starts nothing
@@ -25,8 +36,8 @@
 # (TERM, requeue false) ends the job with its checkpoint kept, for a later submission with the same RUN_NAME
 # to resume.
 
-# job_begin slurm|pbs: sets JOB_ID (a Slurm array task is <array>_<task>), the status and stop files, and
-# the traps; outside a batch job of that scheduler, one line and exit 2.
+# job_begin slurm|pbs: sets JOB_ID (a Slurm array task is <array>_<task>), the status and stop files, the
+# traps and the settings' defaults (above); outside a batch job of that scheduler, one line and exit 2.
 job_begin() {
     local files=${HPC_MNIST_JOB_FILES:-runs/.jobs}
     JOB_SCHEDULER=$1 JOB_STOPPING=""
@@ -49,6 +60,38 @@ job_begin() {
     mkdir -p "$files"
     export HPC_MNIST_STATUS_FILE=$files/$JOB_ID.status.json HPC_MNIST_STOP_FILE=$files/$JOB_ID.stop
     rm -f "$HPC_MNIST_STATUS_FILE" "$HPC_MNIST_STOP_FILE"
+    OVERRIDES=${OVERRIDES:-} PYTHON=${PYTHON:-python} RUN_NAME=${RUN_NAME:-}
+}
+
+# train_job SYSTEM: a training job once its settings are made and its site file (launch/SYSTEM.sh) sourced: the
+# pre-flight check, then the training with CONFIG, RUN_NAME and OVERRIDES, both through
+# `hpc_mnist.launch --system SYSTEM --ppn $RANKS_PER_NODE`. Returns the launch's exit status (the job's).
+train_job() {
+    local launch=("$PYTHON" -m hpc_mnist.launch --system "$1" --ppn "$RANKS_PER_NODE" --)
+    preflight "${launch[@]}" "$PYTHON" -m hpc_mnist.doctor || return $?
+    # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
+    job_launch "${launch[@]}" "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES
+}
+
+# scaling_job SYSTEM ALLOCATED: a scaling sweep (hpc_mnist.scaling run) of CONFIG and OVERRIDES with
+# RANKS_PER_NODE ranks per node, into SWEEP_DIR, with the sweep's settings, each from the submission or the job
+# script, else its default: NODES (the node counts: 1, 2, 4, ... below ALLOCATED, the allocation's node count,
+# and ALLOCATED), MODE (weak: BATCH per rank; strong: BATCH global; weak), BATCH (128), EPOCHS (2), REPEATS (1),
+# PREDICT (1: then time the all-reduce on the largest point's nodes; the report puts the scaling model's
+# prediction and its error beside each point). Returns the sweep's exit status.
+scaling_job() {
+    local system=$1 allocated=$2 n options=()
+    if [ -z "${NODES:-}" ]; then
+        NODES=1
+        for ((n = 2; n < allocated; n *= 2)); do NODES="$NODES,$n"; done
+        if [ "$allocated" -gt 1 ]; then NODES="$NODES,$allocated"; fi
+    fi
+    MODE=${MODE:-weak} BATCH=${BATCH:-128} EPOCHS=${EPOCHS:-2} REPEATS=${REPEATS:-1} PREDICT=${PREDICT:-1}
+    if [ "$PREDICT" = 1 ]; then options=(--predict); fi
+    # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
+    job_run "$PYTHON" -m hpc_mnist.scaling run --system "$system" --nodes "$NODES" --ppn "$RANKS_PER_NODE" \
+        --mode "$MODE" --batch "$BATCH" --epochs "$EPOCHS" --repeats "$REPEATS" --sweep-dir "$SWEEP_DIR" \
+        "${options[@]}" -- --config "$CONFIG" $OVERRIDES
 }
 
 # job_run CMD...: run a step with USR1/USR2 ignored until it installs handlers of its own; wait for it through
