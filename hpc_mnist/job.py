@@ -44,9 +44,10 @@ def after_launch(path: str, code: int, scheduler: str, stopping: bool) -> int:
         ended = status.after_launch(job_copy, stopping=stopping)
         print(gone_line(code, ended), file=sys.stderr, flush=True)
         write(path, ended)
-        run_dir_copy = os.path.join(str(job_copy.get("run_dir") or ""), status.NAME)
-        if job_copy.get("run_dir") and (kept := read_quietly(run_dir_copy)) and status.running(kept):
-            write(run_dir_copy, status.after_launch(kept, stopping=stopping))
+        run_dir = str(job_copy.get("run_dir") or "")
+        record = read_quietly(os.path.join(run_dir, status.NAME)) if run_dir else None
+        if record is not None and status.running(record):  # not when a later writer has said more since
+            write(os.path.join(run_dir, status.NAME), status.after_launch(record, stopping=stopping))
         job_copy = ended
     if job_copy.get("requeue") is not True:
         return DONE
