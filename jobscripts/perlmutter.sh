@@ -28,24 +28,17 @@
 trap '' USR1 USR2   # at once: a short job's time-limit warning can come before job_begin below
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
-source launch/jobs.sh && job_begin slurm   # signals handled from here on (launch/jobs.sh)
+source launch/jobs.sh && job_begin slurm   # signals handled from here on; OVERRIDES, PYTHON, RUN_NAME, ...: there
 
 CONFIG=${CONFIG:-configs/cnn.yaml}        # the run's YAML
-OVERRIDES=${OVERRIDES:-}                  # extra section.key=value words
-RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id, kept on requeue)
-MAX_REQUEUES=${MAX_REQUEUES:-$([ "${SLURM_JOB_QOS:-}" = debug ] && echo 0 || echo 10)}   # none in debug
 RANKS_PER_NODE=${RANKS_PER_NODE:-4}
-PYTHON=${PYTHON:-python}
+MAX_REQUEUES=${MAX_REQUEUES:-$([ "${SLURM_JOB_QOS:-}" = debug ] && echo 0 || echo 10)}   # none in debug
 
 # Modules and network settings: edit launch/perlmutter.sh, not this file. It loads the modules with nounset
 # off (the pytorch module activates a conda environment) and stops with one line if a load fails.
 source launch/perlmutter.sh
 
-# Pre-flight check (python -m hpc_mnist.doctor) through the same launch; DOCTOR=0 skips it.
-preflight "$PYTHON" -m hpc_mnist.launch --system perlmutter --ppn "$RANKS_PER_NODE" -- "$PYTHON" -m hpc_mnist.doctor \
-    || exit $?
-
-# shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-# Requeue after a time-limit stop, and the job's exit status: see job_launch in launch/jobs.sh.
-job_launch "$PYTHON" -m hpc_mnist.launch --system perlmutter --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES
+# The pre-flight check (python -m hpc_mnist.doctor; DOCTOR=0 skips it), then the training, through the same
+# launch; a time-limit stop requeues the job, and the job's exit status is the launch's: train_job in
+# launch/jobs.sh.
+train_job perlmutter

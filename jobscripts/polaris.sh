@@ -28,23 +28,15 @@
 trap '' USR1 USR2   # at once: a short job's time-limit warning can come before job_begin below
 set -euo pipefail
 cd "${PBS_O_WORKDIR:-.}"
-source launch/jobs.sh && job_begin pbs   # signals handled from here on (launch/jobs.sh)
+source launch/jobs.sh && job_begin pbs   # signals handled from here on; OVERRIDES, PYTHON, RUN_NAME, ...: there
 
 CONFIG=${CONFIG:-configs/cnn.yaml}        # the run's YAML
-OVERRIDES=${OVERRIDES:-}                  # extra section.key=value words
 RANKS_PER_NODE=${RANKS_PER_NODE:-4}       # one per A100
-PYTHON=${PYTHON:-python}
-RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id; continuations keep it)
-MAX_RESUBMITS=${MAX_RESUBMITS:-10}        # jobs that may continue a run stopped for the walltime
 
 # Modules, conda and the NCCL/libfabric settings: edit launch/polaris.sh, not this file. It loads the modules
 # with nounset off (conda's activate scripts read unset variables) and stops with one line if a load fails.
 source launch/polaris.sh
 
-# Pre-flight check (python -m hpc_mnist.doctor) through the same launch; DOCTOR=0 skips it.
-preflight "$PYTHON" -m hpc_mnist.launch --system polaris --ppn "$RANKS_PER_NODE" -- "$PYTHON" -m hpc_mnist.doctor \
-    || exit $?
-
-# shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-job_launch "$PYTHON" -m hpc_mnist.launch --system polaris --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES
+# The pre-flight check (python -m hpc_mnist.doctor; DOCTOR=0 skips it), then the training, through the same
+# launch; a walltime stop submits the job that continues the run: train_job in launch/jobs.sh.
+train_job polaris

@@ -22,23 +22,15 @@
 trap '' USR1 USR2   # at once: a short job's time-limit warning can come before job_begin below
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
-source launch/jobs.sh && job_begin slurm   # signals handled from here on (launch/jobs.sh)
+source launch/jobs.sh && job_begin slurm   # signals handled from here on; OVERRIDES, PYTHON, RUN_NAME, ...: there
 
 CONFIG=${CONFIG:-configs/cnn.yaml}        # the run's YAML
-OVERRIDES=${OVERRIDES:-}                  # extra section.key=value words
-RUN_NAME=${RUN_NAME:-}                    # run directory name (default: the job id, kept on requeue)
-MAX_REQUEUES=${MAX_REQUEUES:-10}
 RANKS_PER_NODE=${RANKS_PER_NODE:-${SLURM_NTASKS_PER_NODE:-1}}
-PYTHON=${PYTHON:-python}
 
 # Modules and network settings: edit launch/slurm.sh, not this file.
 source launch/slurm.sh
 
-# Pre-flight check (python -m hpc_mnist.doctor) through the same launch; DOCTOR=0 skips it.
-preflight "$PYTHON" -m hpc_mnist.launch --system slurm --ppn "$RANKS_PER_NODE" -- "$PYTHON" -m hpc_mnist.doctor \
-    || exit $?
-
-# shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-# Requeue after a time-limit stop, and the job's exit status: see job_launch in launch/jobs.sh.
-job_launch "$PYTHON" -m hpc_mnist.launch --system slurm --ppn "$RANKS_PER_NODE" -- \
-    "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES
+# The pre-flight check (python -m hpc_mnist.doctor; DOCTOR=0 skips it), then the training, through the same
+# launch; a time-limit stop requeues the job, and the job's exit status is the launch's: train_job in
+# launch/jobs.sh.
+train_job slurm

@@ -2,10 +2,21 @@
 # What every job script does around its launch, in one place: signals from its first line, the files through
 # which it and the ranks talk, the launch and its exit status, and continuing a run the time limit stopped.
 #
-#   source launch/jobs.sh && job_begin slurm|pbs   # first thing: the job's id, its files, the signal traps
+#   source launch/jobs.sh && job_begin slurm|pbs   # first thing: the job's id, its files, the signal traps,
+#                                                 # the settings every job has (below)
+#   train_job SYSTEM                              # a training job: the pre-flight check, then the training
+#   scaling_job SYSTEM ALLOCATED                  # a scaling sweep on 1, 2, 4, ... ALLOCATED nodes
+# and the steps they are made of:
 #   preflight CMD...                              # the doctor through the job's launch line (DOCTOR=0 skips)
 #   job_launch CMD...                             # the training; continues the run after a time-limit stop
-#   job_run CMD...                                # any other step (a scaling sweep)
+#   job_run CMD...                                # any other step
+#
+# The settings every job has, from the submission (sbatch --export, qsub -v) or the job script, else these
+# defaults: OVERRIDES (extra section.key=value words, none), PYTHON (python), RUN_NAME (the run directory's
+# name; none: the job id names it, and a requeue or a continuation keeps it), MAX_REQUEUES (Slurm: how often a
+# job requeues itself, 10), MAX_RESUBMITS (PBS: how many jobs may carry one run, 10), DOCTOR (0 skips the
+# pre-flight check), HPC_MNIST_JOB_FILES (the folder of the status and stop files, runs/.jobs). The job script
+# sets CONFIG (the run's YAML) and RANKS_PER_NODE.
 #
 # Signals. The scheduler itself delivers TERM to every process of the job (scancel, qdel, a time limit, a
 # requeue, preemption): this shell forwards nothing, waits for the ranks' stop checkpoint, starts nothing
@@ -16,7 +27,8 @@
 # top processes, and PBS's own login shell above this script, which no job script can reach, dies of it:
 # PBS then kills the job at once (Exit_status 266, measured on the lab); qdel is the clean stop there.
 #
-# The trainer writes why it ended to $HPC_MNIST_STATUS_FILE:
+# The trainer writes why it ended to $HPC_MNIST_STATUS_FILE (its format and rules: hpc_mnist/runtime/status.py,
+# which this file reads and keeps only through `python -m hpc_mnist.job`, hpc_mnist/job.py):
 #   {"state": ..., "reason": "deadline" | "signal" | ..., "requeue": true | false, "run_dir": ..., ...}
 # and the job continues the run only when requeue is true (a stop for the time limit; ranks or a host lost
 # after this job had saved a checkpoint): Slurm requeues the job (same id, same run directory); PBS, where
@@ -24,8 +36,8 @@
 # (TERM, requeue false) ends the job with its checkpoint kept, for a later submission with the same RUN_NAME
 # to resume.
 
-# job_begin slurm|pbs: sets JOB_ID (a Slurm array task is <array>_<task>), the status and stop files, and
-# the traps; outside a batch job of that scheduler, one line and exit 2.
+# job_begin slurm|pbs: sets JOB_ID (a Slurm array task is <array>_<task>), the status and stop files, the
+# traps and the settings' defaults (above); outside a batch job of that scheduler, one line and exit 2.
 job_begin() {
     local files=${HPC_MNIST_JOB_FILES:-runs/.jobs}
     JOB_SCHEDULER=$1 JOB_STOPPING=""
@@ -48,6 +60,38 @@ job_begin() {
     mkdir -p "$files"
     export HPC_MNIST_STATUS_FILE=$files/$JOB_ID.status.json HPC_MNIST_STOP_FILE=$files/$JOB_ID.stop
     rm -f "$HPC_MNIST_STATUS_FILE" "$HPC_MNIST_STOP_FILE"
+    OVERRIDES=${OVERRIDES:-} PYTHON=${PYTHON:-python} RUN_NAME=${RUN_NAME:-}
+}
+
+# train_job SYSTEM: a training job once its settings are made and its site file (launch/SYSTEM.sh) sourced: the
+# pre-flight check, then the training with CONFIG, RUN_NAME and OVERRIDES, both through
+# `hpc_mnist.launch --system SYSTEM --ppn $RANKS_PER_NODE`. Returns the launch's exit status (the job's).
+train_job() {
+    local launch=("$PYTHON" -m hpc_mnist.launch --system "$1" --ppn "$RANKS_PER_NODE" --)
+    preflight "${launch[@]}" "$PYTHON" -m hpc_mnist.doctor || return $?
+    # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
+    job_launch "${launch[@]}" "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES
+}
+
+# scaling_job SYSTEM ALLOCATED: a scaling sweep (hpc_mnist.scaling run) of CONFIG and OVERRIDES with
+# RANKS_PER_NODE ranks per node, into SWEEP_DIR, with the sweep's settings, each from the submission or the job
+# script, else its default: NODES (the node counts: 1, 2, 4, ... below ALLOCATED, the allocation's node count,
+# and ALLOCATED), MODE (weak: BATCH per rank; strong: BATCH global; weak), BATCH (128), EPOCHS (2), REPEATS (1),
+# PREDICT (1: then time the all-reduce on the largest point's nodes; the report puts the scaling model's
+# prediction and its error beside each point). Returns the sweep's exit status.
+scaling_job() {
+    local system=$1 allocated=$2 n options=()
+    if [ -z "${NODES:-}" ]; then
+        NODES=1
+        for ((n = 2; n < allocated; n *= 2)); do NODES="$NODES,$n"; done
+        if [ "$allocated" -gt 1 ]; then NODES="$NODES,$allocated"; fi
+    fi
+    MODE=${MODE:-weak} BATCH=${BATCH:-128} EPOCHS=${EPOCHS:-2} REPEATS=${REPEATS:-1} PREDICT=${PREDICT:-1}
+    if [ "$PREDICT" = 1 ]; then options=(--predict); fi
+    # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
+    job_run "$PYTHON" -m hpc_mnist.scaling run --system "$system" --nodes "$NODES" --ppn "$RANKS_PER_NODE" \
+        --mode "$MODE" --batch "$BATCH" --epochs "$EPOCHS" --repeats "$REPEATS" --sweep-dir "$SWEEP_DIR" \
+        "${options[@]}" -- --config "$CONFIG" $OVERRIDES
 }
 
 # job_run CMD...: run a step with USR1/USR2 ignored until it installs handlers of its own; wait for it through
@@ -84,35 +128,25 @@ preflight() {
 # job_launch CMD...: the training launch; afterwards continue the run when the status says so (requeue true:
 # stopped for the time limit, or ranks lost after progress). Returns the launch's exit status, which the job
 # script exits with (a batch script whose last command succeeds is COMPLETED even when its launch failed).
+#
+# After the launch, `hpc_mnist.job after-launch` reads the status the ranks left. One still `running` means they
+# were killed before they could record why (the OOM killer, a node that died, a launcher that killed the rest,
+# as MPICH's mpiexec does): it says so in one line and marks both copies of the status failed, reason gone,
+# with requeue true when this job's ranks had saved a checkpoint (a running status names the newest one only
+# then), as the trainer decides after a lost rank, and the job was not being stopped (a scancel or qdel ends
+# the job whatever its ranks managed to write). It exits 0 when the status asks for the run to continue,
+# printing why it stopped and the run's name (JOB_WHY, JOB_RUN for continue_*_job); 1 when not; 2 with one
+# line when the status file cannot be read. No status file: the ranks recorded nothing, nothing to continue.
 job_launch() {
-    local status=0
+    local status=0 said
     job_run "$@" || status=$?
-    if grep -qs '"state": *"running"' "$HPC_MNIST_STATUS_FILE"; then gone "$status"; fi
-    if grep -qs '"requeue": *true' "$HPC_MNIST_STATUS_FILE"; then
+    if [ -e "$HPC_MNIST_STATUS_FILE" ] && said=$("${PYTHON:-python}" -m hpc_mnist.job after-launch \
+            --scheduler "$JOB_SCHEDULER" --exit "$status" --stopping "${JOB_STOPPING:-}" \
+            --status "$HPC_MNIST_STATUS_FILE"); then
+        { IFS= read -r JOB_WHY || :; IFS= read -r JOB_RUN || :; } <<< "$said"   # $() drops an empty last line
         "continue_${JOB_SCHEDULER}_job"
     fi
     return "$status"
-}
-
-# gone EXIT: the launch ended and the ranks' status still says running: they were killed before they could
-# record why (the OOM killer, a node that died, a launcher that killed the rest, as MPICH's mpiexec does). Say
-# so, and mark both copies of the status failed, reason gone; requeue true when this job's ranks had saved a
-# checkpoint (a running status names the newest one only then), as the trainer decides after a lost rank, and
-# the job was not being stopped (a scancel or qdel ends the job whatever its ranks managed to write).
-gone() {
-    local run_dir saved kept edits='s/"state": *"running"/"state": "failed"/; s/"reason": *null/"reason": "gone"/'
-    run_dir=$(status_value run_dir)
-    saved=$(status_value checkpoint)
-    if [ -n "$saved" ] && [ -z "${JOB_STOPPING:-}" ]; then
-        kept="this job had saved ${saved##*/}, the newest checkpoint"
-        edits+='; s/"requeue": *false/"requeue": true/'
-    else
-        kept="the newest checkpoint is kept: resubmit with RUN_NAME=${run_dir##*/} to continue"
-    fi
-    echo "hpc_mnist: the launch ended (exit $1) without the ranks recording why: a rank or its node died" \
-        "(the OOM killer, a node failure; the launcher's report above names it); $kept" >&2
-    sed -i "$edits" "$HPC_MNIST_STATUS_FILE"
-    if grep -qs '"state": *"running"' "$run_dir/status.json"; then sed -i "$edits" "$run_dir/status.json"; fi
 }
 
 job_usr1() {
@@ -144,43 +178,23 @@ continue_slurm_job() {
     fi
 }
 
-# PBS: submit the same script (PBS's copy of it, $0), variables and resources as a job that starts after this
-# one has ended, on the same run directory (hpc_mnist/pbs.py builds the qsub line from qstat). RESUBMIT_COUNT
-# counts the jobs that carried the run; MAX_RESUBMITS (10) bounds it.
-# stopped_why: why the run stopped with requeue true: the time limit, or a rank (or its host) lost after
-# this job's segment had saved a checkpoint (the trainer, or gone above, sets requeue only then, so that a rank
-# that dies again at the same place, out of memory say, does not requeue the job over and over).
+# stopped_why: why the run stopped with requeue true, as hpc_mnist.job said after the launch: the time limit,
+# or a rank (or its host) lost after this job's segment had saved a checkpoint (the trainer, or the rule for a
+# status left running, sets requeue only then, so that a rank that dies again at the same place, out of memory
+# say, does not requeue the job over and over).
 stopped_why() {
-    if grep -qs '"reason": *"rank lost"' "$HPC_MNIST_STATUS_FILE"; then
-        echo "a rank was lost (above), after this job had made progress"
-    elif grep -qs '"reason": *"gone"' "$HPC_MNIST_STATUS_FILE"; then
-        echo "the ranks were lost (above), after this job had made progress"
-    elif [ "$JOB_SCHEDULER" = pbs ]; then
-        echo "stopped for the walltime"
-    else
-        echo "stopped for the time limit"
-    fi
+    echo "${JOB_WHY:-}"
 }
 
-# status_value KEY: a string value of the status file (one "key": value per line, as the trainer writes it).
-status_value() {
-    sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p" "$HPC_MNIST_STATUS_FILE"
-}
-
-# run_name: the run directory's name, from the status file.
-run_name() {
-    local run
-    run=$(status_value run_dir)
-    echo "${run##*/}"
-}
-
+# PBS: submit the same script (PBS's copy of it, $0), variables and resources as a job that starts after this
+# one has ended, on the same run directory (hpc_mnist/runtime/pbs.py builds the qsub line from qstat).
+# RESUBMIT_COUNT counts the jobs that carried the run; MAX_RESUBMITS (10) bounds it.
 continue_pbs_job() {
-    local count=${RESUBMIT_COUNT:-0} run new
-    run=$(run_name)
+    local count=${RESUBMIT_COUNT:-0} run=${JOB_RUN:-} new
     if [ "$count" -ge "${MAX_RESUBMITS:-10}" ]; then
         echo "hpc_mnist: $(stopped_why) with a checkpoint; not continuing run $run again ($count jobs" \
             "submitted, MAX_RESUBMITS=${MAX_RESUBMITS:-10}): resubmit with RUN_NAME=$run"
-    elif new=$("${PYTHON:-python}" -m hpc_mnist.runtime.pbs continue --script "$0" --run-name "$run" \
+    elif new=$("${PYTHON:-python}" -m hpc_mnist.job continue-pbs --script "$0" --run-name "$run" \
             --count $((count + 1))); then
         echo "hpc_mnist: $(stopped_why) with a checkpoint; job $new continues run $run after job $JOB_ID ends"
     else

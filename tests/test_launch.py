@@ -297,11 +297,14 @@ def test_job_script_runs_under_a_simulated_scheduler(tmp_path, script, scheduler
 
 def fake_python(tmp_path: Path, status: int = 0) -> Path:
     """A PYTHON that records its arguments and exits with `status`: the job script's own logic, no training.
-    Exit 75 stands for a time-limit stop with a checkpoint, which the trainer also writes to the status file."""
+    Exit 75 stands for a time-limit stop with a checkpoint, which the trainer also writes to the status file.
+    What the job script asks the package after the launch (`-m hpc_mnist.job`) goes to the real Python."""
     fake = tmp_path / "python"
     stop = ('[ -z "$HPC_MNIST_STATUS_FILE" ] || '
             'echo \'{"reason": "deadline", "requeue": true}\' > "$HPC_MNIST_STATUS_FILE"')
-    fake.write_text(f'#!/bin/sh\necho "python $*" >> "$STUB_LOG"\n{stop if status == 75 else ""}\nexit {status}\n')
+    job = f'case "$*" in "-m hpc_mnist.job "*) exec {sys.executable} "$@" ;; esac'
+    fake.write_text(f'#!/bin/sh\n{job}\necho "python $*" >> "$STUB_LOG"\n{stop if status == 75 else ""}\n'
+                    f'exit {status}\n')
     fake.chmod(0o755)
     return fake
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_mnist.core.config import TrainConfig
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import pbs
+from hpc_mnist.runtime import pbs, shell
 
 STOP_FILE_VAR = "HPC_MNIST_STOP_FILE"
 
@@ -36,9 +35,10 @@ def process_start_time() -> float:
 
 
 def _run(cmd: list[str]) -> str:
+    """The client's answer, or nothing where it has none (no such job, no client here): the caller falls back."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=15).stdout
-    except (OSError, subprocess.SubprocessError):
+        return shell.output(cmd, timeout=15)
+    except UserError:
         return ""
 
 

@@ -8,40 +8,28 @@ place, walltime`), its log beside this one's (`hpc_mnist.o1234.1`, `.2`, ... aft
 run directory (RUN_NAME), held until this job has ended (`-W depend=afterany:<job>`), so the two never train
 at once.
 
-    python -m hpc_mnist.runtime.pbs continue --script "$0" --run-name NAME --count N   (inside a job: prints the new id)
+A job script submits it with `python -m hpc_mnist.job continue-pbs --script "$0" --run-name NAME --count N`
+(hpc_mnist/job.py), which prints the new job's id.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
-import subprocess
-import sys
 from typing import Any
 
-from hpc_mnist.errors import ArgumentParser, UserError, report
+from hpc_mnist.errors import UserError
+from hpc_mnist.runtime import shell
 
 CARRIED_RESOURCES = ("select", "place", "walltime")  # what a user sets; ncpus, nodect, ... PBS derives from them
 COUNT_VAR = "RESUBMIT_COUNT"  # 0 in the first job of a run, 1 in its first continuation, ...
 
 
-def _run(cmd: list[str], timeout: float) -> str:
-    """A PBS command's output; one line naming it and what it said when it fails."""
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise UserError(f"{cmd[0]} failed: {e}") from None
-    if done.returncode != 0:
-        raise UserError(f"{cmd[0]} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[:300]}")
-    return done.stdout
-
-
 def job_info(job_id: str) -> dict[str, Any]:
     """The job's attributes, as `qstat -f -F json` gives them (Resource_List, Variable_List, stime, ...)."""
     try:
-        jobs = json.loads(_run(["qstat", "-f", "-F", "json", job_id], timeout=15)).get("Jobs", {})
+        jobs = json.loads(shell.output(["qstat", "-f", "-F", "json", job_id], timeout=15)).get("Jobs", {})
     except json.JSONDecodeError as e:
         raise UserError(f"qstat -f -F json {job_id} printed no JSON ({e})") from None
     if not jobs:
@@ -101,27 +89,5 @@ def continuation(info: dict[str, Any], job_id: str, script: str, run_name: str, 
 
 
 def submit_continuation(job_id: str, script: str, run_name: str, count: int) -> str:
-    return _run(continuation(job_info(job_id), job_id, script, run_name, count), timeout=60).strip()
+    return shell.output(continuation(job_info(job_id), job_id, script, run_name, count), timeout=60).strip()
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m hpc_mnist.runtime.pbs", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    cont = sub.add_parser("continue", help="submit the job that continues this job's run after it ends")
-    cont.add_argument("--script", required=True, help="the job script to submit (PBS's copy: $0 in the job)")
-    cont.add_argument("--run-name", required=True, help="the run directory's name (RUN_NAME of the successor)")
-    cont.add_argument("--count", type=int, required=True,
-                      help="jobs that will have carried the run, the successor included")
-    cont.add_argument("--job", default=os.environ.get("PBS_JOBID", ""), help="this job's id (default $PBS_JOBID)")
-    args = p.parse_args(argv)
-    try:
-        if not args.job:
-            raise UserError("no PBS job here (PBS_JOBID is not set): nothing to continue")
-        print(submit_continuation(args.job, args.script, args.run_name, args.count))
-    except UserError as e:
-        return report(e)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

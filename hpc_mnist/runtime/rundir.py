@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import socket
 import time
@@ -29,8 +28,9 @@ from hpc_mnist.core import checkpoint, config
 from hpc_mnist.core.config import Config
 from hpc_mnist.errors import UserError
 from hpc_mnist.runtime import peers
+from hpc_mnist.runtime import status as status_file
+from hpc_mnist.runtime.status import STATUS_FILE_VAR
 
-STATUS_FILE_VAR = "HPC_MNIST_STATUS_FILE"  # a copy of status.json where a job script can find it
 # Settings that may change between segments of one run without making it another run.
 FREE_SECTIONS = ("train", "optim")
 FREE_KEYS = {"data.root", "data.download", "data.resident"}
@@ -108,14 +108,14 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
     """status.json as it is true now: a `running` status whose processes are gone reads as `failed`
     (reason `gone`): a rank or its host died before anyone could record why."""
     try:
-        status = json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
+        status = status_file.read(run_dir / status_file.NAME)
+    except UserError:
         return None
-    if status.get("state") == "running" and not _running(run_dir, status):
-        status.update(state="failed", reason="gone", error="the run's processes ended without recording why (its "
-                      "status said running): a rank or its host died, and the launcher ended the others (its report "
-                      f"names the process: {run_dir / 'ranks.json'} gives each rank's host and pid); the same "
-                      "command continues from the newest checkpoint")
+    if status is not None and status_file.running(status) and not _running(run_dir, status):
+        status = status_file.mark_gone(status, error="the run's processes ended without recording why (its status "
+                                       "said running): a rank or its host died, and the launcher ended the others "
+                                       f"(its report names the process: {run_dir / 'ranks.json'} gives each rank's "
+                                       "host and pid); the same command continues from the newest checkpoint")
     return status
 
 
@@ -240,9 +240,7 @@ def close_run(run_dir: Path) -> None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically: a reader (a job script deciding whether to requeue) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    status_file.write(path, data)
 
 
 def write_status(run_dir: Path, state: str, *, reason: str | None = None, signal: str | None = None,
@@ -252,10 +250,10 @@ def write_status(run_dir: Path, state: str, *, reason: str | None = None, signal
     `requeue` is true after a deadline stop, so job scripts requeue then and never after a cancel; a failure
     may set it in `facts` (a rank lost after this segment saved a checkpoint: peers.py, controller.py).
     """
-    status = {"state": state, "reason": reason, "signal": signal, "requeue": state == "stopped" and
-              reason == "deadline", "exit_code": exit_code, "run_dir": str(run_dir), **facts,
+    status = {"state": state, "reason": reason, "signal": signal, "requeue": status_file.requeue(state, reason),
+              "exit_code": exit_code, "run_dir": str(run_dir), **facts,
               "host": socket.gethostname(), "pid": os.getpid(), "time": round(time.time(), 3)}
-    write_json(run_dir / "status.json", status)
+    write_json(run_dir / status_file.NAME, status)
     copy = os.environ.get(STATUS_FILE_VAR)
     if copy:
         try:

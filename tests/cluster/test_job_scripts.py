@@ -25,11 +25,12 @@ CANCELLED = {"state": "stopped", "reason": "signal", "signal": "SIGTERM", "reque
 
 def fake_trainer(tmp_path: Path, status: dict | None, code: int, sleep: float = 0) -> Path:
     """A PYTHON that records its arguments and the stop file it was given, writes `status` where the job
-    script asks for it (as rank 0 does), and exits with `code`; `-m hpc_mnist.runtime.pbs` is the real one."""
+    script asks for it (as rank 0 does), and exits with `code`; `-m hpc_mnist.job` (what the job script asks the
+    package after the launch: the status, the PBS continuation) is the real one."""
     fake = tmp_path / "python"
     write = f"printf '%s' '{json.dumps(status)}' > \"$HPC_MNIST_STATUS_FILE\"" if status else ":"
     fake.write_text(f"""#!/bin/bash
-case "$*" in "-m hpc_mnist.runtime.pbs "*) exec {sys.executable} "$@" ;; esac   # PBS: the real continuation logic
+case "$*" in "-m hpc_mnist.job "*) exec {sys.executable} "$@" ;; esac   # the real status and continuation logic
 echo "python $* stop=$HPC_MNIST_STOP_FILE" >> "$STUB_LOG"
 trap 'echo "python got $1" >> "$STUB_LOG"' USR1 TERM
 for _ in $(seq {int(sleep * 20)}); do sleep 0.05; done

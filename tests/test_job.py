@@ -1,0 +1,232 @@
+"""`python -m hpc_mnist.job`, what the job scripts (launch/jobs.sh) ask of the package after their launch, on
+real status files written by rundir.write_status: whether the job continues the run and why, what a status
+left `running` becomes (both copies), and one line, never a traceback, for what it cannot read. The job
+scripts around it: tests/cluster/test_job_scripts.py and test_launch.py; on real schedulers: tests/cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, clean_env
+from hpc_mnist.runtime import rundir, status
+
+STUBS = REPO / "tests" / "stubs"
+GONE = ("hpc_mnist: the launch ended (exit 137) without the ranks recording why: a rank or its node died (the OOM "
+        "killer, a node failure; the launcher's report above names it); ")
+CONTINUE, DONE, MISTAKE = 0, 1, 2
+
+
+def job(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpc_mnist.job", *args], capture_output=True, text=True,
+                          cwd=REPO, env=clean_env(status.STATUS_FILE_VAR, **env), timeout=60)
+
+
+def after_launch(copy: Path, *more: str, scheduler: str = "slurm", code: int = 137) -> subprocess.CompletedProcess:
+    return job("after-launch", "--scheduler", scheduler, "--exit", str(code), "--status", str(copy), *more)
+
+
+@pytest.fixture
+def written(tmp_path, monkeypatch):
+    """write(state, ...): the trainer's status of run `r7`, in its run directory and in the job's copy, as
+    rundir.write_status writes them under a job script; returns the job's copy."""
+    run_dir, copy = tmp_path / "runs" / "r7", tmp_path / "jobs" / "42.status.json"
+    run_dir.mkdir(parents=True)
+    copy.parent.mkdir()
+    monkeypatch.setenv(status.STATUS_FILE_VAR, str(copy))
+
+    def write(state: str, **facts) -> Path:
+        rundir.write_status(run_dir, state, **facts)
+        return copy
+    return write
+
+
+def both(copy: Path) -> list[dict]:
+    return [json.loads(copy.read_text()), json.loads((Path(json.loads(copy.read_text())["run_dir"]) /
+                                                      "status.json").read_text())]
+
+
+def test_ranks_killed_after_saving_a_checkpoint_continue_the_run(written):
+    """The launch ended with the status still running (a launcher killed every rank, a host died): one line,
+    both copies failed, gone, and requeue true: this job's ranks had saved a checkpoint."""
+    copy = written("running", checkpoint="/x/runs/r7/checkpoint-0002-000000.pt", epochs_done=2)
+    before = json.loads(copy.read_text())
+    result = after_launch(copy)
+    assert result.returncode == CONTINUE, result.stderr
+    assert result.stderr == GONE + "this job had saved checkpoint-0002-000000.pt, the newest checkpoint\n"
+    assert result.stdout == "the ranks were lost (above), after this job had made progress\nr7\n"
+    for now in both(copy):
+        assert now == {**before, "state": "failed", "reason": "gone", "requeue": True}  # nothing else changes
+    assert rundir.read_status(Path(before["run_dir"]))["reason"] == "gone"
+
+
+def test_ranks_killed_before_any_checkpoint_end_the_job(written):
+    """No checkpoint in this job: a rank that dies at the same place again must not requeue the job forever."""
+    copy = written("running")
+    result = after_launch(copy, scheduler="pbs")
+    assert result.returncode == DONE and result.stdout == ""
+    assert result.stderr == GONE + "the newest checkpoint is kept: resubmit with RUN_NAME=r7 to continue\n"
+    for now in both(copy):
+        assert (now["state"], now["reason"], now["requeue"]) == ("failed", "gone", False)
+
+
+def test_ranks_killed_while_the_job_was_being_stopped_end_it(written):
+    """A scancel or qdel whose stop a rank did not survive ends the job, whatever its ranks had saved."""
+    copy = written("running", checkpoint="/x/runs/r7/checkpoint-0001-000000.pt")
+    result = after_launch(copy, "--stopping", "TERM")
+    assert result.returncode == DONE and result.stdout == ""
+    assert result.stderr == GONE + "the newest checkpoint is kept: resubmit with RUN_NAME=r7 to continue\n"
+    assert [(s["state"], s["reason"], s["requeue"]) for s in both(copy)] == [("failed", "gone", False)] * 2
+
+
+def test_not_stopping_is_an_empty_stopping(written):
+    """The job script passes its JOB_STOPPING as it is: empty while nothing stops the job."""
+    copy = written("running", checkpoint="/x/runs/r7/checkpoint-0001-000000.pt")
+    assert after_launch(copy, "--stopping", "").returncode == CONTINUE
+
+
+@pytest.mark.parametrize("scheduler, why", [("slurm", "stopped for the time limit"),
+                                            ("pbs", "stopped for the walltime")])
+def test_a_deadline_stop_continues_the_run_and_leaves_the_status_alone(written, scheduler, why):
+    copy = written("stopped", reason="deadline", exit_code=75, checkpoint="/x/runs/r7/checkpoint-0001-000016.pt")
+    text = copy.read_text()
+    result = after_launch(copy, scheduler=scheduler, code=75)
+    assert (result.returncode, result.stdout, result.stderr) == (CONTINUE, f"{why}\nr7\n", "")
+    assert copy.read_text() == text
+
+
+def test_a_rank_lost_after_progress_continues_the_run(written):
+    copy = written("failed", reason="rank lost", exit_code=5, requeue=True, rank=1)
+    result = after_launch(copy, code=5)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        CONTINUE, "a rank was lost (above), after this job had made progress\nr7\n", "")
+
+
+@pytest.mark.parametrize("state, facts", [
+    ("stopped", {"reason": "signal", "signal": "SIGTERM", "exit_code": 75}),  # scancel, qdel
+    ("failed", {"reason": "rank lost", "exit_code": 5}),  # before this segment saved anything
+    ("completed", {}),
+])
+def test_other_endings_do_not_continue_the_run(written, state, facts):
+    copy = written(state, **facts)
+    text = copy.read_text()
+    result = after_launch(copy, code=facts.get("exit_code", 0))
+    assert (result.returncode, result.stdout, result.stderr) == (DONE, "", "")
+    assert copy.read_text() == text
+
+
+def test_a_run_directory_copy_no_longer_running_is_left_alone(written):
+    """Only a copy that still says running is marked gone (a later writer's record stays as it is)."""
+    copy = written("running", checkpoint="/x/runs/r7/checkpoint-0001-000000.pt")
+    run_dir_copy = Path(json.loads(copy.read_text())["run_dir"]) / "status.json"
+    later = {**json.loads(run_dir_copy.read_text()), "state": "completed"}
+    status.write(run_dir_copy, later)
+    assert after_launch(copy).returncode == CONTINUE
+    assert json.loads(run_dir_copy.read_text()) == later
+    assert json.loads(copy.read_text())["reason"] == "gone"
+
+
+def test_the_status_file_defaults_to_the_jobs(written):
+    copy = written("stopped", reason="deadline", exit_code=75)
+    result = job("after-launch", "--scheduler", "slurm", "--exit", "75", HPC_MNIST_STATUS_FILE=str(copy))
+    assert (result.returncode, result.stdout) == (CONTINUE, "stopped for the time limit\nr7\n")
+
+
+def test_no_status_file_means_nothing_to_continue(tmp_path):
+    """The ranks recorded nothing (a start that failed): the launch's own report says why; nothing to add."""
+    result = after_launch(tmp_path / "none.status.json", code=2)
+    assert (result.returncode, result.stdout, result.stderr) == (DONE, "", "")
+
+
+def test_a_status_that_names_no_run_gives_an_empty_name(tmp_path):
+    """What a stand-in trainer may write: the job script still gets its two lines."""
+    copy = tmp_path / "s.json"
+    copy.write_text('{"reason": "deadline", "requeue": true}\n')
+    result = after_launch(copy, code=75)
+    assert (result.returncode, result.stdout) == (CONTINUE, "stopped for the time limit\n\n")
+
+
+@pytest.mark.parametrize("text, said", [
+    ('{"state": "running", "requeue": tr', "is not JSON"),  # cut short (not by our writer: it renames)
+    ("", "is not JSON"),
+    ("[1, 2]", "holds a list, not a status"),
+])
+def test_a_malformed_status_file_is_one_line(tmp_path, text, said):
+    copy = tmp_path / "42.status.json"
+    copy.write_text(text)
+    result = after_launch(copy)
+    assert result.returncode == MISTAKE and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"hpc_mnist: error: the status file {copy} {said}"), result.stderr
+    assert copy.read_text() == text
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_status_file_is_one_line(tmp_path):
+    copy = tmp_path / "42.status.json"
+    copy.write_text("{}")
+    copy.chmod(0)
+    result = after_launch(copy)
+    assert result.returncode == MISTAKE
+    assert result.stderr.startswith(f"hpc_mnist: error: cannot read the status file {copy}: ")
+
+
+def test_a_status_that_cannot_be_rewritten_is_one_line(written, tmp_path):
+    """A folder in the way of the atomic rename: one line, and the job does not continue on a half-done rule."""
+    copy = written("running", checkpoint="/x/runs/r7/checkpoint-0001-000000.pt")
+    (copy.parent / f".{copy.name}.tmp").mkdir()
+    result = after_launch(copy)
+    assert result.returncode == MISTAKE and result.stdout == ""
+    assert result.stderr.splitlines()[-1].startswith(f"hpc_mnist: error: cannot write the status file {copy}: ")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, said", [
+    ([], "the following arguments are required: command"),
+    (["requeue"], "invalid choice: 'requeue'"),
+    (["after-launch", "--scheduler", "slurm", "--exit", "x", "--status", "s"], "invalid int value: 'x'"),
+    (["after-launch", "--scheduler", "lsf", "--exit", "0", "--status", "s"], "invalid choice: 'lsf'"),
+    (["after-launch", "--scheduler", "slurm", "--exit", "0"], "after-launch needs --status FILE or "
+                                                               "$HPC_MNIST_STATUS_FILE"),
+    (["continue-pbs", "--script", "s.sh", "--run-name", "r7"], "the following arguments are required: --count"),
+])
+def test_usage_mistakes_are_one_line(args, said):
+    result = job(*args)
+    assert result.returncode == MISTAKE and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and said in result.stderr, result.stderr
+    assert result.stderr.startswith("hpc_mnist: error: python -m hpc_mnist.job")
+
+
+def test_continue_pbs_outside_a_pbs_job_is_one_line():
+    result = job("continue-pbs", "--script", "jobscripts/pbs.sh", "--run-name", "r7", "--count", "1")
+    assert (result.returncode, result.stdout) == (MISTAKE, "")
+    assert result.stderr == "hpc_mnist: error: no PBS job here (PBS_JOBID is not set): nothing to continue\n"
+
+
+def test_continue_pbs_submits_the_successor_and_prints_its_id(tmp_path):
+    """With stub qstat and qsub (the real OpenPBS: tests/cluster/test_pbs.py)."""
+    log = tmp_path / "stub.log"
+    result = job("continue-pbs", "--script", "/spool/4242.SC", "--run-name", "r7", "--count", "2",
+                 PATH=f"{STUBS}:{os.environ['PATH']}", STUB_LOG=str(log), PBS_JOBID="4242.pbs-server",
+                 STUB_VARIABLES='{"CONFIG": "configs/mlp.yaml", "RUN_NAME": "r7", "RESUBMIT_COUNT": "1"}')
+    assert (result.returncode, result.stdout, result.stderr) == (0, "4343.pbs-server\n", "")
+    qsub = [line for line in log.read_text().splitlines() if line.startswith("qsub ")]
+    assert qsub == ["qsub -W depend=afterany:4242.pbs-server -v CONFIG=configs/mlp.yaml,RUN_NAME=r7,RESUBMIT_COUNT=2 "
+                    "-l select=2:ncpus=1 -l place=scatter -l walltime=00:30:00 -A lab -N hpc_mnist "
+                    "-o login1:/home/u/hpc_mnist.o4242.2 /spool/4242.SC"]
+
+
+def test_the_job_command_needs_neither_torch_nor_the_trainer():
+    """A job script runs it after every launch: standard library only (and the package's status rules)."""
+    code = ("import sys, hpc_mnist.job; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('hpc_mnist', 'yaml', 'numpy'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=clean_env(),
+                          timeout=60)
+    assert done.stdout.strip() == str(sorted(["hpc_mnist", "hpc_mnist.errors", "hpc_mnist.job", "hpc_mnist.runtime",
+                                              "hpc_mnist.runtime.pbs", "hpc_mnist.runtime.shell",
+                                              "hpc_mnist.runtime.status"])), done.stderr
