@@ -20,8 +20,7 @@ if [ -z "${HPC_MNIST_DRY_RUN:-}" ] && [[ ":${LOADEDMODULES:-}:" =~ :frameworks/(
          "frameworks 2025.2 or later: set HPC_MNIST_FRAMEWORKS=frameworks/<newer> (see 'module avail frameworks')" >&2
     return 1
 fi
-# shellcheck source=/dev/null
-if [ -n "${HPC_MNIST_VENV:-}" ]; then source "$HPC_MNIST_VENV/bin/activate"; fi
+activate_venv
 
 export HPC_MNIST_MASTER_DOMAIN=${HPC_MNIST_MASTER_DOMAIN-hsn.cm.aurora.alcf.anl.gov}
 export ZE_FLAT_DEVICE_HIERARCHY=FLAT     # each tile is its own xpu device

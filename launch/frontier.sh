@@ -20,8 +20,7 @@ load_site_modules frontier_modules "${BASH_SOURCE[0]}" || return
 # A non-default CPE: its libraries come first (OLCF).
 export LD_LIBRARY_PATH="${CRAY_LD_LIBRARY_PATH:-}${CRAY_LD_LIBRARY_PATH:+:}${LD_LIBRARY_PATH:-}"
 # Frontier has no site PyTorch module: point HPC_MNIST_VENV at your ROCm PyTorch environment.
-# shellcheck source=/dev/null
-if [ -n "${HPC_MNIST_VENV:-}" ]; then source "$HPC_MNIST_VENV/bin/activate"; fi
+activate_venv
 
 # MIOpen (the CNN's convolutions) keeps its databases under $HOME by default, and many ranks writing there
 # gives "Disk I/O" errors: OLCF puts them on node-local /tmp. jobscripts/frontier.sh creates the folder on

@@ -40,3 +40,16 @@ load_site_modules() {
         return 1
     fi
 }
+
+# activate_venv: the Python environment HPC_MNIST_VENV names, if any (after the modules it was built with).
+activate_venv() {
+    # shellcheck source=/dev/null
+    if [ -n "${HPC_MNIST_VENV:-}" ]; then source "$HPC_MNIST_VENV/bin/activate"; fi
+}
+
+# generic_site FUNCTION SITE_FILE: a generic cluster's site file: its modules where the shell has a `module`
+# command (a cluster without one needs no line about it), then the venv.
+generic_site() {
+    if command -v module >/dev/null 2>&1; then load_site_modules "$1" "$2" || return; fi
+    activate_venv
+}

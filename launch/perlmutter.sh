@@ -10,8 +10,7 @@ perlmutter_modules() {
     module load "${HPC_MNIST_PYTORCH:-pytorch}" || return   # pin one (module avail pytorch) for comparable results
 }
 load_site_modules perlmutter_modules "${BASH_SOURCE[0]}" || return
-# shellcheck source=/dev/null
-if [ -n "${HPC_MNIST_VENV:-}" ]; then source "$HPC_MNIST_VENV/bin/activate"; fi
+activate_venv
 
 # NCCL over Slingshot through the libfabric (OFI) plugin, the settings NERSC's nccl-ofi-plugin sets. Without
 # the plugin NCCL silently uses TCP sockets; with NCCL_NET named it fails at start instead ("Failed to

@@ -17,8 +17,7 @@ polaris_modules() {
 }
 load_site_modules polaris_modules "${BASH_SOURCE[0]}" || return
 # Optional: a venv made with `python -m venv --system-site-packages` on top of the conda module.
-# shellcheck source=/dev/null
-if [ -n "${HPC_MNIST_VENV:-}" ]; then source "$HPC_MNIST_VENV/bin/activate"; fi
+activate_venv
 
 # Rank 0's address for the process group is its high-speed-network name (short name + this domain).
 export HPC_MNIST_MASTER_DOMAIN=${HPC_MNIST_MASTER_DOMAIN-hsn.cm.polaris.alcf.anl.gov}

@@ -8,8 +8,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/modules.sh"
 generic_modules() {
     :   # module load ... || return
 }
-if command -v module >/dev/null 2>&1; then load_site_modules generic_modules "${BASH_SOURCE[0]}" || return; fi
-# shellcheck source=/dev/null
-if [ -n "${HPC_MNIST_VENV:-}" ]; then source "$HPC_MNIST_VENV/bin/activate"; fi
+generic_site generic_modules "${BASH_SOURCE[0]}" || return
 
 export HPC_MNIST_SITE=slurm
