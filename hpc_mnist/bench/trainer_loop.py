@@ -38,5 +38,5 @@ class ProjectLoop:
         self.trainer.train_on(self.trainer.order(epoch))
 
     def test_accuracy(self) -> float:
-        t = self.trainer
-        return t.evaluate(t.data.test)[1]
+        trainer = self.trainer
+        return trainer.evaluate(trainer.data.test)[1]

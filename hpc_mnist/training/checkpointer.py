@@ -34,10 +34,10 @@ class Checkpointer:
         watchdog = self.monitor.watchdog
         self.monitor.between_steps("writing a checkpoint", "checkpoint")
         watchdog.in_collective()
-        t = self.trainer
+        trainer = self.trainer
         state = {
             "format": checkpoint.FORMAT, **pos.state_dict(), "wall_time": wall_time,
-            "world_size": self.rt.world_size, "batch_size": self.cfg.train.batch_size, **t.state_dict(),
+            "world_size": self.rt.world_size, "batch_size": self.cfg.train.batch_size, **trainer.state_dict(),
             "rng": dist.all_gather_object(rng_state(self.rt.device)),
             "partial": dist.all_gather_object(sums.tolist()) if sums is not None else None,
             "config": self.cfg.to_dict(),
@@ -47,7 +47,7 @@ class Checkpointer:
 
         def write() -> Path:  # the others wait in on_main's broadcast meanwhile
             watchdog.doing("writing a checkpoint")
-            path = checkpoint.save(state, t.run_dir, filename, self.cfg.train.keep_checkpoints)
+            path = checkpoint.save(state, trainer.run_dir, filename, self.cfg.train.keep_checkpoints)
             watchdog.in_collective()
             return path
 
@@ -60,9 +60,9 @@ class Checkpointer:
         so a changed number of epochs, schedule or learning rate continues from there, and an unchanged one is
         exact. Another layout (world size, batch) continues from the epoch boundary, with fresh RNG streams.
         """
-        t, rt, train = self.trainer, self.rt, self.cfg.train
+        trainer, rt, train = self.trainer, self.rt, self.cfg.train
         state = checkpoint.load(path)  # on every rank: run directories are on a shared file system
-        t.load_state_dict(state)
+        trainer.load_state_dict(state)
         pos = Position()
         pos.load_state_dict(state)
         notes = []
@@ -74,13 +74,13 @@ class Checkpointer:
             torch.manual_seed(train.seed + rt.rank + 7919 * (pos.epochs_done + 1))
             notes.append(f"world size {old_world} -> {rt.world_size}, batch per rank {old_batch} -> "
                          f"{train.batch_size}: global batch {old_world * old_batch} -> "
-                         f"{rt.world_size * train.batch_size}, lr {t.lr:g}"
+                         f"{rt.world_size * train.batch_size}, lr {trainer.lr:g}"
                          + (f"; epoch {pos.epochs_done + 1} restarts from its first step" if pos.step else ""))
             pos.step = 0
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": replaying, not training
             warnings.simplefilter("ignore", UserWarning)
-            for _ in range(pos.epochs_done * t.steps_per_epoch + pos.step):
-                t.scheduler.step()
+            for _ in range(pos.epochs_done * trainer.steps_per_epoch + pos.step):
+                trainer.scheduler.step()
         return pos, notes
 
     def newest(self) -> Path | None:

@@ -66,25 +66,25 @@ class RunController:
     def running(self, notes: list[str]) -> Iterator[RunController]:
         """Open the run directory and the start panel, mark the run running; on the way out of a failure,
         say which rank a timed-out collective waited for and record `failed` in status.json."""
-        cfg, rt, t = self.cfg, self.rt, self.trainer
+        cfg, rt, trainer = self.cfg, self.rt, self.trainer
         dist.on_main(lambda: rundir.open_run(cfg, self.run_dir, rt.hosts, rt.pids))  # a failed start leaves nothing
         self.log = RunLogger(cfg.log, self.run_dir, enabled=rt.is_main, epochs_done=self.pos.epochs_done)
         self.log.start(notes[0], {
             "run directory": self.run_dir,
             "ranks": f"{rt.world_size} on {rt.num_nodes} node(s), launcher {rt.launcher}",
             "device": f"{rt.device} ({rt.threads} CPU thread(s) per rank: {rt.threads_why})",
-            "backend / precision": f"{rt.backend or 'none'} / {t.amp}",
-            "model": f"{cfg.model.name}, {models.parameter_count(t.model):,} parameters",
-            "data": f"{cfg.data.name}: {len(t.data.train):,} train / {len(t.data.val):,} val / "
-                    f"{len(t.data.test):,} test" + (" (val = the test set)" if t.data.test_as_val else ""),
+            "backend / precision": f"{rt.backend or 'none'} / {trainer.amp}",
+            "model": f"{cfg.model.name}, {models.parameter_count(trainer.model):,} parameters",
+            "data": f"{cfg.data.name}: {len(trainer.data.train):,} train / {len(trainer.data.val):,} val / "
+                    f"{len(trainer.data.test):,} test" + (" (val = the test set)" if trainer.data.test_as_val else ""),
             "batch": f"{cfg.train.batch_size} per rank, {cfg.train.batch_size * rt.world_size} global, "
-                     f"{t.steps_per_epoch} steps/epoch",
-            "optimizer": f"{cfg.optim.name} lr {t.lr:g}, schedule {cfg.optim.scheduler}",
+                     f"{trainer.steps_per_epoch} steps/epoch",
+            "optimizer": f"{cfg.optim.name} lr {trainer.lr:g}, schedule {cfg.optim.scheduler}",
             "stop by": self.agreement.deadline.describe() if self.agreement.deadline else "none",
         }, notes=notes[1:] + _oversubscribed(rt))
         self._status("running")
         try:
-            with t.monitor.watchdog:
+            with trainer.monitor.watchdog:
                 yield self
         except _Stopped:
             pass  # self.result says stopped; the caller returns it
@@ -121,37 +121,37 @@ class RunController:
         """This epoch's steps (step, x, y) from where the run stands; between them, what the ranks agreed at
         their check: a timed checkpoint, a stop (after its checkpoint the run ends) or a non-finite loss (the run
         fails). The epoch's clock and progress line, and the profiler on this segment's first epoch."""
-        t = self.trainer
+        trainer = self.trainer
         self.meter, self.stopping, step = EpochMeter(self.rt.device, self.pos.partial), None, self.pos.step
-        self._epoch_start, self._epoch_lr = time.perf_counter(), t.scheduler.get_last_lr()[0]
-        profiling = t.profiled() if epoch == self.first_epoch else contextlib.nullcontext()
-        with profiling, self.log.progress(epoch, self.cfg.train.epochs, t.steps_per_epoch) as progress:
-            for step, x, y in t.batches(t.order(epoch), start=self.pos.step):
-                self.meter.learning_rate(step, t.scheduler.get_last_lr()[0])
+        self._epoch_start, self._epoch_lr = time.perf_counter(), trainer.scheduler.get_last_lr()[0]
+        profiling = trainer.profiled() if epoch == self.first_epoch else contextlib.nullcontext()
+        with profiling, self.log.progress(epoch, self.cfg.train.epochs, trainer.steps_per_epoch) as progress:
+            for step, x, y in trainer.batches(trainer.order(epoch), start=self.pos.step):
+                self.meter.learning_rate(step, trainer.scheduler.get_last_lr()[0])
                 yield step, x, y
                 if self._check(epoch, step, progress):
                     break
         self._epoch_seconds = time.perf_counter() - self._epoch_start
         self.pos.train_time += self._epoch_seconds
-        if self.stopping and step < t.steps_per_epoch:  # inside the epoch: checkpoint there, partial sums too
+        if self.stopping and step < trainer.steps_per_epoch:  # inside the epoch: checkpoint there, partial sums too
             self.pos.step, self.pos.partial = step, None
             self._stop(self.stopping, self.checkpointer.save(self.pos, self.wall(), self.meter.sums))
 
     def _check(self, epoch: int, step: int, progress: Callable[[int, float, float], None]) -> bool:
         """At the ranks' checks (stopping.py): fail on a non-finite loss, report progress, checkpoint when a timed
         one is due; True when the ranks agreed to stop here."""
-        t, meter = self.trainer, self.meter
-        verdict = self.agreement.at(step, t.steps_per_epoch, meter.first_bad, t.monitor.watchdog)
+        trainer, meter = self.trainer, self.meter
+        verdict = self.agreement.at(step, trainer.steps_per_epoch, meter.first_bad, trainer.monitor.watchdog)
         if verdict is None:
             return False
         if verdict.bad_step:
-            raise t.diverged(epoch, verdict.bad_step, verdict.bad_rank, meter.lrs[verdict.bad_step])
+            raise trainer.diverged(epoch, verdict.bad_step, verdict.bad_rank, meter.lrs[verdict.bad_step])
         meter.checked()
         progress(step, meter.loss.item(), meter.rate())
         if verdict.reason:
             self.stopping = verdict.reason
             return True
-        if verdict.checkpoint and step < t.steps_per_epoch:  # train.checkpoint_minutes, agreed by the ranks
+        if verdict.checkpoint and step < trainer.steps_per_epoch:  # train.checkpoint_minutes, agreed by the ranks
             at = dataclasses.replace(self.pos, step=step, partial=None,
                                      train_time=self.pos.train_time + time.perf_counter() - self._epoch_start)
             self._saved(self.checkpointer.save(at, self.wall(), meter.sums), at)
@@ -160,9 +160,9 @@ class RunController:
     def end_epoch(self, epoch: int) -> None:
         """A whole epoch done: its timings across ranks, validation, global figures, the checkpoint when due,
         its row in the log; then the stop the ranks agreed at its last step, if any."""
-        t = self.trainer
-        times = t.rank_times()
-        self.val_loss, self.val_acc, _ = t.evaluate(t.data.val)
+        trainer = self.trainer
+        times = trainer.rank_times()
+        self.val_loss, self.val_acc, _ = trainer.evaluate(trainer.data.val)
         loss_sum, correct, samples = dist.all_reduce_sum(self.meter.sums).tolist()
         new_samples = samples - self.meter.earlier * self.rt.world_size
         self.pos.epochs_done, self.pos.step, self.pos.partial = epoch, 0, None
@@ -195,23 +195,23 @@ class RunController:
 
     def finish(self) -> None:
         """All epochs done: the final test evaluation, the model's weights, the summary."""
-        t, cfg = self.trainer, self.cfg
+        trainer, cfg = self.trainer, self.cfg
         if math.isnan(self.val_acc):  # continued after the last epoch (e.g. stopped in the final evaluation)
-            self.val_loss, self.val_acc, _ = t.evaluate(t.data.val)
-        test_loss, test_acc, wrong = t.evaluate(t.data.test, keep_failures=cfg.log.failures)
-        dist.on_main(lambda: torch.save(t.model.state_dict(), self.run_dir / "model.pt"))
+            self.val_loss, self.val_acc, _ = trainer.evaluate(trainer.data.val)
+        test_loss, test_acc, wrong = trainer.evaluate(trainer.data.test, keep_failures=cfg.log.failures)
+        dist.on_main(lambda: torch.save(trainer.model.state_dict(), self.run_dir / "model.pt"))
         summary = self._summary("completed", epochs=cfg.train.epochs, val_loss=self.val_loss, val_acc=self.val_acc,
                                 test_loss=test_loss, test_acc=test_acc, wall_time_s=self.wall(),
                                 stragglers=self.stragglers, samples_per_s=self.pos.train_samples / self.pos.train_time
                                 if self.pos.train_time else 0.0)
         failures = None
         if wrong:
-            rows = t.data.test.index[wrong[0].to(t.data.test.index.device)]
-            failures = (t.data.test.images[rows], wrong[1], t.data.test.labels[rows])
+            rows = trainer.data.test.index[wrong[0].to(trainer.data.test.index.device)]
+            failures = (trainer.data.test.images[rows], wrong[1], trainer.data.test.labels[rows])
         self.log.finish(summary, {k: str(v) if isinstance(v, list) else v for k, v in cfg.flat().items()},
                         failures)
         self._status("completed", checkpoint=str(self.checkpoint) if self.checkpoint else None)
-        self.result = Result(summary, t.model)
+        self.result = Result(summary, trainer.model)
 
     # --- what the run writes ---
 
