@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_train
+from helpers.processes import run_train
 from hpc_mnist.core import config
 from hpc_mnist.errors import UserError
 

@@ -13,21 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
-    BASE,
-    MPIEXEC,
-    REPO,
-    TORCHRUN,
-    clean_env,
-    popen,
-    ranks,
-    read_jsonl,
-    run_train,
-    status,
-    stop_file,
-    wait_for_rows,
-    worker_pids,
-)
+from helpers.commands import BASE, MPIEXEC, ranks, torchrun
+from helpers.processes import REPO, clean_env, popen, run_train, worker_pids
+from helpers.runs import read_jsonl, status, stop_file, wait_for_rows
 from hpc_mnist.core import checkpoint
 from hpc_mnist.runtime import peers, rundir
 
@@ -46,7 +34,7 @@ def _our_lines(err: str) -> list[str]:
 def test_a_rank_killed_under_torchrun_is_named_by_a_survivor_within_seconds(tmp_path, victim):
     """kill -9 of one rank (what the OOM killer does): the lowest surviving rank names it first, in one line,
     before torchrun's report; status.json says failed with the rank; the epoch checkpoints stay."""
-    proc = popen([*RUN, f"log.dir={tmp_path}", "log.name=r"], TORCHRUN)
+    proc = popen([*RUN, f"log.dir={tmp_path}", "log.name=r"], torchrun())
     try:
         wait_for_rows(tmp_path / "r", 2, proc)
         pid = worker_pids(proc.pid)[victim]
@@ -78,7 +66,7 @@ def test_a_rank_killed_under_torchrun_is_named_by_a_survivor_within_seconds(tmp_
     # Continued without epoch checkpoints, and the same rank killed again before the segment saved anything: a
     # job script must not requeue this time (a rank the OOM killer takes at the same place would loop).
     rows = len(read_jsonl(tmp_path / "r" / "metrics.jsonl"))
-    proc = popen([*RUN, "train.checkpoint_every=0", f"log.dir={tmp_path}", "log.name=r"], TORCHRUN)
+    proc = popen([*RUN, "train.checkpoint_every=0", f"log.dir={tmp_path}", "log.name=r"], torchrun())
     try:
         wait_for_rows(tmp_path / "r", rows + 1, proc)
         os.kill(worker_pids(proc.pid)[1], signal.SIGKILL)

@@ -8,13 +8,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env, free_port, run_train
+from helpers.commands import torchrun
+from helpers.processes import REPO, clean_env, free_port, run_train
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 
@@ -30,8 +30,8 @@ PLACES = [("20", r"epoch 1 step 20, computing"), ("evaluate", r"epoch 1 step \d+
 
 @pytest.mark.parametrize("place,named", PLACES, ids=[p for p, _ in PLACES])
 def test_a_stalled_rank_is_named_and_every_rank_leaves_its_stacks(tmp_path, place, named):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "hpc_mnist.train", *ARGS, "dist.timeout=6", "log.timing=true", f"log.dir={tmp_path}", "log.name=r"]
+    cmd = [*torchrun(), "-m", "hpc_mnist.train", *ARGS, "dist.timeout=6", "log.timing=true", f"log.dir={tmp_path}",
+           "log.name=r"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(HPC_MNIST_TEST_STALL=f"1:{place}"), stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, start_new_session=True)
     started, error = time.monotonic(), None

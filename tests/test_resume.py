@@ -10,20 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
-    BASE,
-    REPO,
-    TORCHRUN,
-    assert_same_run,
-    clean_env,
-    ok,
-    popen,
-    ranks,
-    read_jsonl,
-    run_train,
-    wait_for_rows,
-    worker_pids,
-)
+from helpers.commands import BASE, ranks, torchrun
+from helpers.processes import REPO, clean_env, ok, popen, run_train, worker_pids
+from helpers.runs import assert_same_run, read_jsonl, wait_for_rows
 from hpc_mnist.core import checkpoint
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
@@ -55,7 +44,7 @@ def test_checkpoint_contents_and_retention(straight):
 
 
 def test_sigterm_to_one_rank_stops_both_and_resume_matches(straight, tmp_path):
-    proc = popen([*RUN, f"train.epochs={EPOCHS}", f"log.dir={tmp_path}", "log.name=r"], TORCHRUN)
+    proc = popen([*RUN, f"train.epochs={EPOCHS}", f"log.dir={tmp_path}", "log.name=r"], torchrun())
     wait_for_rows(tmp_path / "r", 1, proc)
     os.kill(worker_pids(proc.pid)[1], signal.SIGTERM)  # only rank 1 hears it
     proc.communicate(timeout=120)
@@ -82,9 +71,7 @@ def test_sigterm_exit_code_single_process(tmp_path):
 
 
 def test_sigkill_under_torchrun_restart_resumes_and_matches(straight, tmp_path):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "--max-restarts=1"]
-    proc = popen([*RUN, f"train.epochs={EPOCHS}", f"log.dir={tmp_path}", "log.name=r"], launcher)
+    proc = popen([*RUN, f"train.epochs={EPOCHS}", f"log.dir={tmp_path}", "log.name=r"], torchrun(2, "--max-restarts=1"))
     wait_for_rows(tmp_path / "r", 2, proc)
     os.kill(worker_pids(proc.pid)[1], signal.SIGKILL)
     out, err = proc.communicate(timeout=180)

@@ -12,23 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (
-    BASE,
-    REPO,
-    TORCHRUN,
-    assert_same_run,
-    clean_env,
-    lrs,
-    ok,
-    popen,
-    ranks,
-    read_jsonl,
-    run_train,
-    status,
-    stop_file,
-    wait_for_rows,
-    worker_pids,
-)
+from helpers.commands import BASE, ranks, torchrun
+from helpers.processes import REPO, clean_env, ok, popen, run_train, worker_pids
+from helpers.runs import assert_same_run, lrs, read_jsonl, status, stop_file, wait_for_rows
 from hpc_mnist.core import checkpoint, config
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
@@ -36,9 +22,6 @@ pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'no
 # A small CNN where no signal has to land mid-run (stop files and deadlines stop at a known step whatever the
 # machine's speed); the tutorial CNN of BASE where one does.
 SMALL = [*BASE, "model.channels=[8,16]", "model.fc=32", "data.synthetic_train=1000", "train.epochs=2"]  # 25 steps
-
-
-
 
 
 # --- duplicate signals: one whole checkpoint, whatever the order of the copies ---
@@ -76,7 +59,7 @@ def test_copies_of_the_signal_while_the_process_exits_do_not_change_its_exit_cod
 
 
 def test_ctrl_c_under_torchrun_is_int_then_term_and_stops_cleanly(tmp_path):
-    proc = popen([*BASE, "train.epochs=6", f"log.dir={tmp_path}", "log.name=r"], TORCHRUN)
+    proc = popen([*BASE, "train.epochs=6", f"log.dir={tmp_path}", "log.name=r"], torchrun())
     wait_for_rows(tmp_path / "r", 1, proc)
     for pid in worker_pids(proc.pid).values():  # the terminal's SIGINT reaches every worker ...
         os.kill(pid, signal.SIGINT)
@@ -142,16 +125,16 @@ def test_readme_main_command_ctrl_c_and_the_same_command_again_ends_as_uninterru
     """The README's main command (torchrun, 2 ranks, configs/mlp.yaml on the bundled MNIST; 2 epochs here), a
     terminal's Ctrl-C (SIGINT to the whole process group) during epoch 2, then the same command again. (Once
     more, it is finished already: test_stop_rules.py.)"""
-    command = [*TORCHRUN, "-m", "hpc_mnist.train", "--config", "configs/mlp.yaml", "train.epochs=2",
-               "log.console=plain", "log.tensorboard=false", f"log.dir={tmp_path}"]
-    ok(run_train(["log.name=straight"], program=command[len(TORCHRUN):], launcher=TORCHRUN, timeout=400))
-    proc = subprocess.Popen(command, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    program = ["-m", "hpc_mnist.train", "--config", "configs/mlp.yaml", "train.epochs=2", "log.console=plain",
+               "log.tensorboard=false", f"log.dir={tmp_path}"]
+    ok(run_train(["log.name=straight"], program=program, launcher=torchrun(), timeout=400))
+    proc = subprocess.Popen([*torchrun(), *program], cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for_rows(tmp_path / "mlp", 1, proc)
     os.killpg(proc.pid, signal.SIGINT)
     proc.communicate(timeout=120)
     assert status(tmp_path / "mlp")["signal"] == "SIGINT"
-    result = ok(run_train([], program=command[len(TORCHRUN):], launcher=TORCHRUN, timeout=400))
+    result = ok(run_train([], program=program, launcher=torchrun(), timeout=400))
     assert result.stdout.startswith(f"hpc_mnist: continuing {tmp_path / 'mlp'} from checkpoint-")
     assert_same_run(tmp_path / "straight", tmp_path / "mlp")
 

@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BASE, REPO, as_a_user_would, assert_same_run, lrs, status, stop_file
+from helpers.commands import BASE
+from helpers.in_process import PeerRank, as_a_user_would
+from helpers.processes import REPO
+from helpers.runs import assert_same_run, lrs, status, stop_file
 from hpc_mnist import train
 from hpc_mnist.core import checkpoint, config
 from hpc_mnist.runtime import stopping
@@ -25,22 +28,6 @@ from hpc_mnist.runtime.stopping import CHECK_EVERY, bad_key
 
 # An MLP (milliseconds a step) on 1,200 synthetic train samples: 38 steps of 32 per epoch, checks at 16, 32 and 38.
 SMALL = [*BASE, "model.name=mlp", "train.epochs=2"]
-
-
-class PeerRank:
-    """The other rank (rank 1) of a two-rank run, seen only through the agreement's all-reduce (MAX of the
-    first non-finite step's key, the signal number, the deadline flag and the timed checkpoint's): from its
-    `from_check`-th check on, it adds its own flags."""
-
-    def __init__(self, from_check: int, bad_step: int = 0, signum: int = 0, late: int = 0, due: int = 0):
-        self.from_check, self.checks = from_check, 0
-        self.flags = torch.tensor([bad_key(bad_step, rank=1), signum, late, due])
-
-    def __call__(self, flags: torch.Tensor) -> torch.Tensor:
-        if flags.numel() == 1:  # the start-up agreement (a signal before the first step): this peer had none
-            return flags
-        self.checks += 1
-        return torch.maximum(flags, self.flags) if self.checks >= self.from_check else flags
 
 
 # --- the agreement: whatever one rank sees, every rank stops at the same check ---

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_train
+from helpers.processes import run_train
 from hpc_mnist import bench, resources
 from hpc_mnist.core import config, models
 from hpc_mnist.core.datasets import BUNDLED, read_idx, write_idx_split

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, clean_env
+from helpers.processes import REPO, clean_env
 from hpc_mnist.runtime import pbs
 
 HERE = Path(__file__).resolve().parent

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env
+from helpers.processes import REPO, clean_env
 
 STUBS = REPO / "tests" / "stubs"
 SCRIPTS = ["slurm.sh", "perlmutter.sh", "frontier.sh"]

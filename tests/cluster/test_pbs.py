@@ -33,7 +33,7 @@ from cluster.conftest import (
     status,
     straight_run,
 )
-from conftest import REPO
+from helpers.processes import REPO
 
 pytestmark = pytest.mark.cluster
 

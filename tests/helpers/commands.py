@@ -1,0 +1,33 @@
+"""Command lines the tests start: the launchers (torchrun, MPICH's mpiexec) and the trainer's argument lists."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+
+# The smoke preset as job logs show it, in fp32 (the same numbers on every CPU).
+SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32"]
+
+# Small but not instant: a CNN epoch takes ~1-2 s here, so signals land mid-run. Shared by the stop, resume,
+# fault and hang tests.
+BASE = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=false", "train.precision=fp32",
+        "data.synthetic_train=1500", "data.synthetic_test=200", "train.batch_size=32", "model.name=cnn",
+        "optim.name=adam", "optim.lr=1e-3", "train.eval_batch_size=256"]
+
+
+def torchrun(n: int = 2, *options: str) -> list[str]:
+    """`torchrun --standalone` with n workers on this machine (and `options`), started as this Python's module:
+    the torchrun of the environment under test, whatever PATH says."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *options]
+
+
+def ranks(n: int) -> list[str]:
+    """A launch of n ranks where the launcher is not what the test is about: MPICH's mpiexec, a small program
+    that starts in milliseconds (torchrun's agent imports torch first: 2.3-2.6 s more per launch here), else
+    torchrun."""
+    if MPIEXEC:
+        return [MPIEXEC, "-n", str(n), sys.executable]
+    return torchrun(n)
