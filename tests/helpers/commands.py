@@ -17,6 +17,20 @@ BASE = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=
         "data.synthetic_train=1500", "data.synthetic_test=200", "train.batch_size=32", "model.name=cnn",
         "optim.name=adam", "optim.lr=1e-3", "train.eval_batch_size=256"]
 
+# The stop and resume tests' runs (tests/stops/), on BASE's synthetic digits. An MLP (milliseconds a step) on 1,200
+# train samples: 38 steps of 32 per epoch, the ranks' checks at steps 16, 32 and 38.
+QUICK_MLP = [*BASE, "model.name=mlp", "train.epochs=2"]
+# A small CNN, about 0.1 s an epoch here ...
+SMALL_CNN = [*BASE, "model.channels=[8,16]", "model.fc=32"]
+# ... for 2 epochs of 25 steps, where no signal has to land mid-run (stop files and deadlines stop at a known step
+# whatever the machine's speed) ...
+SHORT_CNN = [*SMALL_CNN, "data.synthetic_train=1000", "train.epochs=2"]
+# ... for LONG_EPOCHS, where a signal sent after the first epoch's row lands seconds before the run could end, on
+# a machine several times faster or slower than this one ...
+LONG_EPOCHS = 24
+# ... and for 200 epochs: a kill after the second epoch's row lands long before the run could end.
+ENDLESS_CNN = [*SMALL_CNN, "train.epochs=200", "dist.timeout=120"]
+
 
 def torchrun(n: int = 2, *options: str) -> list[str]:
     """`torchrun --standalone` with n workers on this machine (and `options`), started as this Python's module:

@@ -55,3 +55,8 @@ def worker_pids(agent_pid: int) -> dict[int, int]:
         if rank is not None:
             found[rank] = int(child)
     return found
+
+
+def error_lines(err: str) -> list[str]:
+    """hpc_mnist's own error lines in what a process wrote to stderr (a launcher's report left out)."""
+    return [line for line in err.splitlines() if line.startswith("hpc_mnist: error")]
