@@ -120,10 +120,17 @@ def test_bf16_autocast_on_cpu_learns(tmp_path, model):
     assert summary["test_acc"] > 0.5  # chance is 0.1
 
 
-def test_fp16_with_grad_scaler_on_cpu_runs(tmp_path):
+def test_fp16_with_grad_scaler_on_cpu_learns_what_fp32_learns(single_run, tmp_path):
+    """fp16 autocast and the GradScaler against the same run in fp32 (single_run). Measured on CPU (2026-12-06),
+    seeds 0-4: test accuracy 0.758, 0.326, 0.478, 0.552, 0.384 in fp16 and 0.758, 0.326, 0.478, 0.554, 0.384 in
+    fp32, test losses at most 0.0002 apart; seed 0 is this test's. A broken cast or scaler shows as a gap."""
     ok(run_train([*SMOKE, "train.precision=fp16", f"log.dir={tmp_path}", "log.name=fp16"]))
-    summary = json.loads((tmp_path / "fp16" / "summary.json").read_text())
-    assert summary["precision"] == "fp16" and summary["test_acc"] > 0.3
+    fp16 = json.loads((tmp_path / "fp16" / "summary.json").read_text())
+    fp32 = json.loads((single_run[0] / "summary.json").read_text())
+    assert (fp16["precision"], fp32["precision"]) == ("fp16", "fp32")
+    assert fp16["test_acc"] == pytest.approx(fp32["test_acc"], abs=0.01)  # 5 of the 500 test digits
+    assert fp16["test_loss"] == pytest.approx(fp32["test_loss"], abs=0.005)
+    assert fp16["test_acc"] >= 0.7  # 0.758 at seed 0; chance is 0.1
 
 
 def test_run_directory_not_writable(tmp_path):
