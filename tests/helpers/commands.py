@@ -8,11 +8,10 @@ import sys
 
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 
-# The smoke preset as job logs show it, in fp32 (the same numbers on every CPU).
+# The smoke preset as job logs show it (a plain console), in fp32 whatever the CPU.
 SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32"]
 
-# Small but not instant: a CNN epoch takes ~1-2 s here, so signals land mid-run. Shared by the stop, resume,
-# fault and hang tests.
+# Small but not instant: a CNN epoch takes ~1-2 s here, so signals land mid-run (the stop and resume tests).
 BASE = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=false", "train.precision=fp32",
         "data.synthetic_train=1500", "data.synthetic_test=200", "train.batch_size=32", "model.name=cnn",
         "optim.name=adam", "optim.lr=1e-3", "train.eval_batch_size=256"]
