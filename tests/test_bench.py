@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, clean_env
+from helpers.processes import REPO, clean_env
 
 pytestmark = pytest.mark.slow  # real processes: the whole module (pytest -m 'not slow' leaves it out)
 

@@ -1,21 +1,20 @@
 """The all-reduce benchmark under a real launcher, and its use in the scaling report."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, clean_env, fake_run
+from helpers.commands import torchrun
+from helpers.processes import REPO, clean_env
+from helpers.runs import fake_run
 from hpc_mnist import comm
 from hpc_mnist.errors import UserError
 from hpc_mnist.perf.allreduce import bus_factor
 from hpc_mnist.scaling import command as scaling_command
 from hpc_mnist.scaling.report import report_paths
-
-TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
 
 
 def test_bus_bandwidth_factor_and_gradient_sizes():
@@ -27,9 +26,8 @@ def test_bus_bandwidth_factor_and_gradient_sizes():
 @pytest.mark.slow
 def test_allreduce_benchmark_on_two_ranks(tmp_path):
     out = tmp_path / "comm.json"
-    result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "hpc_mnist.comm",
-                             "--max-bytes", "4096", "--budget", "0.02", "--validate", "mlp", "--batch", "16",
-                             "--json", str(out)], capture_output=True,
+    result = subprocess.run([*torchrun(), "-m", "hpc_mnist.comm", "--max-bytes", "4096", "--budget", "0.02",
+                             "--validate", "mlp", "--batch", "16", "--json", str(out)], capture_output=True,
                             text=True, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1", COLUMNS="160"), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())

@@ -2,13 +2,14 @@ import gzip
 import hashlib
 import json
 import shutil
-import sys
 from urllib.error import URLError
 
 import pytest
 import torch
 
-from conftest import REPO, run_train, write_mnist_root
+from helpers.commands import torchrun
+from helpers.data import write_mnist_root
+from helpers.processes import REPO, run_train
 from hpc_mnist import data as data_command
 from hpc_mnist.core import datasets as data
 from hpc_mnist.core.config import DataConfig
@@ -308,7 +309,7 @@ def test_main_job_trains_on_the_bundled_mnist_offline(tmp_path):
     """The README's main command (one epoch): no data.root, no $HPC_MNIST_DATA, no network, full MNIST."""
     result = run_train(["--config", "configs/mlp.yaml", "train.epochs=1", f"log.dir={tmp_path}", "log.name=main",
                         "log.console=plain", "log.tensorboard=false"],
-                       launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+                       launcher=torchrun(),
                        env={"HPC_MNIST_DATA": "", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "main" / "summary.json").read_text())

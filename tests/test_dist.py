@@ -7,12 +7,11 @@ import sys
 import pytest
 import torch
 
-from conftest import LAUNCH_VARS, MPIEXEC, REPO, run_train
+from helpers.commands import MPIEXEC, SMOKE
+from helpers.processes import LAUNCH_VARS, REPO, run_train
 from hpc_mnist.errors import UserError
 from hpc_mnist.runtime import cpus, devices, launchers, rendezvous
 from hpc_mnist.runtime.launchers import Placement
-
-SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain", "train.precision=fp32"]
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import REPO, clean_env, free_port
+from helpers.commands import torchrun
+from helpers.processes import REPO, clean_env, free_port
 from hpc_mnist.doctor.allreduce import nccl_network
 from hpc_mnist.doctor.checks import (
     allocation_nodes,
@@ -27,8 +28,6 @@ from hpc_mnist.doctor.checks import (
 )
 from hpc_mnist.doctor.ranks import RankInfo
 
-TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-
 
 def _by_hand(rank: int, port: int, *args: str, taskset: str | None = None) -> subprocess.Popen:
     """One rank started with torchrun's variables, as a user debugging a launch would."""
@@ -41,9 +40,9 @@ def _by_hand(rank: int, port: int, *args: str, taskset: str | None = None) -> su
 
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_are_healthy(tmp_path):
-    result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "hpc_mnist.doctor", "--timeout",
-                             "20", "--json", str(tmp_path / "doctor.json")], capture_output=True, text=True,
-                            cwd=REPO, env=clean_env(COLUMNS="150"), timeout=120)
+    result = subprocess.run([*torchrun(), "-m", "hpc_mnist.doctor", "--timeout", "20", "--json",
+                             str(tmp_path / "doctor.json")], capture_output=True, text=True, cwd=REPO,
+                            env=clean_env(COLUMNS="150"), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     for header in ("rank", "host", "local rank", "device", "CPU affinity", "threads"):
         assert header in result.stdout

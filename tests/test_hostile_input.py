@@ -1,11 +1,12 @@
 """Every input a user can get wrong: exit code 2, one clear line, no traceback, no checkpoint."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_train, write_mnist_root
+from helpers.commands import torchrun
+from helpers.data import write_mnist_root
+from helpers.processes import run_train
 from hpc_mnist import train
 
 SMOKE = ["--config", "configs/smoke.yaml", "log.console=plain"]
@@ -92,7 +93,7 @@ def test_hostile_input(case, tmp_path, capsys, request):
 @pytest.mark.slow
 def test_more_ranks_than_training_samples(tmp_path):
     result = run_train([*SMOKE, "data.synthetic_train=2", "data.val_fraction=0.5", f"log.dir={tmp_path}"],
-                       launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])
+                       launcher=torchrun())
     assert result.returncode != 0
     assert "hpc_mnist: error: 2 ranks but only 1 training samples: use fewer ranks" in result.stderr
     assert result.stderr.count("hpc_mnist: error") == 1  # said once, by rank 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env
+from helpers.processes import REPO, clean_env
 from hpc_mnist.runtime import rundir, status
 
 STUBS = REPO / "tests" / "stubs"
@@ -209,7 +209,7 @@ def test_continue_pbs_outside_a_pbs_job_is_one_line():
 
 
 def test_continue_pbs_submits_the_successor_and_prints_its_id(tmp_path):
-    """With stub qstat and qsub (the real OpenPBS: tests/cluster/test_pbs.py)."""
+    """With stub qstat and qsub (the real OpenPBS: tests/cluster/test_pbs_jobs.py)."""
     log = tmp_path / "stub.log"
     result = job("continue-pbs", "--script", "/spool/4242.SC", "--run-name", "r7", "--count", "2",
                  PATH=f"{STUBS}:{os.environ['PATH']}", STUB_LOG=str(log), PBS_JOBID="4242.pbs-server",

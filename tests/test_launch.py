@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MPIEXEC, REPO, clean_env, free_port
+from helpers.commands import MPIEXEC
+from helpers.processes import REPO, clean_env, free_port
 
 STUBS = REPO / "tests" / "stubs"
 LMOD = STUBS / "lmod.bash"  # `module`/`conda` shell functions whose activate step reads an unset variable

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_train
+from helpers.processes import run_train
 from hpc_mnist import lessons, resources
 from hpc_mnist.core import config
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env
+from helpers.processes import REPO, clean_env
 from hpc_mnist import cli, train
 from hpc_mnist.errors import UserError
 from hpc_mnist.runtime import launchers, rundir

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env
+from helpers.processes import REPO, clean_env
 from hpc_mnist import cli, resources
 from hpc_mnist.core import datasets as data
 

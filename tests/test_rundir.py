@@ -4,7 +4,7 @@ import shlex
 
 import pytest
 
-from conftest import REPO
+from helpers.processes import REPO
 from hpc_mnist.core import config
 from hpc_mnist.runtime import rundir
 

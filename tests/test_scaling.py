@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env, fake_run
+from helpers.processes import REPO, clean_env
+from helpers.runs import fake_run
 from hpc_mnist.errors import UserError
 from hpc_mnist.scaling import command, plan, report, run
 

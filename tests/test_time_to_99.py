@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_train
+from helpers.processes import run_train
 from hpc_mnist import resources
 from hpc_mnist.bench.reference import TutorialLoop
 from hpc_mnist.core import config, models

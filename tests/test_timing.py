@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env, free_port, read_jsonl, run_train
+from helpers.commands import torchrun
+from helpers.processes import REPO, clean_env, free_port, run_train
+from helpers.runs import read_jsonl
 from hpc_mnist.runtime.timing import summarize
 from hpc_mnist.scaling.report import aggregate, collect
 
@@ -77,8 +79,7 @@ def test_summary_splits_own_work_from_waiting():
 
 def test_profile_writes_one_trace_per_rank(tmp_path):
     result = run_train([*ARGS, "model.name=mlp", "train.epochs=1", "log.profile=true", f"log.dir={tmp_path}",
-                        "log.name=p"], launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                 "--nproc_per_node=2"])
+                        "log.name=p"], launcher=torchrun())
     assert result.returncode == 0, result.stderr[-2000:]
     traces = sorted((tmp_path / "p" / "profile").glob("*.pt.trace.json"))
     assert [t.name.split(".")[0] for t in traces] == ["rank0", "rank1"]

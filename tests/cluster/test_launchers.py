@@ -8,18 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.conftest import (
-    EPOCHS,
-    NETNS_SSH,
-    PY,
-    SLOW,
-    SMOKE,
-    Lab,
-    assert_whole_checkpoint,
-    finished,
-    status,
-    wait_for_epoch,
-)
+from cluster.jobs import EPOCHS, PY, SLOW, SMOKE, assert_whole_checkpoint, finished, wait_for_epoch
+from cluster.labs import NETNS_SSH, SlurmLab
+from helpers.runs import status
 
 pytestmark = pytest.mark.cluster
 TORCHRUN = str(Path(PY).parent / "torchrun")
@@ -36,12 +27,12 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def test_torchrun_c10d_across_two_hosts(lab: Lab):
+def test_torchrun_c10d_across_two_hosts(lab: SlurmLab):
     """`torchrun --nnodes=2 --rdzv_backend=c10d` started by hand on each host, rendezvous on the first."""
     work = lab.workdir("torchrun-c10d")
     cmd = [TORCHRUN, "--nnodes=2", "--nproc_per_node=2", "--rdzv_backend=c10d", "--rdzv_endpoint=hm-n1:29411",
            "--rdzv_id=c10d-test", "-m", "hpc_mnist.train", *SMOKE, f"log.dir={work}", "log.name=run"]
-    agents = [lab.popen_onnode(host, cmd) for host in lab.hosts[:2]]
+    agents = [lab.popen_on_host(host, cmd) for host in lab.hosts[:2]]
     outputs = []
     for agent in agents:
         try:
@@ -53,7 +44,7 @@ def test_torchrun_c10d_across_two_hosts(lab: Lab):
     assert (result["world_size"], result["num_nodes"], result["launcher"]) == (4, 2, "torchrun"), result
 
 
-def test_mpiexec_across_two_hosts_from_a_pbs_job(lab: Lab):
+def test_mpiexec_across_two_hosts_from_a_pbs_job(lab: SlurmLab):
     """A simulated PBS job on two lab hosts: hpc_mnist.launch --system pbs runs the venv's MPICH mpiexec,
     whose Hydra proxies reach the second host through the lab's ssh stand-in (HYDRA_LAUNCHER_EXEC)."""
     pytest.importorskip("mpi4py")
@@ -64,12 +55,12 @@ def test_mpiexec_across_two_hosts_from_a_pbs_job(lab: Lab):
     nodefile = work / "nodefile"
     nodefile.write_text("hm-n1\nhm-n2\n")  # one line per host, as with mpiprocs=1 chunks (Polaris, Aurora)
     ssh_log, masters_file = work / "ssh.log", work / "masters"
-    env = lab.job_env(PBS_JOBID="77.hm-head", PBS_NODEFILE=str(nodefile), PBS_O_WORKDIR=str(work),
-                      HYDRA_LAUNCHER="ssh", HYDRA_LAUNCHER_EXEC=str(NETNS_SSH), NETNS_SSH_LOG=str(ssh_log),
-                      MASTERS_FILE=str(masters_file))
-    result = lab.onnode("hm-n1", [PY, "-m", "hpc_mnist.launch", "--system", "pbs", "--ppn", "2", "--",
-                                  PY, "-c", SHOW_MASTER, *SMOKE, f"log.dir={work}", "log.name=run"],
-                        env=env, timeout=180, check=False)
+    pbs_job = dict(PBS_JOBID="77.hm-head", PBS_NODEFILE=str(nodefile), PBS_O_WORKDIR=str(work),
+                   HYDRA_LAUNCHER="ssh", HYDRA_LAUNCHER_EXEC=str(NETNS_SSH), NETNS_SSH_LOG=str(ssh_log),
+                   MASTERS_FILE=str(masters_file))
+    result = lab.on_host("hm-n1", [PY, "-m", "hpc_mnist.launch", "--system", "pbs", "--ppn", "2", "--",
+                                   PY, "-c", SHOW_MASTER, *SMOKE, f"log.dir={work}", "log.name=run"],
+                         variables=pbs_job, timeout=180, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "hm-n2" in ssh_log.read_text(), "Hydra did not go through the ssh stand-in to the second host"
     run = summary(work / "run")
@@ -86,7 +77,7 @@ srun --ntasks-per-node=1 {torchrun} --nnodes="$SLURM_NNODES" --nproc_per_node=2 
 """
 
 
-def test_srun_torchrun_one_agent_per_node_and_scancel(lab: Lab):
+def test_srun_torchrun_one_agent_per_node_and_scancel(lab: SlurmLab):
     """The recipe trains 2 nodes x 2 workers; a scancel (TERM to the agents and the workers) ends it with
     a whole checkpoint and status stopped."""
     work = lab.workdir("srun-torchrun")
@@ -94,9 +85,9 @@ def test_srun_torchrun_one_agent_per_node_and_scancel(lab: Lab):
     script = work / "job.sh"
     script.write_text(TORCHRUN_JOB.format(torchrun=TORCHRUN, args=" ".join(
         [*SMOKE, *SLOW.split(), f"train.epochs={EPOCHS}", f"log.dir={work}", "log.name=run"])))
-    job = lab.sbatch(script, "-N2", "--ntasks-per-node=1", "--cpus-per-task=2", "-t", "5", out=work / "job.out")
+    job = lab.submit(script, "-N2", "--ntasks-per-node=1", "--cpus-per-task=2", "-t", "5", out=work / "job.out")
     wait_for_epoch(lab, job, run_dir)
-    lab.run(["scancel", job], timeout=15)
+    lab.cancel(job)
     result = finished(lab, job, work / "job.out", timeout=90)
     assert result.state == "CANCELLED", result.info
     run = summary(run_dir)

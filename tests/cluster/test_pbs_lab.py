@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.conftest import PBS_TMRSH, PY, PbsLab
+from cluster.jobs import PY
+from cluster.labs import PBS_TMRSH, PbsLab
 
 pytestmark = pytest.mark.cluster
 # Each rank appends its host name to $OUT in one O_APPEND write (whole lines, whatever the interleaving).
@@ -29,12 +30,12 @@ def test_mpiexec_on_two_pbs_hosts_through_the_task_manager(pbs_lab: PbsLab):
     script.write_text(JOB)
     (work / "show_host.py").write_text(SHOW_HOST)
     out = work / "hosts.txt"
-    job = pbs_lab.qsub(script, "-N", "hydra-tm", "-l", "select=2:ncpus=2", "-l", "place=scatter",
-                       "-l", "walltime=00:02:00", "-j", "oe", "-o", str(work / "job.log"),
-                       variables={"MPIEXEC": str(Path(PY).parent / "mpiexec"), "PY": PY, "OUT": str(out),
-                                  "SHOW_HOST": str(work / "show_host.py"), "HYDRA_LAUNCHER": "rsh",
-                                  "HYDRA_LAUNCHER_EXEC": str(PBS_TMRSH)})
-    info = pbs_lab.wait(job, timeout=120)
-    log = (work / "job.log").read_text() if (work / "job.log").exists() else "(no job log)"
-    assert info["Exit_status"] == 0, log
+    job = pbs_lab.submit(script, "-N", "hydra-tm", "-l", "select=2:ncpus=2", "-l", "place=scatter",
+                         "-l", "walltime=00:02:00", "-j", "oe", out=work / "job.log",
+                         variables={"MPIEXEC": str(Path(PY).parent / "mpiexec"), "PY": PY, "OUT": str(out),
+                                    "SHOW_HOST": str(work / "show_host.py"), "HYDRA_LAUNCHER": "rsh",
+                                    "HYDRA_LAUNCHER_EXEC": str(PBS_TMRSH)})
+    result = pbs_lab.wait(job, timeout=120, out=work / "job.log")
+    log = result.log or "(no job log)"
+    assert result.info["Exit_status"] == 0, log
     assert Counter(out.read_text().split()) == {"hp-n1": 2, "hp-n2": 2}, log

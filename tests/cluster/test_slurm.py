@@ -10,26 +10,26 @@ import signal
 
 import pytest
 
-from cluster.conftest import (
+from cluster.jobs import (
     PY,
     SLOW,
     SMOKE,
-    Lab,
     assert_same_weights,
-    job_env,
+    job_variables,
     straight_run,
     user_edited_job_script,
     wait_for_epoch,
 )
+from cluster.labs import SlurmLab
 
 pytestmark = pytest.mark.cluster
 
 
-def test_job_script_two_nodes_equals_torchrun_standalone(lab: Lab, tmp_path_factory):
+def test_job_script_two_nodes_equals_torchrun_standalone(lab: SlurmLab, tmp_path_factory):
     work = lab.workdir("slurm-2x2")
     script = user_edited_job_script(work)
     job = lab.submit_and_wait(script, out=work / "job.out", timeout=180,
-                              env=job_env(lab, work, "log.name=cluster", RUN_NAME="cluster", DOCTOR="1"))
+                              variables=job_variables(work, "log.name=cluster", RUN_NAME="cluster", DOCTOR="1"))
     assert job.state == "COMPLETED", job.log
     assert "healthy" in job.log and "rank" in job.log  # the pre-flight check ran first, on both nodes
     summary = json.loads((work / "runs" / "cluster" / "summary.json").read_text())
@@ -38,7 +38,7 @@ def test_job_script_two_nodes_equals_torchrun_standalone(lab: Lab, tmp_path_fact
     assert_same_weights(work / "runs" / "cluster" / "model.pt", straight_run(tmp_path_factory))  # torchrun x 4
 
 
-def test_uneven_srun_step_trains(lab: Lab):
+def test_uneven_srun_step_trains(lab: SlurmLab):
     """srun -N2 -n3: two ranks on the first host, one on the second."""
     work = lab.workdir("uneven")
     script = work / "job.sh"
@@ -56,7 +56,7 @@ RANK_VARS = "^(PMI_RANK|PMIX_RANK|PALS_RANKID)="
 
 
 @pytest.mark.parametrize("mpi", ["pmi2", "pmix", "cray_shasta"])
-def test_srun_mpi_plugins_take_the_slurm_path_without_mpi4py(lab: Lab, mpi: str):
+def test_srun_mpi_plugins_take_the_slurm_path_without_mpi4py(lab: SlurmLab, mpi: str):
     """Each plugin gives the tasks its own rank variables (PMI_RANK, PMIX_RANK, PALS_RANKID); with mpi4py
     made unimportable, training must still start through the Slurm variables."""
     work = lab.workdir(f"mpi-{mpi}")
@@ -93,7 +93,7 @@ exit $(( SLURM_ARRAY_TASK_ID == 2 ? 3 : 0 ))
 """.replace("exec PY", f"exec {PY}")
 
 
-def test_array_tasks_requeue_themselves_and_end_with_the_launch_status(lab: Lab):
+def test_array_tasks_requeue_themselves_and_end_with_the_launch_status(lab: SlurmLab):
     """On the real Slurm: each array task's deadline stop requeues that task only (`<array job>_<task>`;
     one task's own job id is the array's, and requeueing that would restart every task), its second
     segment runs, and each task's state follows the launch's exit status."""
@@ -102,16 +102,16 @@ def test_array_tasks_requeue_themselves_and_end_with_the_launch_status(lab: Lab)
     fake.write_text(REQUEUE_ONCE)
     fake.chmod(0o755)
     script = user_edited_job_script(work, nodes=1, tasks_per_node=1)
-    array_job = lab.sbatch(script, "--array=1-2", out=work / "job-%A_%a.out",
-                           env=job_env(lab, work, "", PYTHON=str(fake)))
+    array_job = lab.submit(script, "--array=1-2", out=work / "job-%A_%a.out",
+                           variables=job_variables(work, "", PYTHON=str(fake)))
     for task, state, code in [(1, "COMPLETED", "0:0"), (2, "FAILED", "3:0")]:
-        job = lab.wait(f"{array_job}_{task}", work / f"job-{array_job}_{task}.out", timeout=120)
+        job = lab.wait(f"{array_job}_{task}", timeout=120, out=work / f"job-{array_job}_{task}.out")
         assert (job.state, job.restarts, job.exit_code) == (state, 1, code), (job.info, job.log)
         assert f"requeueing job {array_job}_{task}" in job.log
         assert job.log.count("segment") == 2, job.log  # --open-mode=append kept the first segment's lines
 
 
-def test_a_rank_killed_in_an_srun_step_is_named_by_a_survivor_on_the_other_host(lab: Lab):
+def test_a_rank_killed_in_an_srun_step_is_named_by_a_survivor_on_the_other_host(lab: SlurmLab):
     """kill -9 of rank 1 (hm-n2) mid-run, as the OOM killer would: rank 0 on hm-n1 cannot see that host's
     processes, so rank 1 is gone when it does not answer in the rendezvous store within 5 s; one line names it
     with its host and pid, the job fails with the trainer's exit 5, and status.json says so."""
@@ -121,12 +121,12 @@ def test_a_rank_killed_in_an_srun_step_is_named_by_a_survivor_on_the_other_host(
     script.write_text(f"""#!/bin/bash
 srun -N2 -n2 {PY} -m hpc_mnist.train {' '.join(SMOKE)} {SLOW} train.epochs=300 log.dir={work / 'runs'} log.name=r
 """)
-    job = lab.sbatch(script, "-N2", "-n2", "-t", "5", out=work / "job.out")
+    job = lab.submit(script, "-N2", "-n2", "-t", "5", out=work / "job.out")
     wait_for_epoch(lab, job, run_dir, epoch=2)
     ranks = json.loads((run_dir / "ranks.json").read_text())
     assert ranks["hosts"] == ["hm-n1", "hm-n2"]
     os.kill(ranks["pids"][1], signal.SIGKILL)  # the lab's hosts share this machine's process table
-    finished = lab.wait(job, work / "job.out", timeout=120)
+    finished = lab.wait(job, timeout=120, out=work / "job.out")
     ours = [line for line in finished.log.splitlines() if line.startswith("hpc_mnist: error")]
     assert len(ours) == 1 and ours[0].startswith(
         f"hpc_mnist: error: rank 1 (pid {ranks['pids'][1]}) on hm-n2 is gone: no answer within 5 s. Rank 0 stopped "
@@ -137,14 +137,14 @@ srun -N2 -n2 {PY} -m hpc_mnist.train {' '.join(SMOKE)} {SLOW} train.epochs=300 l
         "failed", "rank lost", 1, "hm-n2", 5)
 
 
-def test_scaling_sweep_of_one_and_two_hosts_with_the_models_prediction_beside_each_point(lab: Lab):
+def test_scaling_sweep_of_one_and_two_hosts_with_the_models_prediction_beside_each_point(lab: SlurmLab):
     """jobscripts/scaling_slurm.sh as a user edits it, 2 hosts x 1 rank: the sweep (1 and 2 hosts, gloo across
     them), the all-reduce benchmark on both hosts, and the report with the scaling model's predicted samples/s
     and its error beside each measured point: the loop a user runs at a centre, on real hosts."""
     work = lab.workdir("scaling")
     script = user_edited_job_script(work, nodes=2, tasks_per_node=1, time="00:10:00", name="scaling.sh",
                                     source="scaling_slurm.sh")
-    job = lab.submit_and_wait(script, out=work / "job.out", timeout=300, env=lab.job_env(
+    job = lab.submit_and_wait(script, out=work / "job.out", timeout=300, variables=dict(
         CONFIG="configs/smoke.yaml", PYTHON=PY, HPC_MNIST_JOB_FILES=str(work / "jobfiles"), EPOCHS="1",
         SWEEP_DIR=str(work / "sweep"), OVERRIDES="log.console=plain train.precision=fp32 log.tensorboard=false "
         "data.synthetic_train=8000"))

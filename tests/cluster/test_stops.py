@@ -12,35 +12,33 @@ from pathlib import Path
 
 import pytest
 
-from cluster.conftest import (
+from cluster.jobs import (
     EPOCHS,
     SLOW,
-    Job,
-    Lab,
     assert_same_weights,
     assert_whole_checkpoint,
-    crash,
     epochs_logged,
     finished,
-    job_env,
+    job_variables,
     segments,
-    status,
     user_edited_job_script,
     wait_for_epoch,
 )
+from cluster.labs import SlurmLab
+from helpers.runs import status
 
 pytestmark = pytest.mark.cluster
 
 
-def submit(lab: Lab, work: Path, name: str, epochs: int = EPOCHS, time_limit: str = "00:05:00",
+def submit(lab: SlurmLab, work: Path, name: str, epochs: int = EPOCHS, time_limit: str = "00:05:00",
            extra: str = "", sbatch: tuple[str, ...] = (), doctor: bool = False) -> tuple[str, Path]:
     script = user_edited_job_script(work, time=time_limit, name=f"{name}.sh")
     out = work / f"{name}.out"
-    env = job_env(lab, work, f"{SLOW} train.epochs={epochs} {extra}", RUN_NAME=name, DOCTOR=str(int(doctor)))
-    return lab.sbatch(script, *sbatch, out=out, env=env), out
+    variables = job_variables(work, f"{SLOW} train.epochs={epochs} {extra}", RUN_NAME=name, DOCTOR=str(int(doctor)))
+    return lab.submit(script, *sbatch, out=out, variables=variables), out
 
 
-def test_time_limit_stops_requeues_and_resumes(lab: Lab, uninterrupted: Path):
+def test_time_limit_stops_requeues_and_resumes(lab: SlurmLab, uninterrupted: Path):
     """A run longer than its 2-minute job: the trainer knows the job's end time from its start, stops
     train.deadline_margin (115 s here) before it with a checkpoint, the job script requeues the job and the
     next segment resumes; the end result is the uninterrupted run's, bit for bit.
@@ -64,7 +62,7 @@ def test_time_limit_stops_requeues_and_resumes(lab: Lab, uninterrupted: Path):
     warnings = warn_during_start_up(lab, job, run_dir, out, until=lambda st: st is not None)
     lab.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], timeout=15)
     warnings += warn_during_start_up(lab, job, run_dir, out, until=lambda st: st and st["state"] == "running"
-                                     and lab.show(job).get("Restarts") == "1")
+                                     and lab.info(job).get("Restarts") == "1")
     result = finished(lab, job, out, timeout=300)
     assert warnings >= 4, f"only {warnings} warnings landed during start-up"
     assert (result.state, result.restarts) == ("COMPLETED", 1), result.log
@@ -78,7 +76,7 @@ def test_time_limit_stops_requeues_and_resumes(lab: Lab, uninterrupted: Path):
 LIVE = ("PENDING", "CONFIGURING", "RUNNING", "SIGNALING", "COMPLETING", "REQUEUED")  # SIGNALING: a signal in flight
 
 
-def warn_during_start_up(lab: Lab, job: str, run_dir: Path, out: Path, until) -> int:
+def warn_during_start_up(lab: SlurmLab, job: str, run_dir: Path, out: Path, until) -> int:
     """The batch shell's time-limit warning (USR1, as --signal=B:USR1@N sends it) every 0.3 s while the job
     starts (module loads, the launch, ranks importing torch), until `until(status)`; returns how many landed.
     A 2-minute job gets Slurm's own warning at any moment of its first 30 s, and a requeued segment died from
@@ -89,9 +87,9 @@ def warn_during_start_up(lab: Lab, job: str, run_dir: Path, out: Path, until) ->
     with an empty log) when the warnings began as soon as Slurm said RUNNING."""
     sent, deadline = 0, time.monotonic() + 150
     while not until(status(run_dir) if (run_dir / "status.json").exists() else None):
-        state = lab.show(job).get("JobState")
-        assert state in LIVE, Job(job, state, 0, "", out).log
-        assert time.monotonic() < deadline, f"the segment did not start within 150 s\n{Job(job, '', 0, '', out).log}"
+        state = lab.state(job)
+        assert state in LIVE, lab.job(job, out).log
+        assert time.monotonic() < deadline, f"the segment did not start within 150 s\n{lab.job(job, out).log}"
         if state == "RUNNING" and handles_usr1(job) and lab.run(["scancel", "--batch", "--signal=USR1", job],
                                                                 timeout=15, check=False).returncode == 0:
             sent += 1
@@ -113,17 +111,17 @@ def handles_usr1(job: str) -> bool:
     return False
 
 
-def test_scancel_ends_the_job_and_a_resubmission_resumes(lab: Lab, uninterrupted: Path):
+def test_scancel_ends_the_job_and_a_resubmission_resumes(lab: SlurmLab, uninterrupted: Path):
     work = lab.workdir("scancel")
     run_dir = work / "runs" / "cancelled"
     job, out = submit(lab, work, "cancelled")
     wait_for_epoch(lab, job, run_dir)
-    lab.run(["scancel", job], timeout=15)
+    lab.cancel(job)
     result = finished(lab, job, out, timeout=60)
     assert (result.state, result.restarts) == ("CANCELLED", 0), result.info
     # finished() waited until the job left squeue: its batch script has ended, so a requeue it asked for (the bug)
     # would show by now
-    assert lab.show(job)["JobState"] == "CANCELLED" and lab.show(job).get("Restarts") == "0"
+    assert lab.info(job)["JobState"] == "CANCELLED" and lab.info(job).get("Restarts") == "0"
     st = status(run_dir)
     assert (st["state"], st["reason"], st["signal"], st["requeue"]) == ("stopped", "signal", "SIGTERM", False), st
     assert_whole_checkpoint(run_dir, st)
@@ -135,13 +133,13 @@ def test_scancel_ends_the_job_and_a_resubmission_resumes(lab: Lab, uninterrupted
     assert_same_weights(run_dir / "model.pt", uninterrupted)
 
 
-def test_scontrol_requeue_loses_nothing(lab: Lab, uninterrupted: Path):
+def test_scontrol_requeue_loses_nothing(lab: SlurmLab, uninterrupted: Path):
     """scontrol requeue: TERM to every task (and CONT/KILL after KillWait), then Slurm starts the job again."""
     work = lab.workdir("requeue")
     run_dir = work / "runs" / "requeued"
     job, out = submit(lab, work, "requeued")
     wait_for_epoch(lab, job, run_dir)
-    lab.run(["scontrol", "requeue", job], timeout=15)
+    lab.requeue(job)
     result = finished(lab, job, out, timeout=240)
     assert (result.state, result.restarts) == ("COMPLETED", 1), result.log
     assert segments(result) == 2, result.log
@@ -152,7 +150,7 @@ def test_scontrol_requeue_loses_nothing(lab: Lab, uninterrupted: Path):
 # Steps of ~0.4 s (a CNN): the copy comes before the ranks have agreed to stop. Steps of ~25 ms (the MLP):
 # the ranks agree within 0.4 s, so the copy comes while they write the checkpoint or shut down.
 @pytest.mark.parametrize("steps", ["slow", "fast"])
-def test_two_terms_half_a_second_apart_keep_the_checkpoint(lab: Lab, steps: str):
+def test_two_terms_half_a_second_apart_keep_the_checkpoint(lab: SlurmLab, steps: str):
     """Copies of TERM arrive apart (Slurm's own, srun's, the CONT+TERM before the kill): no copy may end a
     rank before its checkpoint, nor after it with another exit status than a stop's."""
     work = lab.workdir(f"two-terms-{steps}")
@@ -161,7 +159,7 @@ def test_two_terms_half_a_second_apart_keep_the_checkpoint(lab: Lab, steps: str)
     job, out = submit(lab, work, "twice", epochs=20, extra=extra)
     wait_for_epoch(lab, job, run_dir)
     for _ in range(2):
-        lab.run(["scancel", "--signal=TERM", job], timeout=15)  # to every task of the job's steps
+        lab.send_signal(job, "TERM")  # to every task of the job's steps
         time.sleep(0.5)
     result = finished(lab, job, out, timeout=120)
     assert (run_dir / "status.json").exists(), f"no status.json: the ranks ended without a stop\n{result.log}"
@@ -174,7 +172,7 @@ def test_two_terms_half_a_second_apart_keep_the_checkpoint(lab: Lab, steps: str)
     assert "exit code 75" in result.log, result.log
 
 
-def test_time_limit_kill_the_trainer_did_not_foresee(lab: Lab):
+def test_time_limit_kill_the_trainer_did_not_foresee(lab: SlurmLab):
     """No deadline known (train.job_deadline=false) and no warning: Slurm's TERM at the limit, then KILL
     after KillWait. The ranks stop with a whole checkpoint within KillWait."""
     work = lab.workdir("timeout")
@@ -188,7 +186,7 @@ def test_time_limit_kill_the_trainer_did_not_foresee(lab: Lab):
     assert_whole_checkpoint(run_dir, st)
 
 
-def test_a_host_that_dies_ends_the_segment_and_the_requeued_job_ends_as_uninterrupted(lab: Lab,
+def test_a_host_that_dies_ends_the_segment_and_the_requeued_job_ends_as_uninterrupted(lab: SlurmLab,
                                                                                      uninterrupted: Path):
     """hm-n2 dies in epoch 2 or later (every process on it, slurmd included): the ranks on hm-n1 name the lost
     ranks in one line and stop; the job is requeued (--requeue); it waits for two hosts until hm-n2's slurmd is
@@ -198,10 +196,10 @@ def test_a_host_that_dies_ends_the_segment_and_the_requeued_job_ends_as_uninterr
     run_dir = work / "runs" / "crash"
     job, out = submit(lab, work, "crash", time_limit="00:10:00")
     wait_for_epoch(lab, job, run_dir, epoch=2)
-    assert crash("hm-n2") >= 3  # slurmd, the step daemon, two ranks
+    assert lab.crash("hm-n2") >= 3  # slurmd, the step daemon, two ranks
     deadline = time.monotonic() + 150
-    while lab.show(job).get("Restarts", "0") == "0":
-        assert time.monotonic() < deadline, f"job {job} was not requeued: {lab.show(job)}"
+    while lab.info(job).get("Restarts", "0") == "0":
+        assert time.monotonic() < deadline, f"job {job} was not requeued: {lab.info(job)}"
         time.sleep(1)
     first = out.read_text()
     named = [line for line in first.splitlines() if line.startswith("hpc_mnist: error")]
@@ -211,7 +209,7 @@ def test_a_host_that_dies_ends_the_segment_and_the_requeued_job_ends_as_uninterr
     # Who requeues: Slurm, when it sees the node fail while the job runs (measured here: NODE_FAIL 5-30 s after
     # the crash, SlurmdTimeout=30), else the job script, since this segment saved checkpoints.
     assert "DUE TO NODE FAILURE" in first or "a rank was lost (above), after this job had made progress" in first
-    lab.onnode("hm-n2", ["slurmd", "-f", lab.env["SLURM_CONF"], "-N", "hm-n2"], timeout=30)  # the host is back
+    lab.revive("hm-n2")  # the host is back
     result = finished(lab, job, out, timeout=300)
     assert result.state == "COMPLETED", (result.info, result.log[-3000:])
     assert segments(result) == 2

@@ -1,6 +1,6 @@
 """The job scripts' own logic (launch/jobs.sh) with a stand-in trainer and stub scontrol: what they
 requeue, what they say, what they exit with. Fast and without a scheduler; the same behaviour on the lab's
-real Slurm is in test_stops.py."""
+real Slurm is in cluster/test_stops.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env
+from helpers.processes import REPO, clean_env
 
 STUBS = REPO / "tests" / "stubs"
 SCRIPTS = ["slurm.sh", "perlmutter.sh", "frontier.sh"]
@@ -142,7 +142,7 @@ def test_batch_shell_forwards_no_signal(tmp_path):
     assert "got" not in stub_log(tmp_path), stub_log(tmp_path)
 
 
-# ---- PBS: the same logic with stub qstat/qsub; on the lab's real OpenPBS in test_pbs.py ----------------------
+# ---- PBS: the same logic with stub qstat/qsub; on the lab's real OpenPBS in cluster/test_pbs_jobs.py -----------------
 
 PBS_SCRIPTS = ["pbs.sh", "polaris.sh", "aurora.sh"]
 

@@ -19,21 +19,20 @@ from pathlib import Path
 
 import pytest
 
-from cluster.conftest import (
+from cluster.jobs import (
     EPOCHS,
-    PBS_TMRSH,
     PY,
     SLOW,
-    PbsLab,
     assert_same_weights,
     assert_whole_checkpoint,
-    crash,
     epochs_logged,
     load_weights,
-    status,
     straight_run,
+    wait_for_epoch,
 )
-from conftest import REPO
+from cluster.labs import PBS_TMRSH, PbsLab
+from helpers.processes import REPO
+from helpers.runs import status
 
 pytestmark = pytest.mark.cluster
 
@@ -81,22 +80,8 @@ def variables(work: Path, overrides: str, pals: bool = False, **more: str) -> di
 def submit(lab: PbsLab, work: Path, script: str, overrides: str, *qsub_args: str, walltime: str = "00:05:00",
            pals: bool = False, **more: str) -> str:
     out = work / f"{script}.{len(list(work.glob('*.out')))}.out"
-    return lab.qsub(edited_script(work, script, walltime), "-o", str(out), *qsub_args,
-                    variables=variables(work, overrides, pals, **more))
-
-
-def log_of(info: dict) -> str:
-    path = Path(info.get("Output_Path", ":").split(":", 1)[1])
-    return path.read_text() if path.exists() else ""
-
-
-def wait_for_epoch(lab: PbsLab, job: str, run_dir: Path, epoch: int = 1, timeout: float = 150) -> None:
-    deadline = time.monotonic() + timeout
-    while len(epochs_logged(run_dir)) < epoch:
-        info = lab.info(job)
-        assert info["job_state"] in ("Q", "R", "E", "H"), f"job {job} ended before epoch {epoch}:\n{log_of(info)}"
-        assert time.monotonic() < deadline, f"job {job} logged no epoch {epoch} within {timeout} s"
-        time.sleep(0.3)
+    return lab.submit(edited_script(work, script, walltime), *qsub_args, out=out,
+                      variables=variables(work, overrides, pals, **more))
 
 
 def stamp(pbs_time: str) -> float:
@@ -122,9 +107,9 @@ def test_pbs_sh_two_hosts_with_the_doctor_equals_torchrun(pbs_lab: PbsLab, tmp_p
     such job); the weights equal torchrun's 4 ranks with one thread each, bit for bit."""
     work = pbs_lab.workdir("pbs-2x2")
     job = submit(pbs_lab, work, "pbs.sh", "log.name=run", DOCTOR="1")
-    info = pbs_lab.wait(job, timeout=240)
-    log = log_of(info)
-    assert info["Exit_status"] == 0, log
+    result = pbs_lab.wait(job, timeout=240)
+    log = result.log
+    assert result.info["Exit_status"] == 0, log
     assert "unhealthy" not in log and "FAIL" not in log, log
     assert "1 CPU thread(s) per rank: its share of 2 core(s) among 2 rank(s); PBS's OMP_NUM_THREADS=2" in log, log
     summary = json.loads((work / "runs" / "run" / "summary.json").read_text())
@@ -155,12 +140,13 @@ def test_a_run_longer_than_its_walltime_continues_by_itself(pbs_lab: PbsLab, uni
         for job in sorted(set(jobs) - lengthened):
             pbs_lab.run(["qalter", "-l", "walltime=00:10:00", job], check=False)
             lengthened.add(job)
-        infos = [pbs_lab.info(j) for j in jobs]
+        chain = [pbs_lab.job(j) for j in jobs]
+        infos = [c.info for c in chain]
         if infos[-1]["job_state"] == "F" and infos[-1].get("Exit_status") != 75:
             break
         assert time.monotonic() < deadline, [(i["job_state"], i.get("Exit_status")) for i in infos]
         time.sleep(0.3)
-    logs = [log_of(i) for i in infos]
+    logs = [c.log for c in chain]
     assert 2 <= len(jobs) <= 4, logs
     print(f"\n{len(jobs)} jobs carried the run", file=sys.stderr)
     run_dir = work / "runs" / first.split(".")[0]
@@ -187,17 +173,17 @@ def test_qdel_ends_the_run_and_a_resubmission_resumes(pbs_lab: PbsLab, uninterru
     run_dir = work / "runs" / "deleted"
     job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", "-N", name, RUN_NAME="deleted")
     wait_for_epoch(pbs_lab, job, run_dir)
-    pbs_lab.qdel(job)
-    info = pbs_lab.wait(job, timeout=60)
+    pbs_lab.cancel(job)
+    result = pbs_lab.wait(job, timeout=60)
     st = status(run_dir)
     assert (st["state"], st["reason"], st["signal"], st["requeue"]) == ("stopped", "signal", "SIGTERM", False), \
-        (st, log_of(info))
+        (st, result.log)
     assert_whole_checkpoint(run_dir, st)
     # F: the job script has ended, so a continuation it submitted (the bug) is in qstat by now
     assert jobs_named(pbs_lab, name) == [job], "a qdel'd run was continued"
     again = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", RUN_NAME="deleted")
-    info = pbs_lab.wait(again, timeout=240)
-    assert info["Exit_status"] == 0, log_of(info)
+    result = pbs_lab.wait(again, timeout=240)
+    assert result.info["Exit_status"] == 0, result.log
     assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
     assert_same_weights(run_dir / "model.pt", uninterrupted)
 
@@ -209,9 +195,9 @@ def test_qrerun_resumes_under_the_same_job_id(pbs_lab: PbsLab, uninterrupted: Pa
     job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}")
     run_dir = work / "runs" / job.split(".")[0]
     wait_for_epoch(pbs_lab, job, run_dir)
-    pbs_lab.qrerun(job)
-    info = pbs_lab.wait(job, timeout=300)
-    assert info["Exit_status"] == 0 and int(info["run_count"]) == 2, log_of(info)
+    pbs_lab.requeue(job)
+    result = pbs_lab.wait(job, timeout=300)
+    assert result.info["Exit_status"] == 0 and int(result.info["run_count"]) == 2, result.log
     assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
     assert_same_weights(run_dir / "model.pt", uninterrupted)
 
@@ -227,7 +213,7 @@ def test_a_first_host_that_dies_is_rerun_by_pbs_under_the_same_job_id(pbs_lab: P
     run_dir = work / "runs" / job.split(".")[0]
     wait_for_epoch(pbs_lab, job, run_dir, epoch=2)
     first = pbs_lab.info(job)["exec_host"].split("/")[0]
-    assert crash(first) >= 3  # pbs_mom, the job's shell and script, its ranks there
+    assert pbs_lab.crash(first) >= 3  # pbs_mom, the job's shell and script, its ranks there
     crashed = time.monotonic()
     while (info := pbs_lab.info(job))["job_state"] == "R":  # until PBS has taken the job back
         assert time.monotonic() < crashed + 120, f"job {job} still running 120 s after its first host died: {info}"
@@ -235,9 +221,9 @@ def test_a_first_host_that_dies_is_rerun_by_pbs_under_the_same_job_id(pbs_lab: P
     print(f"\njob {job} back in state {info['job_state']} {time.monotonic() - crashed:.0f} s after its first host "
           f"died ({info.get('comment')})", file=sys.stderr)
     assert info["job_state"] == "Q", info
-    pbs_lab.run(["pbs_mom"], host=first)  # the host is back (onpbs puts /opt/pbs/sbin on PATH)
-    info = pbs_lab.wait(job, timeout=300)
-    assert info["Exit_status"] == 0 and int(info["run_count"]) == 2, (info, log_of(info))
+    pbs_lab.revive(first)  # the host is back
+    result = pbs_lab.wait(job, timeout=300)
+    assert result.info["Exit_status"] == 0 and int(result.info["run_count"]) == 2, (result.info, result.log)
     assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
     assert_same_weights(run_dir / "model.pt", uninterrupted)
 
@@ -254,20 +240,20 @@ def test_a_second_host_that_dies_ends_the_job_and_its_successor_continues(pbs_la
     run_dir = work / "runs" / job.split(".")[0]
     wait_for_epoch(pbs_lab, job, run_dir, epoch=2)
     second = pbs_lab.info(job)["exec_host"].split("+")[1].split("/")[0]
-    assert crash(second) >= 2  # pbs_mom, the ranks there
-    info = pbs_lab.wait(job, timeout=120)
-    log = log_of(info)
-    print(f"\n{job}: Exit_status {info.get('Exit_status')}\n{log[-2500:]}", file=sys.stderr)
-    assert info["Exit_status"] != 0, log
+    assert pbs_lab.crash(second) >= 2  # pbs_mom, the ranks there
+    result = pbs_lab.wait(job, timeout=120)
+    log = result.log
+    print(f"\n{job}: Exit_status {result.info.get('Exit_status')}\n{log[-2500:]}", file=sys.stderr)
+    assert result.info["Exit_status"] != 0, log
     assert "without the ranks recording why: a rank or its node died" in log, log
     st = status(run_dir)
     assert (st["state"], st["reason"], st["requeue"]) == ("failed", "gone", True), st
     assert f"continues run {run_dir.name} after job {job} ends" in log, log
-    pbs_lab.run(["pbs_mom"], host=second)  # the host is back
+    pbs_lab.revive(second)  # the host is back
     jobs = jobs_named(pbs_lab, name)
     assert len(jobs) == 2, jobs
-    info = pbs_lab.wait(jobs[1], timeout=300)
-    assert info["Exit_status"] == 0, log_of(info)
+    result = pbs_lab.wait(jobs[1], timeout=300)
+    assert result.info["Exit_status"] == 0, result.log
     assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
     assert_same_weights(run_dir / "model.pt", uninterrupted)
 
@@ -282,14 +268,14 @@ def test_qsig_usr1_ends_the_job_at_once_and_the_last_checkpoint_stays(pbs_lab: P
     run_dir = work / "runs" / "signalled"
     job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", RUN_NAME="signalled")
     wait_for_epoch(pbs_lab, job, run_dir, epoch=2)
-    pbs_lab.qsig(job, "SIGUSR1")
-    info = pbs_lab.wait(job, timeout=60)
-    assert info["Exit_status"] == 266, log_of(info)
+    pbs_lab.send_signal(job, "SIGUSR1")
+    result = pbs_lab.wait(job, timeout=60)
+    assert result.info["Exit_status"] == 266, result.log
     newest = max(run_dir.glob("checkpoint-*.pt"))
     assert load_weights(newest), newest  # whole: it loads
     again = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", RUN_NAME="signalled")
-    info = pbs_lab.wait(again, timeout=240)
-    assert info["Exit_status"] == 0, log_of(info)
+    result = pbs_lab.wait(again, timeout=240)
+    assert result.info["Exit_status"] == 0, result.log
     assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
     assert_same_weights(run_dir / "model.pt", uninterrupted)
 
@@ -301,13 +287,13 @@ def test_a_walltime_the_trainer_did_not_foresee(pbs_lab: PbsLab):
     run_dir = work / "runs" / "killed"
     job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs=200 train.job_deadline=false", walltime="00:01:00",
                  RUN_NAME="killed")
-    info = pbs_lab.wait(job, timeout=200)
-    log = log_of(info)
+    result = pbs_lab.wait(job, timeout=200)
+    log = result.log
     assert "walltime" in log and "exceeded limit" in log, log
     st = status(run_dir)
     assert (st["state"], st["reason"], st["signal"]) == ("stopped", "signal", "SIGTERM"), (st, log)
     assert_whole_checkpoint(run_dir, st)
-    started = stamp(info["stime"])
+    started = stamp(result.info["stime"])
     term_to_checkpoint = Path(st["checkpoint"]).stat().st_mtime - (started + 60)
     print(f"\nwalltime TERM to stop checkpoint: {term_to_checkpoint:.1f} s", file=sys.stderr)
     assert term_to_checkpoint < 10, term_to_checkpoint
@@ -316,12 +302,12 @@ def test_a_walltime_the_trainer_did_not_foresee(pbs_lab: PbsLab):
 def test_array_subjobs_have_a_run_directory_each(pbs_lab: PbsLab):
     """(g) qsub -J 1-2: two subjobs, each its own run directory (<array>-<index>), each completed."""
     work = pbs_lab.workdir("array")
-    array = pbs_lab.qsub(edited_script(work, "pbs.sh"), "-J", "1-2", "-o", str(work / "array.^array_index^.out"),
-                         variables=variables(work, "train.epochs=1"))
+    array = pbs_lab.submit(edited_script(work, "pbs.sh"), "-J", "1-2", out=work / "array.^array_index^.out",
+                           variables=variables(work, "train.epochs=1"))
     number = array.split("[")[0]
     for index in (1, 2):
-        info = pbs_lab.wait(f"{number}[{index}].{array.split('.', 1)[1]}", timeout=240)
-        assert info["Exit_status"] == 0, log_of(info)
+        result = pbs_lab.wait(f"{number}[{index}].{array.split('.', 1)[1]}", timeout=240)
+        assert result.info["Exit_status"] == 0, result.log
         assert status(work / "runs" / f"{number}-{index}")["state"] == "completed"
 
 
@@ -331,9 +317,9 @@ def test_scaling_sweep_of_one_and_two_nodes_in_one_job(pbs_lab: PbsLab):
     work = pbs_lab.workdir("scaling")
     job = submit(pbs_lab, work, "scaling_polaris.sh", "", pals=True, EPOCHS="1", SWEEP_DIR=str(work / "sweep"),
                  OVERRIDES="log.console=plain train.precision=fp32 log.tensorboard=false data.synthetic_train=4000")
-    info = pbs_lab.wait(job, timeout=300)
-    assert info["Exit_status"] == 0, log_of(info)
-    assert (work / "sweep" / "scaling.md").exists(), log_of(info)
+    result = pbs_lab.wait(job, timeout=300)
+    assert result.info["Exit_status"] == 0, result.log
+    assert (work / "sweep" / "scaling.md").exists(), result.log
     launches = (work / "pals.log").read_text()
     assert "mpiexec -n 2 --ppn 2 --depth 8 --cpu-bind depth" in launches, launches
     assert "mpiexec -n 4 --ppn 2 --depth 8 --cpu-bind depth" in launches, launches
@@ -349,9 +335,9 @@ def test_alcf_scripts_through_the_pals_stand_in(pbs_lab: PbsLab, script: str):
     invocation (Polaris), the doctor and the run are real."""
     work = pbs_lab.workdir(script.split(".")[0])
     job = submit(pbs_lab, work, script, "train.epochs=1 log.name=run", pals=True, DOCTOR="1")
-    info = pbs_lab.wait(job, timeout=240)
-    log = log_of(info)
-    assert info["Exit_status"] == 0, log
+    result = pbs_lab.wait(job, timeout=240)
+    log = result.log
+    assert result.info["Exit_status"] == 0, log
     assert "SITE_MODULES=0" in log, log
     summary = json.loads((work / "runs" / "run" / "summary.json").read_text())
     assert (summary["world_size"], summary["num_nodes"], summary["launcher"]) == (4, 2, "mpi"), summary

@@ -1,5 +1,5 @@
 """hpc_mnist.runtime.pbs without a server: the walltime's end and the continuation's qsub line, from `qstat -f -F json`
-as OpenPBS 23.06 prints it (recorded on the lab). The same on the lab's real server: tests/cluster/test_pbs.py."""
+as OpenPBS 23.06 prints it (recorded on the lab). The same on the lab's real server: tests/cluster/test_pbs_jobs.py."""
 
 from __future__ import annotations
 
