@@ -95,5 +95,7 @@ def writable_file(path: str | os.PathLike) -> Path:
         if not existed:
             out.unlink()
     except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+        blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocking} is a file, not a folder" if blocking else e.strerror or e
+        raise UserError(f"cannot write {out}: {why}") from None
     return out

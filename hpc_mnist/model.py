@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpc_mnist.errors import ArgumentParser, UserError, comma_list, report
+from hpc_mnist.errors import ArgumentParser, UserError, comma_list, report, writable_file
 from hpc_mnist.perf import allreduce
 from hpc_mnist.perf.step import describe, polaris_report
 
@@ -117,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        json_out = writable_file(args.json) if args.json else None  # before any work: no figures lost to a typo
+        markdown_out = writable_file(args.markdown) if args.markdown else None
         sweeps = [allreduce.read_sweep(f) for f in args.comm] or allreduce.shipped_sweeps()
         net = allreduce.fit(sweeps)
         checks = [check_text(net, allreduce.read_sweep(f)) for f in args.check]
@@ -131,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     for check, _ in checks:
         print(check + "\n")
     sizes = sorted({s for sw in sweeps for s in sw.sizes})
-    if args.json:
+    if json_out:
         times = allreduce.predictions(net, predict_ranks, sizes)
-        args.json.write_text(json.dumps({**predicted, "allreduce": times, "fitted_to": [sw.source for sw in sweeps],
+        json_out.write_text(json.dumps({**predicted, "allreduce": times, "fitted_to": [sw.source for sw in sweeps],
                                          "checks": [c for _, c in checks]}, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(text + "\n" + "".join(c + "\n\n" for c, _ in checks))
+    if markdown_out:
+        markdown_out.write_text(text + "\n" + "".join(c + "\n\n" for c, _ in checks))
     return 0
 
 

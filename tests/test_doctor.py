@@ -159,6 +159,15 @@ def test_thread_oversubscription():
     assert over.status == "fail" and "2 rank(s) x 4 thread(s) = 8 threads on 4 core(s)" in over.message
     pinned = check_threads([rank(0, threads=2, cpus=[0]), rank(1, cpus=[1])])
     assert pinned.status == "fail" and "rank 0 on a runs 2 threads on 1 core(s)" in pinned.message
+    assert "set OMP_NUM_THREADS=2 or run fewer ranks per node" in over.message
+    crowded = check_threads([rank(r, cpus=[0, 1], local_world_size=4) for r in range(4)])  # 1 thread each already
+    assert crowded.status == "fail" and crowded.message.endswith("run at most 2 rank(s) on this host"), crowded
+    assert "OMP_NUM_THREADS" not in crowded.message
+
+
+def test_one_host_needs_no_master_address_check():
+    assert check_master([rank(0, master_addr=None, master_ip=None)]).message == "one host: none needed"
+    assert check_master([rank(0)]).message == "one host: a is fine"
 
 
 def test_master_address_only_checked_across_hosts():

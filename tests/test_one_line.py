@@ -29,6 +29,12 @@ def run_verb(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
+def _file(tmp: Path) -> Path:
+    """A plain file where a user typed a folder."""
+    (tmp / "notes.txt").write_text("")
+    return tmp / "notes.txt"
+
+
 def _run_dir(tmp: Path) -> Path:
     """A finished training run's directory (what scaling report must never write into)."""
     run = tmp / "runs" / "mlp"
@@ -61,6 +67,10 @@ CASES = {  # name: (argv built in a temporary folder, what the one line says)
     "absolute run name": (lambda t: ["train", "log.name=/tmp/x", f"log.dir={t}"], "is not a run name"),
     "scaling report into a run": (lambda t: ["scaling", "report", str(_run_dir(t))], "is not a sweep folder"),
     "model bad argument": (lambda t: ["model", "--bogus"], "hpc-mnist model: unrecognized arguments: --bogus"),
+    "model json under a file": (lambda t: ["model", "--max-nodes", "2", "--json", f"{_file(t)}/m.json"],
+                                "is a file, not a folder"),
+    "scaling report out under a file": (lambda t: ["scaling", "report", str(t), "--out", f"{_file(t)}/report"],
+                                        "is a file, not a folder"),
     "init into a file": (lambda t: ["init", str((t / "f").touch() or t / "f")], "cannot write"),
     "lessons json unwritable": (lambda t: ["lessons", "--only", "linear", "--json", "/proc/nope/l.json"],
                                 "cannot write /proc/nope/l.json"),
@@ -108,9 +118,12 @@ def test_the_menu_offers_only_real_choices(capsys):
     assert "check" not in out.split("data", 1)[1].splitlines()[0], out  # `data check` is no choice
 
 
-def test_a_torchvision_that_does_not_fit_torch_is_one_line(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("verb", ["data", "bench"])
+def test_a_torchvision_that_does_not_fit_torch_is_one_line(verb, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision then fails, as a mismatched one does
-    code, _, err = run_verb(["data", "download", "--name", "kmnist", "--root", str(tmp_path)], capsys)
+    argv = {"data": ["data", "download", "--name", "kmnist", "--root", str(tmp_path)],
+            "bench": [*BENCH[:-1], "--models", "mlp"]}[verb]  # with the tutorials' loop, which reads torchvision
+    code, _, err = run_verb(argv, capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("hpc_mnist: error: torchvision cannot be imported beside torch "), err
 

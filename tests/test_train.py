@@ -40,6 +40,7 @@ def test_run_directory_contents(single_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 1 and summary["precision"] == "fp32"
     assert summary["samples_per_s"] > 0 and 0 <= summary["test_acc"] <= 1
+    assert summary["split"]["val_is_test"] is False and summary["split"]["test"] > 0, summary["split"]
     saved = config.build(str(run_dir / "config.yaml"))
     assert saved.data.name == "synthetic" and saved.log.name == "run"  # resolved config, reusable
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from hpc_mnist.core import config, models, optim
 from hpc_mnist.core.config import Config
+from hpc_mnist.core.datasets import torchvision_module
 
 
 class TutorialLoop:
@@ -26,8 +27,8 @@ class TutorialLoop:
                  optimizer: torch.optim.Optimizer, device: torch.device,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None):
         from torch.utils.data import DataLoader
-        from torchvision import datasets
 
+        datasets = torchvision_module().datasets  # one line, not a traceback, when torchvision does not fit torch
         self.train_loader = DataLoader(datasets.MNIST(root, train=True, download=False, transform=transform),
                                        batch_size=batch, shuffle=True)
         self.test_loader = DataLoader(datasets.MNIST(root, train=False, download=False, transform=transform),
@@ -37,19 +38,17 @@ class TutorialLoop:
     @classmethod
     def with_config(cls, cfg: Config, device: torch.device) -> TutorialLoop:
         """The tutorials' loop (ToTensor alone) with the model, optimizer and batch of `cfg`."""
-        from torchvision.transforms import ToTensor
-
         torch.manual_seed(cfg.train.seed)
         model = models.build(cfg.model).to(device)
-        return cls(str(cfg.data.root), ToTensor(), cfg.train.batch_size, cfg.train.batch_size, model,
+        to_input = torchvision_module().transforms.ToTensor()
+        return cls(str(cfg.data.root), to_input, cfg.train.batch_size, cfg.train.batch_size, model,
                    optim.build_optimizer(cfg.optim, model, cfg.optim.lr), device)
 
     @classmethod
     def pytorch_examples(cls, root: str | Path, seed: int, device: torch.device) -> TutorialLoop:
         """pytorch/examples' mnist recipe: the tutorial CNN, Adadelta lr 1.0 with the learning rate x 0.7 after
         each epoch, batch 64 (1000 to test), ToTensor + Normalize (the script most users would pick)."""
-        from torchvision import transforms
-
+        transforms = torchvision_module().transforms
         to_input = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
         torch.manual_seed(seed)
         model = models.build(config.ModelConfig(name="cnn", channels_last=False)).to(device)

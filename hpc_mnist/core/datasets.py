@@ -180,7 +180,7 @@ def _download(cfg: DataConfig, root: Path, command: bool) -> None:
         for name in BUNDLED_MD5:
             shutil.copyfile(BUNDLED / f"{name}.gz", raw / f"{name}.gz")
         return
-    datasets = _torchvision_datasets()
+    datasets = torchvision_module().datasets
 
     created = [p for p in (*reversed(root.parents), root, root / DATASETS[cfg.name][0], raw) if not p.exists()]
     chatter = io.StringIO()  # torchvision prints each failed mirror; keep the last reason for our one line
@@ -258,15 +258,15 @@ def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images.to(torch.uint8), labels
 
 
-def _torchvision_datasets():
-    """torchvision.datasets, or one line when torchvision does not fit this torch (pip can install a pair that does
-    not: its native operators then fail to register at import)."""
+def torchvision_module():
+    """torchvision, or one line when it does not fit this torch (pip can install a pair that does not: its native
+    operators then fail to register at import)."""
     try:
-        from torchvision import datasets
+        import torchvision
     except Exception as e:  # ImportError, or RuntimeError "operator torchvision::nms does not exist"
         raise UserError(f"torchvision cannot be imported beside torch {torch.__version__} ({str(e).splitlines()[0]}): "
                         "install the pair that fits, e.g. pip install torch torchvision together") from None
-    return datasets
+    return torchvision
 
 
 def write_idx_split(root: Path, split: str, images: torch.Tensor, labels: torch.Tensor, name: str = "mnist") -> None:

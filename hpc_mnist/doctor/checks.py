@@ -110,9 +110,11 @@ def check_threads(infos: list[RankInfo]) -> Check:
                              f"{len(i.cpus)} core(s): set OMP_NUM_THREADS={max(1, len(i.cpus))} or bind more cores")
         total = sum(i.threads for i in ranks)
         if total > len(cores):
+            fits = len(cores) // len(ranks)  # 0: more ranks than cores, whatever the threads
+            fix = f"set OMP_NUM_THREADS={fits} or run fewer ranks per node" if fits and fits < ranks[0].threads \
+                else f"run at most {len(cores)} rank(s) on this host"
             return Check("threads", "fail", f"{host}: {len(ranks)} rank(s) x {ranks[0].threads} thread(s) = {total} "
-                         f"threads on {len(cores)} core(s): set OMP_NUM_THREADS={max(1, len(cores) // len(ranks))} "
-                         "or run fewer ranks per node")
+                         f"threads on {len(cores)} core(s): {fix}")
     worst = max(sum(i.threads for i in r) / max(1, len(set().union(*(set(i.cpus) for i in r))))
                 for r in _by_host(infos).values())
     return Check("threads", "ok", f"at most {worst:.0%} of each host's cores busy with compute threads")
@@ -122,7 +124,8 @@ def check_master(infos: list[RankInfo]) -> Check:
     """Across hosts the master address must resolve, to one non-loopback address, on every rank."""
     hosts = _by_host(infos)
     if len(hosts) == 1:
-        return Check("master address", "skip", f"one host: {infos[0].master_addr or 'none needed'} is fine")
+        where = infos[0].master_addr
+        return Check("master address", "skip", f"one host: {where} is fine" if where else "one host: none needed")
     unresolved = [i for i in infos if i.master_ip is None]
     if unresolved:
         return Check("master address", "fail", f"rank {unresolved[0].rank} on {unresolved[0].host} cannot resolve "

@@ -13,7 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from hpc_mnist.core import config
-from hpc_mnist.errors import UserError
+from hpc_mnist.errors import UserError, writable_file
 from hpc_mnist.runtime.logger import make_console
 from hpc_mnist.scaling.plot import plot
 
@@ -200,6 +200,7 @@ def report_folder(first: Path) -> Path:
 
 def report_paths(paths: list[Path], target: float, out: Path, comm_json: Path | None = None,
                  model: str | None = None) -> int:
+    writable_file(out / "scaling.csv")  # before reading anything: one line for a folder that cannot be written
     rows, mode = collect(paths, target)
     table = aggregate(rows)
     for row in table:  # the run directory of the median's first repeat, for its saved config

@@ -220,8 +220,10 @@ class RunController:
         return self.pos.wall_time + time.perf_counter() - self.started
 
     def _summary(self, status: str, **facts: Any) -> dict[str, Any]:
-        cfg, rt = self.cfg, self.rt
-        return {"model": cfg.model.name, "dataset": cfg.data.name, "world_size": rt.world_size,
+        cfg, rt, data = self.cfg, self.rt, self.trainer.data
+        split = {"train": len(data.train), "val": len(data.val), "test": len(data.test),
+                 "val_is_test": data.test_as_val}  # data.val_fraction=0 validates on the test set
+        return {"model": cfg.model.name, "dataset": cfg.data.name, "split": split, "world_size": rt.world_size,
                 "num_nodes": rt.num_nodes, "launcher": rt.launcher, "device": str(rt.device), "backend": rt.backend,
                 "precision": self.trainer.amp, "threads_per_rank": rt.threads, "batch_per_rank": cfg.train.batch_size,
                 "global_batch": cfg.train.batch_size * rt.world_size, "run_dir": str(self.run_dir),
