@@ -224,7 +224,7 @@ def open_run(cfg: Config, run_dir: Path, hosts: tuple[str, ...] = (), pids: tupl
         for stale in run_dir.glob(".checkpoint-*.tmp"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
         config.save(cfg, run_dir / "config.yaml")
-        write_json(run_dir / "ranks.json", {"hosts": list(hosts), "pids": list(pids)})
+        status_file.write(run_dir / "ranks.json", {"hosts": list(hosts), "pids": list(pids)})
     except OSError as e:
         raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}; "
                         "set log.dir to a writable folder") from None
@@ -238,11 +238,6 @@ def close_run(run_dir: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically: a reader (a job script deciding whether to requeue) never sees half a file."""
-    status_file.write(path, data)
-
-
 def write_status(run_dir: Path, state: str, *, reason: str | None = None, signal: str | None = None,
                  exit_code: int = 0, **facts: Any) -> dict[str, Any]:
     """Why the run ended (or that it is running): completed | stopped | failed | running.
@@ -253,11 +248,11 @@ def write_status(run_dir: Path, state: str, *, reason: str | None = None, signal
     status = {"state": state, "reason": reason, "signal": signal, "requeue": status_file.requeue(state, reason),
               "exit_code": exit_code, "run_dir": str(run_dir), **facts,
               "host": socket.gethostname(), "pid": os.getpid(), "time": round(time.time(), 3)}
-    write_json(run_dir / status_file.NAME, status)
+    status_file.write(run_dir / status_file.NAME, status)
     copy = os.environ.get(STATUS_FILE_VAR)
     if copy:
         try:
-            write_json(Path(copy), status)
+            status_file.write(copy, status)
         except OSError:
             pass  # the run directory's copy is the record; the job script then finds no status file
     return status
