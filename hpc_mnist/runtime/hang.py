@@ -52,14 +52,24 @@ class Watchdog:
             silent = time.monotonic() - self.last
             if silent >= self.after:
                 epoch, step, phase = self.where
-                with open(self.path, "w") as f:
-                    f.write(f"rank {self.rank}: no progress for {silent:.0f} s at epoch {epoch} step {step}, {phase}\n")
-                    f.flush()
-                    faulthandler.dump_traceback(file=f, all_threads=True)
+                self.dump(f"no progress for {silent:.0f} s")
                 store = dist.store()
                 if store is not None:
                     store.set(f"hpc_mnist/hang/{self.rank}", f"{epoch} {step} {phase}")
                 return
+
+    def dump(self, why: str) -> None:
+        """This rank's Python stacks, all threads, under one line saying why and where it was."""
+        epoch, step, phase = self.where
+        with open(self.path, "w") as f:
+            f.write(f"rank {self.rank}: {why}, at epoch {epoch} step {step}, {phase}\n")
+            f.flush()
+            faulthandler.dump_traceback(file=f, all_threads=True)
+
+    def describe(self) -> str:
+        """Where this rank is, as a quiet rank's verdict names it: 'epoch E step S, phase'."""
+        epoch, step, phase = self.where
+        return f"epoch {epoch} step {step}, {phase}"
 
     def __enter__(self) -> Watchdog:
         self._thread.start()

@@ -25,7 +25,7 @@ from torch import nn
 
 from hpc_mnist.core import models
 from hpc_mnist.errors import EXIT_HUNG, EXIT_STOPPED, UserError
-from hpc_mnist.runtime import cpus, dist, hang, peers, rundir
+from hpc_mnist.runtime import cpus, dist, hang, peers, quiet, rundir
 from hpc_mnist.runtime.logger import RunLogger
 from hpc_mnist.runtime.stopping import StopAgreement
 from hpc_mnist.training.checkpointer import Checkpointer
@@ -84,7 +84,7 @@ class RunController:
         }, notes=notes[1:] + _oversubscribed(rt))
         self._status("running")
         try:
-            with trainer.monitor.watchdog:
+            with trainer.monitor.watchdog, self._quiet_watch():
                 yield self
         except _Stopped:
             pass  # self.result says stopped; the caller returns it
@@ -111,6 +111,36 @@ class RunController:
         finally:
             if rt.is_main:
                 rundir.close_run(self.run_dir)
+
+    def _quiet_watch(self) -> contextlib.AbstractContextManager:
+        """The watch for quiet ranks (quiet.py), where there are peers to watch."""
+        rt, after = self.rt, self.cfg.dist.quiet_after
+        if rt.world_size == 1 or after == 0 or dist.store() is None:
+            return contextlib.nullcontext()
+        return quiet.QuietWatch(rt.rank, rt.world_size, after, self.trainer.monitor.watchdog.describe,
+                                self._went_quiet, EXIT_HUNG, holder=quiet.store_rank())
+
+    def _went_quiet(self, verdict: quiet.Verdict) -> None:
+        """In the watch's thread, before it ends this process: this rank's stacks; the reporter's one line and
+        status.json (failed, rank quiet, who and where, the newest checkpoint, requeue after progress)."""
+        rt, stacks = self.rt, f"{self.run_dir}/hang-rank*.txt"
+        self.trainer.monitor.watchdog.dump(f"the job ends: {verdict.why}")
+        newest = self.checkpointer.newest()
+        if verdict.reporter == -1:  # cut off from the store: the other side, if any, counts and records
+            dist.report_error(UserError(f"{verdict.why}; this rank's stacks are in {stacks}", EXIT_HUNG))
+            return
+        if verdict.reporter != rt.rank:
+            return
+        named = "; ".join(f"rank {r} (pid {rt.pids[r]}) on {rt.hosts[r]} is quiet"
+                          + (f" ({verdict.where[r]})" if r in verdict.where else "") for r in verdict.ranks)
+        hosts = sorted({rt.hosts[r] for r in verdict.ranks})
+        error = UserError(f"{named}: {verdict.why}. Rank {rt.rank} stopped {self._where(newest)}; the stacks of "
+                          f"every rank that could still write them are in {stacks}", EXIT_HUNG,
+                          status={"reason": "rank quiet", "quiet_ranks": list(verdict.ranks), "quiet_hosts": hosts,
+                                  "bad_hosts": hosts, "where": {str(r): w for r, w in verdict.where.items()},
+                                  "requeue": self.checkpoint is not None})
+        self._failed(error, writer=True, newest=newest)
+        dist.report_error(error)
 
     def epochs(self) -> range:
         return range(self.pos.epochs_done + 1, self.cfg.train.epochs + 1)

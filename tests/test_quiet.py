@@ -1,0 +1,148 @@
+"""The quiet-rank watch (runtime/quiet.py) on a real TCPStore, its ranks as watches in this process: a rank whose
+beat stops is named by its watcher after a census, every other rank takes the one published verdict; a rank that
+ended is never named; a store whose process is frozen names its holder; a store that cannot be reached names
+nobody. The whole job under torchrun and mpiexec: tests/stops/test_quiet_ranks.py."""
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch.distributed as tdist
+
+from helpers.processes import free_port
+from hpc_mnist.runtime import quiet
+
+AFTER = 1.5  # seconds of silence before a rank is named (the default is 20)
+
+
+@pytest.fixture(autouse=True)
+def quick_census(monkeypatch):
+    monkeypatch.setattr(quiet, "CENSUS", 1.0)
+    monkeypatch.setattr(quiet, "PERIOD", 0.2)
+    monkeypatch.setattr(quiet, "STORE_TIMEOUT", 1.0)
+
+
+class Rank:
+    """One rank's watch, its verdict and exit recorded instead of ending this process."""
+
+    def __init__(self, rank: int, size: int, connect, holder: int | None = None, probe=lambda: True):
+        self.verdicts: list[quiet.Verdict] = []
+        self.exits: list[int] = []
+        self.ended = threading.Event()
+        self.watch = quiet.QuietWatch(rank, size, AFTER, lambda: f"epoch 1 step {rank}, computing",
+                                      self.verdicts.append, 4, holder=holder, connect=connect, probe=probe,
+                                      exit=self._exit)
+
+    def _exit(self, code: int) -> None:
+        self.exits.append(code)
+        self.ended.set()
+
+    def freeze(self) -> None:
+        """As SIGSTOP would leave it: no more beats, and no last word."""
+        self.watch._stop.set()
+        self.watch._thread.join()
+
+
+def client(port: int):
+    return lambda: tdist.PrefixStore("t", tdist.TCPStore("127.0.0.1", port, is_master=False, wait_for_workers=False,
+                                                         timeout=datetime.timedelta(seconds=1)))
+
+
+@pytest.fixture
+def store():
+    port = free_port()
+    master = tdist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    yield port
+    del master
+
+
+def test_a_rank_whose_beat_stops_is_named_once_and_every_other_rank_ends(store):
+    ranks = [Rank(r, 4, client(store)) for r in range(4)]
+    for r in ranks:
+        r.watch.__enter__()
+    time.sleep(0.6)
+    frozen = time.monotonic()
+    ranks[2].freeze()
+    for r in (0, 1, 3):
+        assert ranks[r].ended.wait(10), f"rank {r} never ended"
+    took = time.monotonic() - frozen
+    assert AFTER < took < AFTER + 1.0 + 2 + 1.5, took  # silence, census, a few periods
+    verdicts = {r: ranks[r].verdicts for r in (0, 1, 3)}
+    assert all(v == [verdicts[0][0]] for v in verdicts.values()), verdicts  # one verdict, the same everywhere
+    v = verdicts[0][0]
+    assert (v.ranks, v.reporter, v.where) == ((2,), 1, {2: "epoch 1 step 2, computing"})  # rank 1 watches rank 2
+    assert "no heartbeat for 1.5 s" in v.why
+    assert all(ranks[r].exits == [4] for r in (0, 1, 3)) and ranks[2].verdicts == []
+
+
+def test_ranks_that_ended_are_not_named(store):
+    ranks = [Rank(r, 3, client(store)) for r in range(3)]
+    for r in ranks:
+        r.watch.__enter__()
+    time.sleep(0.5)
+    ranks[1].watch.__exit__(None, None, None)  # finished: leaves its last beat, 'ended'
+    time.sleep(3 * AFTER)
+    assert not any(r.verdicts for r in ranks) and not any(r.exits for r in ranks)
+    for r in (0, 2):
+        ranks[r].watch.__exit__(None, None, None)
+
+
+def test_ranks_frozen_together_are_named_together(store):
+    """A host's ranks frozen at once (ranks 2 and 3 of 5): the census finds both, though only rank 2 is watched by
+    a rank that still runs."""
+    ranks = [Rank(r, 5, client(store)) for r in range(5)]
+    for r in ranks:
+        r.watch.__enter__()
+    time.sleep(0.6)
+    ranks[2].freeze()
+    ranks[3].freeze()
+    assert ranks[0].ended.wait(10)
+    assert ranks[0].verdicts[0].ranks == (2, 3)
+
+
+def frozen_store_holder(port: int) -> subprocess.Popen:
+    """A process holding the store, as rank 0 does under srun and mpiexec."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time, torch.distributed as d; "
+                             f"s = d.TCPStore('127.0.0.1', {port}, is_master=True, wait_for_workers=False); "
+                             "print('up', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    return proc
+
+
+def test_a_frozen_store_names_its_holder_and_a_store_out_of_reach_names_no_one(monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    holder = frozen_store_holder(port)
+    try:
+        ranks = [Rank(r, 3, client(port), holder=0, probe=quiet.store_answers_connections) for r in (1, 2)]
+        for r in ranks:
+            r.watch.__enter__()
+        time.sleep(0.6)
+        os.kill(holder.pid, signal.SIGSTOP)  # the store's process frozen: connections accepted, never answered
+        for r in ranks:
+            assert r.ended.wait(15)
+        for r in ranks:
+            v = r.verdicts[0]
+            assert (v.ranks, v.reporter) == ((0,), 1) and "the rendezvous store it holds has not answered" in v.why
+    finally:
+        holder.kill()
+        holder.wait()
+    # Nothing listens any more: this host or the store's is cut off, and this side cannot tell which.
+    cut_off = Rank(1, 3, client(port), holder=0, probe=quiet.store_answers_connections)
+    cut_off.watch.__enter__()
+    assert cut_off.ended.wait(15)
+    v = cut_off.verdicts[0]
+    assert (v.ranks, v.reporter) == ((), -1) and "this host or the store's host is cut off" in v.why
+
+
+def test_the_watch_does_not_start_for_one_rank_or_when_turned_off():
+    for size, after in ((1, 20.0), (2, 0.0)):
+        w = quiet.QuietWatch(0, size, after, str, print, 4, connect=lambda: pytest.fail("connected"))
+        with w:
+            assert not w._thread.is_alive()
