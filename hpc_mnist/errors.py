@@ -20,7 +20,7 @@ from typing import Any
 # Every exit code of the package, in one place (the train command's docstring says what each means to a user).
 EXIT_USAGE = 2  # a usage or input error: one line says which
 EXIT_DIVERGED = 3  # the loss became non-finite
-EXIT_HUNG = 4  # a collective timed out: a rank hung; every rank's stacks are in the run directory
+EXIT_HUNG = 4  # a rank went quiet, or a collective timed out: a rank hung; every rank's stacks are in the run directory
 EXIT_RANK_LOST = 5  # a rank died; the newest checkpoint is kept
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint written; run the same command again to continue
 EXIT_ABORTED = 128 + signal.SIGINT  # a second Ctrl-C: stop now, as a shell would report it

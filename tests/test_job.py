@@ -100,16 +100,19 @@ def test_a_deadline_stop_continues_the_run_and_leaves_the_status_alone(written, 
     assert copy.read_text() == text
 
 
-def test_a_rank_lost_after_progress_continues_the_run(written):
-    copy = written("failed", reason="rank lost", exit_code=5, requeue=True, rank=1)
-    result = after_launch(copy, code=5)
+@pytest.mark.parametrize("reason, code, why", [("rank lost", 5, "a rank was lost"),
+                                               ("rank quiet", 4, "a rank went quiet")])
+def test_a_rank_lost_or_quiet_after_progress_continues_the_run(written, reason, code, why):
+    copy = written("failed", reason=reason, exit_code=code, requeue=True, rank=1)
+    result = after_launch(copy, code=code)
     assert (result.returncode, result.stdout, result.stderr) == (
-        CONTINUE, "a rank was lost (above), after this job had made progress\nr7\n", "")
+        CONTINUE, f"{why} (above), after this job had made progress\nr7\n", "")
 
 
 @pytest.mark.parametrize("state, facts", [
     ("stopped", {"reason": "signal", "signal": "SIGTERM", "exit_code": 75}),  # scancel, qdel
     ("failed", {"reason": "rank lost", "exit_code": 5}),  # before this segment saved anything
+    ("failed", {"reason": "rank quiet", "exit_code": 4}),
     ("completed", {}),
 ])
 def test_other_endings_do_not_continue_the_run(written, state, facts):

@@ -104,7 +104,8 @@ class QuietWatch:
         self.connect, self.probe, self.holder, self.exit = connect, probe, holder, exit
         self.target = (rank + 1) % world_size
         # Who names the store's holder when it freezes (no verdict can be published then): the lowest other rank.
-        self.reporter_for_holder = -1 if holder is None else min((r for r in range(world_size) if r != holder), default=-1)
+        others = [r for r in range(world_size) if r != holder]
+        self.reporter_for_holder = -1 if holder is None or not others else others[0]
         self._holder_seen: str | None = None
         self._store: tdist.Store | None = None
         self._ops: ThreadPoolExecutor | None = None

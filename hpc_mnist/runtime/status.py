@@ -5,7 +5,8 @@ The trainer writes it (`rundir.write_status`), into the run directory and, for a
 (`python -m hpc_mnist.job`, which launch/jobs.sh runs after each launch instead of parsing the file itself):
 
     {"state": "completed" | "stopped" | "failed" | "running", "reason": "deadline" | "signal" | "error" |
-     "rank lost" | "non-finite loss" | "gone" | null, "signal": ..., "requeue": true | false, "exit_code": ...,
+     "rank lost" | "rank quiet" | "non-finite loss" | "gone" |
+     null, "signal": ..., "requeue": true | false, "exit_code": ...,
      "run_dir": ..., "checkpoint": ... (the newest), ..., "host": ..., "pid": ..., "time": ...}
 
 `requeue` says whether the job should continue the run: true after a stop for the job's deadline, or a rank
@@ -84,6 +85,8 @@ def why_stopped(status: dict[str, Any], scheduler: str) -> str:
     """Why a run whose status asks for requeue stopped, for the job's log line: `... with a checkpoint; ...`."""
     if status.get("reason") == "rank lost":
         return "a rank was lost (above), after this job had made progress"
+    if status.get("reason") == "rank quiet":
+        return "a rank went quiet (above), after this job had made progress"
     if status.get("reason") == "gone":
         return "the ranks were lost (above), after this job had made progress"
     return "stopped for the walltime" if scheduler == "pbs" else "stopped for the time limit"
