@@ -4,8 +4,9 @@
 
 Real processes on this machine (2 ranks, gloo, a small CNN on synthetic data): kill -9 of one rank under
 torchrun and under MPICH's mpiexec (with -disable-auto-cleanup, so the survivors live on), timed from the kill
-to the survivor's line and to the launcher's exit; a non-finite loss on one rank, counted in steps from the
-fault to the stop.
+to the survivor's line and to the launcher's exit; SIGSTOP of one rank (quiet: torchrun's rank 1, mpiexec's
+rank 0, which holds the store), timed to the line, the launcher's exit and every process gone; a non-finite
+loss on one rank, counted in steps from the fault to the stop. `--only quiet` measures one kind.
 """
 
 from __future__ import annotations
@@ -57,6 +58,38 @@ def kill_one(launcher: list[str], tmp: Path) -> dict:
                                                                                  .name.split("-")[1])}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def freeze_one(launcher: list[str], tmp: Path, victim: int) -> dict:
+    """SIGSTOP of one rank after an epoch (a frozen process: its sockets stay open), default dist.quiet_after;
+    seconds to the reporter's line, to the launcher's exit and until every rank's process is gone."""
+    run_dir = tmp / "r"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*launcher, sys.executable, "-m", "hpc_mnist.train", *ARGS, f"log.dir={tmp}",
+                             "log.name=r"], cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    _wait_rows(run_dir, 1, proc)
+    pids = json.loads((run_dir / "ranks.json").read_text())["pids"]
+    frozen = time.monotonic()
+    os.kill(pids[victim], signal.SIGSTOP)
+    line_s = None
+    for line in proc.stderr:
+        if line.startswith("hpc_mnist: error") and line_s is None:
+            line_s = time.monotonic() - frozen
+    proc.wait()
+    exit_s = time.monotonic() - frozen
+    while any(_alive(pid) for pid in pids) and time.monotonic() - frozen < 300:
+        time.sleep(0.1)
+    status = json.loads((run_dir / "status.json").read_text())
+    return {"line_s": line_s, "exit_s": exit_s, "all_gone_s": time.monotonic() - frozen, "status": status["state"],
+            "reason": status["reason"], "quiet_ranks": status.get("quiet_ranks")}
+
+
 def non_finite(tmp: Path, step: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HPC_MNIST_TEST_NAN": f"1:2:{step}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
@@ -67,29 +100,43 @@ def non_finite(tmp: Path, step: int) -> dict:
             "kept": Path(status["checkpoint"]).name}
 
 
+def _seconds(runs: list[dict], key: str) -> str:
+    return ", ".join(f"{r[key]:.2f}" for r in runs)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--only", choices=("kill", "quiet", "non-finite"), action="append",
+                   help="measure only these faults (repeatable; default: all)")
     args = p.parse_args()
+    only = set(args.only or ("kill", "quiet", "non-finite"))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python"]
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, launcher in [("torchrun", torchrun), ("mpiexec", [mpiexec, "-disable-auto-cleanup", "-n", "2"])]:
-            if launcher[0] is None:
+            if launcher[0] is None or "kill" not in only:
                 continue
             runs = [kill_one(launcher, Path(tmp) / f"{name}{i}") for i in range(3)]
             results[f"kill -9 rank 1 under {name}"] = runs
-            lines = ", ".join(f"{r['line_s']:.2f}" for r in runs)
-            exits = ", ".join(f"{r['exit_s']:.2f}" for r in runs)
-            print(f"kill -9 of rank 1 under {name}: survivor's line after {lines} s; launcher exited after {exits} s; "
-                  f"status {runs[0]['status']} "
-                  f"({runs[0]['reason']}); epochs trained since the newest checkpoint: "
-                  f"{', '.join(str(r['epochs_lost']) for r in runs)}")
-        nan = non_finite(Path(tmp), 5)
-        results["non-finite loss on rank 1, epoch 2 step 5"] = nan
-        print(f"non-finite loss on rank 1 at epoch 2 step 5: named rank {nan['rank']} step {nan['reported_step']}; "
-              f"newest checkpoint kept: {nan['kept']}")
+            print(f"kill -9 of rank 1 under {name}: survivor's line after {_seconds(runs, 'line_s')} s; launcher "
+                  f"exited after {_seconds(runs, 'exit_s')} s; status {runs[0]['status']} ({runs[0]['reason']}); "
+                  f"epochs trained since the newest checkpoint: {', '.join(str(r['epochs_lost']) for r in runs)}")
+        for name, launcher, victim in [("torchrun", torchrun, 1), ("mpiexec", [mpiexec, "-n", "2"], 0)]:
+            if launcher[0] is None or "quiet" not in only:
+                continue
+            runs = [freeze_one(launcher, Path(tmp) / f"quiet-{name}{i}", victim) for i in range(3)]
+            results[f"SIGSTOP rank {victim} under {name}"] = runs
+            print(f"SIGSTOP of rank {victim} under {name}: the line after {_seconds(runs, 'line_s')} s; launcher "
+                  f"exited after {_seconds(runs, 'exit_s')} s; every process gone after "
+                  f"{_seconds(runs, 'all_gone_s')} s; status {runs[0]['status']} ({runs[0]['reason']}, ranks "
+                  f"{runs[0]['quiet_ranks']})")
+        if "non-finite" in only:
+            nan = non_finite(Path(tmp), 5)
+            results["non-finite loss on rank 1, epoch 2 step 5"] = nan
+            print(f"non-finite loss on rank 1 at epoch 2 step 5: named rank {nan['rank']} step "
+                  f"{nan['reported_step']}; newest checkpoint kept: {nan['kept']}")
     if args.json:
         args.json.write_text(json.dumps({"host_cpus": os.cpu_count(), "results": results}, indent=2) + "\n")
     return 0
