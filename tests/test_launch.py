@@ -22,6 +22,8 @@ SCRIPTS = [*sorted((REPO / "jobscripts").glob("*.sh")), *sorted((REPO / "launch"
            *(REPO / "tests" / "cluster" / name for name in ("pbs_lab.sh", "onpbs", "pbs-tmrsh"))]
 COMMAND = ["--", "python", "-m", "hpc_mnist.train"]
 
+SRUN = "srun --kill-on-bad-exit=1"  # every srun line: a rank that fails ends the step (a frozen one with it)
+
 
 def scheduler_free_env(**values: str) -> dict[str, str]:
     """No launcher, scheduler or site variables: detection sees only what a test sets."""
@@ -87,15 +89,18 @@ def test_dry_run_aurora_cpu_binding_follows_ppn(nodefile, ppn, cpu_bind):
 
 
 @pytest.mark.parametrize("system, nodes, ppn, expected", [
-    ("perlmutter", 1, None, "srun -N 1 -n 4 --ntasks-per-node 4 --gpus-per-node 4 --cpus-per-task 32 --cpu-bind cores"),
-    ("perlmutter", 2, None, "srun -N 2 -n 8 --ntasks-per-node 4 --gpus-per-node 4 --cpus-per-task 32 --cpu-bind cores"),
+    ("perlmutter", 1, None, f"{SRUN} -N 1 -n 4 --ntasks-per-node 4 --gpus-per-node 4 --cpus-per-task 32 "
+                            "--cpu-bind cores"),
+    ("perlmutter", 2, None, f"{SRUN} -N 2 -n 8 --ntasks-per-node 4 --gpus-per-node 4 --cpus-per-task 32 "
+                            "--cpu-bind cores"),
     # 8 ranks share the 4 GPUs and get 16 of the node's 128 hardware threads each (not 8 x 32 = 256)
-    ("perlmutter", 2, 8, "srun -N 2 -n 16 --ntasks-per-node 8 --gpus-per-node 4 --cpus-per-task 16 --cpu-bind cores"),
-    ("frontier", 2, None, "srun -N 2 -n 16 --ntasks-per-node 8 -c 7 --gpus-per-task 1 --gpu-bind closest "
+    ("perlmutter", 2, 8, f"{SRUN} -N 2 -n 16 --ntasks-per-node 8 --gpus-per-node 4 --cpus-per-task 16 "
+                         "--cpu-bind cores"),
+    ("frontier", 2, None, f"{SRUN} -N 2 -n 16 --ntasks-per-node 8 -c 7 --gpus-per-task 1 --gpu-bind closest "
                           "--network=disable_rdzv_get"),
-    ("frontier", 2, 4, "srun -N 2 -n 8 --ntasks-per-node 4 -c 14 --gpus-per-task 1 --gpu-bind closest "
+    ("frontier", 2, 4, f"{SRUN} -N 2 -n 8 --ntasks-per-node 4 -c 14 --gpus-per-task 1 --gpu-bind closest "
                        "--network=disable_rdzv_get"),
-    ("slurm", 2, None, "srun -N 2 -n 8 --ntasks-per-node 4"),
+    ("slurm", 2, None, f"{SRUN} -N 2 -n 8 --ntasks-per-node 4"),
 ])
 def test_dry_run_slurm(system, nodes, ppn, expected):
     env = scheduler_free_env(SLURM_JOB_ID="9", SLURM_JOB_NUM_NODES=str(nodes), SLURM_GPUS_ON_NODE="4")
@@ -127,9 +132,9 @@ def test_dry_run_outside_a_job_shows_modules_and_placeholder_hosts():
 
 @pytest.mark.parametrize("system, modules, line", [
     ("aurora", ["module load frameworks"], "mpiexec -n 12 --ppn 12 --cpu-bind list:1-8:"),
-    ("perlmutter", ["module load pytorch"], "srun -N 3 -n 12 --ntasks-per-node 4 "),
+    ("perlmutter", ["module load pytorch"], f"{SRUN} -N 3 -n 12 --ntasks-per-node 4 "),
     ("frontier", ["module load PrgEnv-gnu/8.7.0 cpe/26.03",
-                  "module load rocm/7.1.1 craype-accel-amd-gfx90a rccl-net-plugin"], "srun -N 3 -n 24 "),
+                  "module load rocm/7.1.1 craype-accel-amd-gfx90a rccl-net-plugin"], f"{SRUN} -N 3 -n 24 "),
 ])
 def test_dry_run_outside_a_job_on_every_site(tmp_path, system, modules, line):
     """The same preview under the module stand-in: nothing is loaded (the log stays empty), nothing created."""
@@ -284,7 +289,7 @@ def test_job_script_runs_under_a_simulated_scheduler(tmp_path, script, scheduler
     assert summary["status"] == "completed" and summary["world_size"] == 2
     assert summary["launcher"] == ("mpi" if scheduler == "pbs" else "slurm")
     calls = log.read_text()
-    assert ("mpiexec -n 2 --ppn 2" if scheduler == "pbs" else "srun -N 1 -n 2") in calls
+    assert ("mpiexec -n 2 --ppn 2" if scheduler == "pbs" else "srun --kill-on-bad-exit=1 -N 1 -n 2") in calls
     expected_loads = {"polaris.sh": "conda activate base", "aurora.sh": "module load frameworks",
                       "perlmutter.sh": "module load pytorch", "frontier.sh": "module load rocm/7.1.1"}
     if script in expected_loads:

@@ -35,21 +35,22 @@ check_machine() {
     done
     if ! ip netns add hm-probe 2>/dev/null; then cannot "cannot create network namespaces here"; fi
     ip netns del hm-probe
-    # libpmix-dev: Slurm's pmix plugin opens libpmix.so, which only that package provides.
+    # libpmix-dev: Slurm's pmix plugin opens libpmix.so, which only that package provides; iptables: a host
+    # whose network drops every packet (the quiet-host tests).
     local missing="" pkg
-    for pkg in slurm-wlm munge libpmix-dev; do dpkg -s $pkg >/dev/null 2>&1 || missing=1; done
+    for pkg in slurm-wlm munge libpmix-dev iptables; do dpkg -s $pkg >/dev/null 2>&1 || missing=1; done
     if [ -n "$missing" ]; then
-        command -v apt-get >/dev/null || cannot "no apt-get here to install slurm-wlm, munge and libpmix-dev"
-        echo "lab: installing slurm-wlm, munge and libpmix-dev (about a minute, once)" >&2
+        command -v apt-get >/dev/null || cannot "no apt-get here to install slurm-wlm, munge, libpmix-dev and iptables"
+        echo "lab: installing slurm-wlm, munge, libpmix-dev and iptables (about a minute, once)" >&2
         local _
         for _ in 1 2 3 4 5 6; do   # another apt may hold the lock
-            if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge libpmix-dev \
+            if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge libpmix-dev iptables \
                     >"$LAB_DIR/apt.log" 2>&1; then
                 return 0
             fi
             sleep 10
         done
-        cannot "apt-get install slurm-wlm munge libpmix-dev failed (see $LAB_DIR/apt.log)"
+        cannot "apt-get install slurm-wlm munge libpmix-dev iptables failed (see $LAB_DIR/apt.log)"
     fi
 }
 
