@@ -34,10 +34,12 @@ def resolve(requested: str, device: torch.device, model_name: str) -> str:
     return "fp32"
 
 
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(precision: str, device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+    """`cache=False` for a region captured as a CUDA graph (PyTorch's CUDA-graph notes ask for it): the weights'
+    low-precision copies are then cast inside the graph on every replay, never taken from autocast's cache."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision], cache_enabled=cache)
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
