@@ -94,6 +94,8 @@ def time_to_99(args: argparse.Namespace, rt: dist.Runtime, scratch: Path, consol
                            args.reference_epochs, list(range(args.reference_seeds)), console, each_epoch=True)}
         report["ratio"] = report["reference"]["train_seconds_mean"] / report["ours"]["train_seconds_mean"]
     report["load_after"] = os.getloadavg()
+    if rt.device.type == "cuda":
+        report["peak_device_mb"] = torch.cuda.max_memory_allocated(rt.device) / 2**20
     table = Table(title=f"time to 99% test accuracy under the fixed protocol, {rt.device}, {rt.threads} thread(s)")
     for col in ("path", "epochs", "seeds", "test accuracy mean", "min - max", "training s (mean)", "CPU s (mean)",
                 "speed-up"):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from helpers.devices import DEVICES, needs_cuda, small_config
+from hpc_mnist.core import config
 from hpc_mnist.core.datasets import DeviceData
 
 TRAIN, TEST = 1000, 200
@@ -36,8 +37,6 @@ def test_data_left_on_the_host_is_pinned_for_a_gpu_and_batches_still_reach_the_d
 def test_the_gpu_holds_the_full_mnist_once_and_a_batch_adds_only_its_own_size(_):
     """The bundled full MNIST (60,000 + 10,000 digits): its bytes once, its labels and row indices beside them,
     and nothing that grows with the data set per batch."""
-    from hpc_mnist.core import config
-
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     data = DeviceData(config.DataConfig(), torch.device("cuda", 0))
