@@ -179,6 +179,19 @@ def summary(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return figures
 
 
+def commit() -> str | None:
+    """The checkout's commit: from git where the repository is, else as the carry's preparation wrote it."""
+    try:
+        found = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
+                               timeout=10)
+        if found.returncode == 0:
+            return found.stdout.strip()
+    except OSError:  # no git on the machine
+        pass
+    written = CARRY / "commit"
+    return written.read_text().strip() if written.is_file() else None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sys.path.insert(0, str(REPO))  # this checkout's package, installed or not
     from hpc_mnist.errors import ArgumentParser, comma_list
@@ -215,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "dry mode")
         started = time.time()
         report: dict[str, Any] = {"check": "hpc_mnist GPU check (benchmarks/gpu_check.py)", "label": args.label,
+                                  "commit": commit(),
                                   "dry_run": args.device == "cpu", "device": args.device,
                                   "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                                   "budget_s": args.budget, "parts": {}}
