@@ -1,10 +1,11 @@
-"""The GPU benchmark's step (bench/captured.py): as it is, it trains exactly as the trainer's step; captured as a
+"""The GPU benchmark's step (bench/captured.py): as it is, it trains exactly as the trainer's step (with
+deterministic algorithms on CUDA, as two runs of the trainer would need); captured as a
 CUDA graph it trains as that step does; through torch.compile it trains. Its refusals are one line each."""
 
 import pytest
 import torch
 
-from helpers.devices import DEVICES, needs_cuda, one_rank, small_config
+from helpers.devices import DEVICES, needs_cuda, nondeterministic, one_rank, small_config
 from hpc_mnist.bench.captured import CapturedLoop
 from hpc_mnist.errors import UserError
 
@@ -28,13 +29,13 @@ def trainers_weights(device: str, tmp_path, *overrides: str) -> list[torch.Tenso
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_the_eager_step_is_the_trainers_step(device, amp, tmp_path):
+def test_the_eager_step_is_the_trainers_step(device, amp, tmp_path, deterministic):
     overrides = (f"train.precision={amp}",)
     loop = CapturedLoop(small_config(device, *CNN, *overrides), one_rank(device), tmp_path, "eager")
     ours = after_steps(loop)
     assert loop.steps_done == STEPS and torch.isfinite(loop.loss)
     theirs = trainers_weights(device, tmp_path, *overrides)
-    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True)), nondeterministic(deterministic)
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])

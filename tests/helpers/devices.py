@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,9 @@ def small_config(device: str, *overrides: str) -> config.Config:
 
 def trainer(device: str, tmp_path: Path, *overrides: str) -> Trainer:
     return Trainer(small_config(device, *overrides), one_rank(device), tmp_path)
+
+
+def nondeterministic(seen: list[warnings.WarningMessage]) -> str:
+    """The operations that warned they have no deterministic kernel, for an assertion's message."""
+    return "; ".join(sorted({str(w.message).split(" does not have")[0] for w in seen
+                             if "deterministic" in str(w.message)})) or "none warned"
