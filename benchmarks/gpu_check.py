@@ -46,7 +46,7 @@ class Part:
     dry_limit_s: float  # in the dry mode
 
 
-PARTS = (Part("environment", 40, 20), Part("tests", 120, 60), Part("cnn", 60, 25), Part("mlp", 30, 20),
+PARTS = (Part("environment", 40, 20), Part("tests", 180, 60), Part("cnn", 60, 25), Part("mlp", 30, 20),
          Part("tutorial", 60, 25), Part("time_to_99", 75, 25), Part("cnn_compile", 120, 60))
 DRY_DATA = ["data.name=synthetic", "data.synthetic_train=512", "data.synthetic_test=128"]
 
@@ -63,7 +63,7 @@ def command(name: str, args: argparse.Namespace, result: Path, until: float) -> 
     if name == "environment":
         return [*parts, "environment", "--device", args.device, "--json", str(result)]
     if name == "tests":
-        return [*python, "-m", "pytest", "tests/gpu", "-o", "addopts=", "-p", "no:cacheprovider", "-q", "-rfEs",
+        return [*python, "-m", "pytest", "tests/gpu", "-o", "addopts=", "-p", "no:cacheprovider", "-v", "-rfEs",
                 "-m", "not slow" if dry else "gpu", f"--junitxml={result}"]
     if name == "cnn":
         return [*throughput, *cnn, "--modes", "trainer,eager,graphs"]

@@ -5,7 +5,7 @@ CUDA graph it trains as that step does; through torch.compile it trains. Its ref
 import pytest
 import torch
 
-from helpers.devices import DEVICES, needs_cuda, nondeterministic, one_rank, small_config
+from helpers.devices import DEVICES, ON_CUDA, nondeterministic, one_rank, small_config
 from hpc_mnist.bench.captured import CapturedLoop
 from hpc_mnist.errors import UserError
 
@@ -39,8 +39,8 @@ def test_the_eager_step_is_the_trainers_step(device, amp, tmp_path, deterministi
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])
-@pytest.mark.parametrize("_", [pytest.param(0, marks=needs_cuda)])
-def test_the_captured_graph_trains_as_the_eager_step(_, amp, tmp_path):
+@pytest.mark.parametrize("device", ON_CUDA)
+def test_the_captured_graph_trains_as_the_eager_step(device, amp, tmp_path):
     """Three eager warm-up steps on a side stream, the capture, then replays: the same weights as eager steps
     (capturable Adam computes its bias corrections on the GPU: equal to rounding)."""
     cfg = small_config("cuda", *CNN, f"train.precision={amp}", "model.conv_dropout=0", "model.fc_dropout=0")
@@ -57,8 +57,8 @@ def test_the_captured_graph_trains_as_the_eager_step(_, amp, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["compile", "compile+graphs"])
-@pytest.mark.parametrize("_", [pytest.param(0, marks=needs_cuda)])
-def test_the_compiled_step_trains(_, mode, tmp_path):
+@pytest.mark.parametrize("device", ON_CUDA)
+def test_the_compiled_step_trains(device, mode, tmp_path):
     loop = CapturedLoop(small_config("cuda", *CNN, "train.precision=bf16"), one_rank("cuda"), tmp_path, mode)
     try:
         loop.steps(3)()

@@ -4,7 +4,7 @@ gradients; only fp16 gets a GradScaler, which scales the loss and skips the upda
 import pytest
 import torch
 
-from helpers.devices import DEVICES, needs_cuda, trainer
+from helpers.devices import DEVICES, ON_CUDA, trainer
 from hpc_mnist.core import precision
 
 SMALL_CNN = ["model.name=cnn", "model.channels=[4,8]", "model.fc=16"]  # the tutorial CNN's layers, narrower
@@ -36,8 +36,8 @@ def test_an_overflowed_fp16_step_is_skipped_and_the_scale_halved(device, tmp_pat
     assert t.scaler.get_scale() == 2.0**15
 
 
-@pytest.mark.parametrize("_", [pytest.param(0, marks=needs_cuda)])
-def test_auto_precision_on_a_gpu_is_bf16_where_it_has_bf16(_):
+@pytest.mark.parametrize("device", ON_CUDA)
+def test_auto_precision_on_a_gpu_is_bf16_where_it_has_bf16(device):
     expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     for model in ("linear", "mlp", "cnn"):
         assert precision.resolve("auto", torch.device("cuda", 0), model) == expected

@@ -4,7 +4,7 @@ batch is a gather there; with data.resident=false they wait in pinned host memor
 import pytest
 import torch
 
-from helpers.devices import DEVICES, needs_cuda, small_config
+from helpers.devices import DEVICES, ON_CUDA, small_config
 from hpc_mnist.core import config
 from hpc_mnist.core.datasets import DeviceData
 
@@ -33,8 +33,8 @@ def test_data_left_on_the_host_is_pinned_for_a_gpu_and_batches_still_reach_the_d
     assert x.device.type == y.device.type == device
 
 
-@pytest.mark.parametrize("_", [pytest.param(0, marks=needs_cuda)])
-def test_the_gpu_holds_the_full_mnist_once_and_a_batch_adds_only_its_own_size(_):
+@pytest.mark.parametrize("device", ON_CUDA)
+def test_the_gpu_holds_the_full_mnist_once_and_a_batch_adds_only_its_own_size(device):
     """The bundled full MNIST (60,000 + 10,000 digits): its bytes once, its labels and row indices beside them,
     and nothing that grows with the data set per batch."""
     torch.cuda.synchronize()

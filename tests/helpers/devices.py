@@ -17,6 +17,7 @@ from hpc_mnist.training.trainer import Trainer
 NO_CUDA = "no CUDA device here (torch.cuda.is_available() is False): run tests/gpu on a GPU machine"
 needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)]
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+ON_CUDA = [pytest.param("cuda", marks=needs_cuda)]  # a test about the GPU alone
 # The same, where the CPU run takes seconds (fp16 is emulated there): in the slow tier on the CPU.
 DEVICES_SLOW_ON_CPU = [pytest.param("cpu", marks=pytest.mark.slow), DEVICES[1]]
 
