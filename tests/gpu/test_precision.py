@@ -37,7 +37,17 @@ def test_an_overflowed_fp16_step_is_skipped_and_the_scale_halved(device, tmp_pat
 
 
 @pytest.mark.parametrize("device", ON_CUDA)
-def test_auto_precision_on_a_gpu_is_bf16_where_it_has_bf16(device):
-    expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+def test_auto_precision_on_a_gpu_is_bf16_where_it_has_bf16_tensor_cores(device):
+    expected = "bf16" if torch.cuda.get_device_capability(0)[0] >= 8 or torch.version.hip else "fp16"
     for model in ("linear", "mlp", "cnn"):
         assert precision.resolve("auto", torch.device("cuda", 0), model) == expected
+
+
+@pytest.mark.parametrize("major, expected", [(7, "fp16"), (8, "bf16"), (9, "bf16")])
+def test_auto_precision_takes_fp16_where_bf16_would_only_be_emulated(monkeypatch, major, expected):
+    """A V100 (7.0) can hold bf16 tensors, and torch.cuda.is_bf16_supported() says True there, but it has no bf16
+    tensor cores: auto must take fp16 (an A100 is 8.0, an H100 9.0)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert precision.resolve("auto", torch.device("cuda", 0), "cnn") == expected

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from helpers.commands import torchrun
 from helpers.devices import DEVICES, one_rank, small_config
 from helpers.processes import REPO, clean_env
-from hpc_mnist.core import models
+from hpc_mnist.core import models, precision
 from hpc_mnist.doctor.allreduce import timed_allreduce
 from hpc_mnist.runtime import devices, dist, timing
 
@@ -82,7 +82,7 @@ def test_torchrun_with_one_worker_trains_on_the_device(tmp_path, device):
     summary = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert (summary["status"], summary["launcher"], summary["world_size"]) == ("completed", "torchrun", 1)
     assert summary["device"] == ("cuda:0" if device == "cuda" else "cpu")
-    expected = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+    expected = precision.resolve("auto", torch.device(device, 0) if device == "cuda" else torch.device(device), "mlp")
     assert summary["precision"] == expected and summary["test_acc"] > 0.5
 
 
