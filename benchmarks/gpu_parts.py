@@ -14,6 +14,7 @@ for the CNN, its fraction of the device's FLOP-bound limit (dense bf16 peak / FL
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -44,6 +45,7 @@ def environment(device: str) -> dict[str, Any]:
     """The machine, the software and the device: what every figure of the check was measured on."""
     import torch
 
+    from hpc_mnist.core import precision
     from hpc_mnist.perf.peak import peak_bf16_tflops
 
     found: dict[str, Any] = {
@@ -63,14 +65,19 @@ def environment(device: str) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(0)
     found.update(device_name=torch.cuda.get_device_name(0), capability=".".join(map(str, (props.major, props.minor))),
                  memory_gib=props.total_memory / 2**30, multiprocessors=props.multi_processor_count,
-                 devices_visible=torch.cuda.device_count(), cudnn=torch.backends.cudnn.version(),
-                 bf16_supported=torch.cuda.is_bf16_supported(),
-                 nccl=".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
+                 devices_visible=torch.cuda.device_count(),
                  peak_bf16_tflops=peak_bf16_tflops(torch.cuda.get_device_name(0)))
-    if shutil.which("nvidia-smi"):
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-        found["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+    probes = {"cudnn": lambda: torch.backends.cudnn.version(),
+              "nccl": lambda: ".".join(map(str, torch.cuda.nccl.version())),
+              "bf16_tensor_cores": lambda: precision.cuda_has_native_bf16(torch.device("cuda", 0)),
+              "nvidia_smi": lambda: subprocess.run(
+                  ["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
+                  capture_output=True, text=True, timeout=30).stdout.strip()}
+    for key, probe in probes.items():  # each a side figure: one that fails says why, the rest are kept
+        try:
+            found[key] = probe()
+        except Exception as e:
+            found[key] = f"unknown ({first_line(e)})"
     return found
 
 
@@ -125,6 +132,8 @@ def measure(row: dict[str, Any], args: argparse.Namespace, rt, scratch: Path, am
                                     if channels_last is not None and args.model == "cnn" else [])]
     try:
         cfg = run_config(args.model, amp, args.batch, args)
+        if row["mode"].startswith("compile"):
+            torch._dynamo.reset()  # each row compiles afresh: no earlier row's cache, no recompile limit reached
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         loop = ProjectLoop(cfg, rt, scratch) if row["mode"] == "trainer" else CapturedLoop(cfg, rt, scratch,
@@ -142,6 +151,7 @@ def measure(row: dict[str, Any], args: argparse.Namespace, rt, scratch: Path, am
         row["error"] = first_line(e)
         print(f"gpu_parts: {row['variant']} {row['mode']}: {row['error']}", file=sys.stderr, flush=True)
     row["seconds"] = time.perf_counter() - began
+    gc.collect()  # the loop's reference cycles (its model, a graph's memory pool) go before the next row
     if cuda:
         torch.cuda.empty_cache()
 

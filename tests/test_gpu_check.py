@@ -1,9 +1,11 @@
 """benchmarks/gpu_check.py, the one command for a lent GPU machine: its dry mode runs every part on this CPU and
 writes the JSON the GPU run will write; its mistakes are one line each; the FLOP-bound limit it states."""
 
+import importlib.util
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -77,3 +79,22 @@ def test_the_flop_bound_comes_from_the_devices_name():
     assert peak_bf16_tflops("x86_64") is None
     # the tutorial CNN's ~72 MFLOP per sample on an H100 SXM5: about 13.7 million samples/s at the peak
     assert round(flop_bound_samples_per_s(71.95e6, 989.4) / 1e6, 1) == 13.8
+
+
+def test_the_environment_part_reads_a_gpu_and_survives_a_probe_that_fails(monkeypatch):
+    """The CUDA branch of the first part, on a faked H100 whose NCCL version cannot be read: every field, the
+    datasheet peak from the name, and the failed probe said in words."""
+    spec = importlib.util.spec_from_file_location("gpu_parts", REPO / "benchmarks" / "gpu_parts.py")
+    parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parts)
+    props = SimpleNamespace(major=9, minor=0, total_memory=80 * 2**30, multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda.nccl, "version", lambda: 1 / 0)
+    found = parts.environment("cuda")
+    assert found["device_name"] == "NVIDIA H100 80GB HBM3" and found["peak_bf16_tflops"] == 989.4
+    assert (found["capability"], found["memory_gib"], found["multiprocessors"]) == ("9.0", 80.0, 132)
+    assert found["bf16_tensor_cores"] is True and found["nccl"] == "unknown (ZeroDivisionError: division by zero)"
+    assert found["torch"] == str(torch.__version__)
