@@ -114,9 +114,9 @@ def run_part(part: Part, args: argparse.Namespace, deadline: float, log, scratch
     log.write(f"\n===== {part.name}: {' '.join(cmd)}\n")
     log.flush()
     offset = log.tell()
+    carried = [str(CARRY)] if part.name == "tests" and CARRY.is_dir() else []  # pytest, for the tests alone
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-           "PYTHONPATH": os.pathsep.join([*([str(CARRY)] if CARRY.is_dir() else []), str(REPO),
-                                          os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+           "PYTHONPATH": os.pathsep.join([*carried, str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     if args.device == "cpu":
         env.setdefault("OMP_NUM_THREADS", "1")
     began, code = time.perf_counter(), None
