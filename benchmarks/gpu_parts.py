@@ -99,9 +99,10 @@ def throughput(args: argparse.Namespace, report: dict[str, Any], out: Path) -> N
                   peak_bf16_tflops=tflops, flop_bound_samples_per_s=bound, rows=[])
     failed = ""
     with tempfile.TemporaryDirectory() as scratch:
-        for variant in args.variants:
-            amp, channels_last = VARIANTS[variant]
-            for mode in args.modes:
+        # mode by mode: a capture that fails can leave the CUDA context broken, for the rows after it alone
+        for mode in args.modes:
+            for variant in args.variants:
+                amp, channels_last = VARIANTS[variant]
                 row: dict[str, Any] = {"variant": variant, "mode": mode}
                 report["rows"].append(row)
                 if time.time() > args.until:
