@@ -158,7 +158,9 @@ def measure(row: dict[str, Any], args: argparse.Namespace, rt, scratch: Path, am
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from hpc_mnist.errors import ArgumentParser
+
+    p = ArgumentParser(prog="benchmarks/gpu_parts.py", description=__doc__.split("\n\n")[0])
     p.add_argument("part", choices=["environment", "throughput"])
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--json", type=Path, required=True)
@@ -177,7 +179,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None) -> int:
     args = parse_args(argv)
     report: dict[str, Any] = {"part": args.part}
     if args.part == "environment":
@@ -186,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         throughput(args, report, args.json)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, installed or not
+    from hpc_mnist.errors import one_line
+
+    return one_line(run)(argv)
 
 
 if __name__ == "__main__":
