@@ -18,7 +18,7 @@ class ProjectLoop:
 
     def __init__(self, cfg: Config, rt: dist.Runtime, scratch: Path):
         self.trainer = Trainer(cfg, rt, scratch)
-        self.cfg = cfg
+        self.cfg, self.device = cfg, rt.device
         self._epoch = 0
 
     def _batches(self) -> Iterator[torch.Tensor]:

@@ -17,6 +17,13 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """True on GPUs with bf16 tensor cores (NVIDIA compute capability 8.0 on: A100, H100; and AMD's). Not
+    torch.cuda.is_bf16_supported(), which also says True where bf16 is only emulated (a V100): there fp16 is the
+    fast half precision."""
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve(requested: str, device: torch.device, model_name: str) -> str:
     """The precision `auto` stands for: the fastest choice that trains as well as fp32.
 
@@ -26,7 +33,7 @@ def resolve(requested: str, device: torch.device, model_name: str) -> str:
     if requested != "auto":
         return requested
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_native_bf16(device) else "fp16"
     if device.type == "xpu":
         return "bf16"
     if device.type == "cpu" and model_name == "cnn" and cpu_has_native_bf16():
@@ -34,10 +41,12 @@ def resolve(requested: str, device: torch.device, model_name: str) -> str:
     return "fp32"
 
 
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(precision: str, device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+    """`cache=False` for a region captured as a CUDA graph (PyTorch's CUDA-graph notes ask for it): the weights'
+    low-precision copies are then cast inside the graph on every replay, never taken from autocast's cache."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision], cache_enabled=cache)
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
