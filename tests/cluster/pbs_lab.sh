@@ -39,7 +39,7 @@ SYS_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Build dependencies (Debian 12 names) and run-time packages, as measured in shared/pbs-lab/NOTES.md.
 PACKAGES="gcc make libtool libhwloc-dev libx11-dev libxt-dev libedit-dev libical-dev libncurses-dev perl
 postgresql-server-dev-all postgresql-contrib python3-dev tcl-dev tk-dev swig libexpat1-dev libssl-dev libxext-dev
-libxft-dev autoconf automake g++ libcjson-dev expat libedit2 postgresql python3 sudo tcl tk libical3"
+libxft-dev autoconf automake g++ libcjson-dev expat libedit2 postgresql python3 sudo tcl tk libical3 iptables"
 
 cannot() { echo "pbs lab: $*" >&2; exit 3; }
 fail() { echo "pbs lab: $*" >&2; exit 1; }
