@@ -25,21 +25,33 @@ def quick_census(monkeypatch):
     monkeypatch.setattr(quiet, "CENSUS", 1.0)
     monkeypatch.setattr(quiet, "PERIOD", 0.2)
     monkeypatch.setattr(quiet, "STORE_TIMEOUT", 1.0)
+    monkeypatch.setattr(quiet, "RECORD_WAIT", 3.0)
 
 
 class Rank:
     """One rank's watch, its verdict and exit recorded instead of ending this process."""
 
-    def __init__(self, rank: int, size: int, connect, holder: int | None = None, probe=lambda: True):
+    def __init__(self, rank: int, size: int, connect, holder: int | None = None, probe=lambda: True,
+                 recording: float = 0.0):
+        self.rank, self.recording = rank, recording
         self.verdicts: list[quiet.Verdict] = []
         self.exits: list[int] = []
+        self.recorded_at = self.exited_at = 0.0
         self.ended = threading.Event()
         self.watch = quiet.QuietWatch(rank, size, AFTER, lambda: f"epoch 1 step {rank}, computing",
-                                      self.verdicts.append, 4, holder=holder, connect=connect, probe=probe,
+                                      self._record, 4, holder=holder, connect=connect, probe=probe,
                                       exit=self._exit)
+
+    def _record(self, verdict: quiet.Verdict) -> None:
+        """As the run records it: the reporter's line and status.json take `recording` seconds."""
+        self.verdicts.append(verdict)
+        if verdict.reporter == self.rank:
+            time.sleep(self.recording)
+        self.recorded_at = time.monotonic()
 
     def _exit(self, code: int) -> None:
         self.exits.append(code)
+        self.exited_at = time.monotonic()
         self.ended.set()
 
     def freeze(self) -> None:
@@ -62,7 +74,9 @@ def store():
 
 
 def test_a_rank_whose_beat_stops_is_named_once_and_every_other_rank_ends(store):
-    ranks = [Rank(r, 4, client(store)) for r in range(4)]
+    """Rank 2 of 4 stops beating: rank 1, its watcher, names it after the census; every other rank takes that
+    verdict and ends only once rank 1 has recorded it (a launcher would end rank 1 with the first of them)."""
+    ranks = [Rank(r, 4, client(store), recording=1.0) for r in range(4)]
     for r in ranks:
         r.watch.__enter__()
     time.sleep(0.6)
@@ -78,6 +92,7 @@ def test_a_rank_whose_beat_stops_is_named_once_and_every_other_rank_ends(store):
     assert (v.ranks, v.reporter, v.where) == ((2,), 1, {2: "epoch 1 step 2, computing"})  # rank 1 watches rank 2
     assert "no heartbeat for 1.5 s" in v.why
     assert all(ranks[r].exits == [4] for r in (0, 1, 3)) and ranks[2].verdicts == []
+    assert ranks[1].recorded_at < min(ranks[r].exited_at for r in (0, 3))
 
 
 def test_ranks_that_ended_are_not_named(store):

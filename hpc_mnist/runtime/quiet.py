@@ -37,6 +37,7 @@ import torch.distributed as tdist
 PERIOD = 1.0  # seconds between beats
 CENSUS = 4.0  # seconds a suspected rank's peers are watched before the verdict
 STORE_TIMEOUT = 5.0  # seconds one store operation of the watch may take
+RECORD_WAIT = 10.0  # seconds the other ranks give the reporter to record the verdict before they end
 T = TypeVar("T")
 ENDED = "ended"  # the beat a rank leaves when it stops watching (a run that ended, a rank that failed)
 
@@ -208,12 +209,32 @@ class QuietWatch:
                                f"{self.quiet_after:g} s: this host or the store's host is cut off", -1)
 
     def _end(self, verdict: Verdict) -> None:
+        """Record the verdict (the run's callback), then end this process. The reporter says in the store that it
+        has recorded it, and the others wait for that: a launcher ends every rank once one has ended (MPICH's
+        mpiexec at once), which must not come before the reporter's line and status.json."""
         try:
             self.on_verdict(verdict)
+            if verdict.reporter == self.rank:
+                with contextlib.suppress(Exception):
+                    self._bounded(lambda: self._client().set("recorded", "1"))
+            elif verdict.reporter >= 0:
+                self._await_record()
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             self.exit(self.exit_code)
+
+    def _await_record(self) -> None:
+        """Until the reporter has recorded the verdict, or RECORD_WAIT seconds (it may be gone, or the store)."""
+        deadline = time.monotonic() + RECORD_WAIT
+        while time.monotonic() < deadline:
+            try:
+                if self._bounded(lambda: self._client().check(["recorded"])):
+                    return
+            except Exception:  # no store (its holder is the quiet one): give the reporter its time
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                return
+            time.sleep(0.1)
 
     def __enter__(self) -> QuietWatch:
         if self.quiet_after > 0 and self.world_size > 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -54,7 +55,10 @@ def test_a_quiet_host_is_named_within_a_minute_and_every_rank_ends(pbs_lab: PbsL
         print(f"PBS {fault}: named after {named} s, every rank gone after {gone:.1f} s")
         assert named is not None and named < NAMED_WITHIN, (named, st)
         assert (st["reason"], st["quiet_hosts"], sorted(st["quiet_ranks"])) == ("rank quiet", [second], there), st
-        assert gone < GONE_WITHIN, gone
+        left = [pid for pid in ranks["pids"] if alive(pid)]
+        assert gone < GONE_WITHIN, (gone, pbs_lab.state(job), left, subprocess.run(
+            ["ps", "-o", "pid,ppid,sid,stat,etime,cmd", "-p", ",".join(map(str, left)) or "1"],
+            capture_output=True, text=True).stdout, pbs_lab.job(job).log[-2000:])
     finally:
         if second and fault != "sigstop":
             for rule in DROP:
