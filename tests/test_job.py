@@ -226,5 +226,6 @@ def test_the_job_command_needs_neither_torch_nor_the_trainer():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=clean_env(),
                           timeout=60)
     assert done.stdout.strip() == str(sorted(["hpc_mnist", "hpc_mnist.errors", "hpc_mnist.job", "hpc_mnist.runtime",
+                                              "hpc_mnist.runtime.badhosts", "hpc_mnist.runtime.chain",
                                               "hpc_mnist.runtime.pbs", "hpc_mnist.runtime.shell",
-                                              "hpc_mnist.runtime.status"])), done.stderr
+                                              "hpc_mnist.runtime.slurm", "hpc_mnist.runtime.status"])), done.stderr

@@ -31,8 +31,10 @@ def count(run_dir: str | os.PathLike, checkpoint: str | None, job: str, link: in
         before = {}
     except (OSError, ValueError):
         before = {}  # a damaged record costs at most MAX_FRUITLESS launches more: never a reason to stop
-    if not isinstance(before, dict) or (link == 0 and before.get("job") != job):
+    if not isinstance(before, dict):
         before = {}
+    if link == 0 and before.get("job") != job:  # a new chain: counted anew, against the checkpoint it starts from
+        before = {"checkpoint": before.get("checkpoint")}
     progress = bool(checkpoint) and checkpoint != before.get("checkpoint")
     fruitless = 0 if progress else int(before.get("fruitless") or 0) + 1
     try:
