@@ -12,8 +12,10 @@ verb: a job script runs it, with the job's PYTHON.
         Also: record the hosts the status names bad (`bad_hosts`) in the run directory's bad-hosts.json
         (hpc_mnist/runtime/badhosts.py), and count the launches in a row that ended without a new checkpoint
         (runtime/chain.py): at --max-fruitless of them (0: never) the run is not continued, said in one line.
-    python -m hpc_mnist.job check-hosts --scheduler slurm|pbs -- --config FILE [section.key=value ...]
-        Before any launch: the job's hosts less the run's bad ones too few for the job is one line, exit 2.
+    python -m hpc_mnist.job before-launch --scheduler slurm|pbs [--job ID --link N --max-fruitless N] -- \
+            --config FILE [section.key=value ...]
+        Before any launch: the job's hosts less the run's bad ones too few for the job, or --max-fruitless
+        launches in a row of this chain without a new checkpoint, is one line, exit 2.
     python -m hpc_mnist.job requeue-slurm [--job ID] [--status FILE]
         Requeue this Slurm job, its excluded nodes updated with the run's bad hosts (runtime/slurm.py).
     python -m hpc_mnist.job continue-pbs --script "$0" --run-name NAME --count N [--job ID] [--status FILE]
@@ -67,9 +69,7 @@ def after_launch(path: str, code: int, scheduler: str, stopping: bool, job: str 
     if job_copy.get("requeue") is not True:
         return DONE
     if max_fruitless and fruitless >= max_fruitless:
-        print(f"hpc_mnist: {fruitless} launches in a row ended without a new checkpoint (MAX_FRUITLESS="
-              f"{max_fruitless}): not continuing run {status.run_name(job_copy)}, its newest checkpoint kept; find "
-              f"the cause in the logs above, then resubmit with RUN_NAME={status.run_name(job_copy)}",
+        print(f"hpc_mnist: {chain.stop_line(fruitless, max_fruitless, status.run_name(job_copy), 'not continuing')}",
               file=sys.stderr, flush=True)
         return DONE
     print(status.why_stopped(job_copy, scheduler))
@@ -99,18 +99,22 @@ def bad_of(status_path: str) -> list[str]:
     return list(badhosts.read(run_dir)) if run_dir else []
 
 
-def check_hosts(scheduler: str, words: list[str]) -> int:
-    """The pre-launch check: the run directory from the launch's own config words, the allocation's hosts from
-    the scheduler; too few good hosts is one line (badhosts.check)."""
+def before_launch(scheduler: str, words: list[str], job: str, link: int, max_fruitless: int) -> int:
+    """Before any launch of the run the launch's config words name: too few good hosts in the allocation
+    (badhosts.check), or a chain that has made no progress in `max_fruitless` launches (one a scheduler
+    reran by itself: Slurm's NODE_FAIL requeue, PBS's rerun), is one line, exit 2; nothing is deleted."""
     from hpc_mnist.core import config  # yaml, no torch
     from hpc_mnist.runtime.jobid import job_name
 
-    p = config.parser(f"{PROG} check-hosts", "the launch's config words")
-    args = p.parse_args(words)
+    args = config.parser(f"{PROG} before-launch", "the launch's config words").parse_args(words)
     cfg = config.build(args.config, args.overrides)
-    run_dir = os.path.join(cfg.log.dir, cfg.log.name or job_name() or "")
-    bad = badhosts.read(run_dir) if cfg.log.name or job_name() else {}
-    if bad:
+    name = cfg.log.name or job_name()
+    run_dir = os.path.join(cfg.log.dir, name or "")
+    if not name or not os.path.isdir(run_dir):
+        return 0  # a new run: nothing recorded yet
+    if max_fruitless and (fruitless := chain.fruitless(run_dir, job, link)) >= max_fruitless:
+        raise UserError(chain.stop_line(fruitless, max_fruitless, name, "not launching"))
+    if bad := badhosts.read(run_dir):
         hosts = allocation(scheduler)
         badhosts.check(hosts, bad, len(hosts), run_dir)
     return 0
@@ -155,15 +159,16 @@ def main(argv: list[str] | None = None) -> int:
                        help="the signal that is stopping the job (the job script's JOB_STOPPING), if any")
     after.add_argument("--status", default=os.environ.get(status.STATUS_FILE_VAR, ""), metavar="FILE",
                        help=f"the job's status file (default ${status.STATUS_FILE_VAR})")
-    after.add_argument("--job", default="", help="this job's id, for the record of bad hosts")
-    after.add_argument("--link", type=int, default=0, metavar="N",
-                       help="the job's place in its chain (SLURM_RESTART_COUNT, RESUBMIT_COUNT; 0: a first job)")
-    after.add_argument("--max-fruitless", type=int, default=0, metavar="N",
-                       help="stop the chain after N launches in a row without a new checkpoint (0: never)")
-    hosts = sub.add_parser("check-hosts", prog=f"{PROG} check-hosts",
-                           help="before the launch: too few good hosts for the job is one line")
-    hosts.add_argument("--scheduler", choices=("slurm", "pbs"), required=True)
-    hosts.add_argument("words", nargs=argparse.REMAINDER, help="-- then the launch's --config FILE and overrides")
+    before = sub.add_parser("before-launch", prog=f"{PROG} before-launch",
+                            help="before the launch: too few good hosts, or a chain without progress, is one line")
+    before.add_argument("--scheduler", choices=("slurm", "pbs"), required=True)
+    before.add_argument("words", nargs=argparse.REMAINDER, help="-- then the launch's --config FILE and overrides")
+    for each in (after, before):
+        each.add_argument("--job", default="", help="this job's id (the record of bad hosts, the chain's count)")
+        each.add_argument("--link", type=int, default=0, metavar="N",
+                          help="the job's place in its chain (SLURM_RESTART_COUNT, RESUBMIT_COUNT; 0: a first job)")
+        each.add_argument("--max-fruitless", type=int, default=0, metavar="N",
+                          help="stop the chain after N launches in a row without a new checkpoint (0: never)")
     requeue = sub.add_parser("requeue-slurm", prog=f"{PROG} requeue-slurm",
                              help="requeue this Slurm job away from the run's bad hosts")
     requeue.add_argument("--job", default=os.environ.get("SLURM_JOB_ID", ""), help="the job (default $SLURM_JOB_ID)")
@@ -183,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"after-launch needs --status FILE or ${status.STATUS_FILE_VAR}")
         return after_launch(args.status, args.exit, args.scheduler, stopping=bool(args.stopping), job=args.job,
                             link=args.link, max_fruitless=args.max_fruitless)
-    if args.command == "check-hosts":
-        return check_hosts(args.scheduler, args.words[1:] if args.words[:1] == ["--"] else args.words)
+    if args.command == "before-launch":
+        return before_launch(args.scheduler, args.words[1:] if args.words[:1] == ["--"] else args.words, args.job,
+                             args.link, args.max_fruitless)
     if not args.job:
         raise UserError("no Slurm job here (SLURM_JOB_ID is not set): nothing to requeue"
                         if args.command == "requeue-slurm" else

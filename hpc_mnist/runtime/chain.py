@@ -20,25 +20,40 @@ from hpc_mnist.runtime import status
 NAME = "chain.json"  # in the run directory
 
 
-def count(run_dir: str | os.PathLike, checkpoint: str | None, job: str, link: int) -> int:
-    """Record a launch that ended with `checkpoint` the newest; the launches in a row, this one included, that
-    ended without a new one. `link` is the job's place in its chain (0: a first job, a user's submission: the
-    count starts again, unless this job launched before)."""
-    path = Path(run_dir) / NAME
+def _record(run_dir: str | os.PathLike, job: str, link: int) -> dict:
+    """What this job's chain has recorded so far: for a new chain (`link` 0, the job's place in its chain: a
+    user's submission, unless this very job launched before) only the checkpoint it starts from."""
     try:
-        before = json.loads(path.read_text())
-    except FileNotFoundError:
-        before = {}
+        before = json.loads((Path(run_dir) / NAME).read_text())
     except (OSError, ValueError):
-        before = {}  # a damaged record costs at most MAX_FRUITLESS launches more: never a reason to stop
+        before = {}  # none yet, or damaged: a damaged record never stops a run by itself
     if not isinstance(before, dict):
         before = {}
-    if link == 0 and before.get("job") != job:  # a new chain: counted anew, against the checkpoint it starts from
+    if link == 0 and before.get("job") != job:
         before = {"checkpoint": before.get("checkpoint")}
+    return before
+
+
+def fruitless(run_dir: str | os.PathLike, job: str, link: int) -> int:
+    """The launches in a row of this job's chain that ended without a new checkpoint."""
+    return int(_record(run_dir, job, link).get("fruitless") or 0)
+
+
+def count(run_dir: str | os.PathLike, checkpoint: str | None, job: str, link: int) -> int:
+    """Record a launch that ended with `checkpoint` the newest; the launches in a row, this one included, that
+    ended without a new one."""
+    before = _record(run_dir, job, link)
     progress = bool(checkpoint) and checkpoint != before.get("checkpoint")
-    fruitless = 0 if progress else int(before.get("fruitless") or 0) + 1
+    now = 0 if progress else int(before.get("fruitless") or 0) + 1
+    path = Path(run_dir) / NAME
     try:
-        status.write(path, {"fruitless": fruitless, "checkpoint": checkpoint or before.get("checkpoint"), "job": job})
+        status.write(path, {"fruitless": now, "checkpoint": checkpoint or before.get("checkpoint"), "job": job})
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    return fruitless
+    return now
+
+
+def stop_line(count: int, limit: int, run_name: str, what: str) -> str:
+    return (f"{count} launches in a row ended without a new checkpoint (MAX_FRUITLESS={limit}): {what} run "
+            f"{run_name}, its newest checkpoint kept; find the cause in the logs above, then resubmit with "
+            f"RUN_NAME={run_name} (a new submission counts anew)")
