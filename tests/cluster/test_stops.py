@@ -6,6 +6,8 @@ resumed runs end with the weights of an uninterrupted run, bit for bit, and each
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -215,3 +217,35 @@ def test_a_host_that_dies_ends_the_segment_and_the_requeued_job_ends_as_uninterr
     assert segments(result) == 2
     assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
     assert_same_weights(run_dir / "model.pt", uninterrupted)
+
+
+def test_a_requeued_job_avoids_the_host_of_a_lost_rank(lab: SlurmLab):
+    """1 host x 2 ranks, rank 1 killed (kill -9, as the OOM killer would) once the run has saved a checkpoint:
+    rank 0 names it and its host (status `bad_hosts`), the job script records the host in the run's
+    bad-hosts.json and requeues the job excluding it (measured on this Slurm: a running job's ExcNodeList cannot
+    be updated, so requeuehold, update, release), and the requeued job runs on the lab's other host to the end,
+    its start panel naming the bad host."""
+    work = lab.workdir("bad-host")
+    run_dir = work / "runs" / "badhost"
+    script = user_edited_job_script(work, nodes=1, tasks_per_node=2, time="00:10:00", name="badhost.sh")
+    out = work / "badhost.out"
+    job = lab.submit(script, out=out, variables=job_variables(work, f"{SLOW} train.epochs={EPOCHS}",
+                                                               RUN_NAME="badhost"))
+    deadline = time.monotonic() + 150
+    while not ((st := status(run_dir) if (run_dir / "status.json").exists() else None) and st.get("checkpoint")):
+        assert time.monotonic() < deadline and lab.state(job) in lab.ALIVE, (lab.info(job), st)
+        time.sleep(0.2)
+    ranks = json.loads((run_dir / "ranks.json").read_text())
+    bad = ranks["hosts"][0]
+    assert ranks["hosts"] == [bad, bad]
+    os.kill(ranks["pids"][1], signal.SIGKILL)  # the lab's hosts share this machine's process table
+    result = finished(lab, job, out, timeout=300)
+    assert (result.state, result.restarts) == ("COMPLETED", 1), result.log[-3000:]
+    record = json.loads((run_dir / "bad-hosts.json").read_text())["hosts"]
+    assert list(record) == [bad] and record[bad]["job"] == job and record[bad]["why"].startswith("rank lost (rank 1)")
+    assert result.info["ExcNodeList"] == bad
+    assert f"hpc_mnist: job {job} requeued excluding {bad} (the run's bad hosts)" in result.log
+    assert f"bad hosts, not used again by this run: {bad} (rank lost (rank 1)" in result.log
+    other = json.loads((run_dir / "ranks.json").read_text())["hosts"]
+    assert other[0] != bad and other == [other[0]] * 2, other
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
