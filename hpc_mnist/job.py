@@ -65,7 +65,7 @@ def after_launch(path: str, code: int, scheduler: str, stopping: bool, job: str 
     fruitless = 0
     if run_dir and os.path.isdir(run_dir):
         note_bad_hosts(run_dir, job_copy, job)
-        fruitless = chain.count(run_dir, job_copy.get("checkpoint"), job, link)
+        fruitless = chain.count(run_dir, job_copy.get("checkpoint"), job, link, job_copy.get("time"))
     if job_copy.get("requeue") is not True:
         return DONE
     if max_fruitless and fruitless >= max_fruitless:
@@ -112,12 +112,24 @@ def before_launch(scheduler: str, words: list[str], job: str, link: int, max_fru
     run_dir = os.path.join(cfg.log.dir, name or "")
     if not name or not os.path.isdir(run_dir):
         return 0  # a new run: nothing recorded yet
+    catch_up(run_dir, job, link)
     if max_fruitless and (fruitless := chain.fruitless(run_dir, job, link)) >= max_fruitless:
         raise UserError(chain.stop_line(fruitless, max_fruitless, name, "not launching"))
     if bad := badhosts.read(run_dir):
         hosts = allocation(scheduler)
         badhosts.check(hosts, bad, len(hosts), run_dir)
     return 0
+
+
+def catch_up(run_dir: str, job: str, link: int) -> None:
+    """Do what the last launch's after-launch could not: a job script killed before it (Slurm's own requeue
+    after a node failure: measured on the lab, the job is cancelled "DUE TO NODE FAILURE" seconds after rank 0
+    named the ranks lost there) recorded neither the bad hosts its status names nor the launch."""
+    st = read_quietly(os.path.join(run_dir, status.NAME))
+    if st is None or status.running(st) or st.get("time") is None or st.get("time") == chain.counted(run_dir):
+        return
+    note_bad_hosts(run_dir, st, job)
+    chain.count(run_dir, st.get("checkpoint"), job, max(link - 1, 0), st.get("time"))
 
 
 def allocation(scheduler: str) -> list[str]:

@@ -271,7 +271,9 @@ def test_a_chain_without_progress_stops_at_max_fruitless(written):
         "hpc_mnist: 3 launches in a row ended without a new checkpoint (MAX_FRUITLESS=3): not continuing run r7, its "
         "newest checkpoint kept; find the cause in the logs above, then resubmit with RUN_NAME=r7 (a new "
         "submission counts anew)\n")
-    assert json.loads((run_dir / "chain.json").read_text()) == {"fruitless": 3, "checkpoint": ckpt, "job": "42"}
+    record = json.loads((run_dir / "chain.json").read_text())
+    assert record == {"fruitless": 3, "checkpoint": ckpt, "job": "42", "status_time": record["status_time"]}
+    assert record["status_time"] == json.loads(copy.read_text())["time"]
     rundir.write_status(run_dir, "stopped", reason="deadline", checkpoint=ckpt.replace("0002", "0003"))
     assert after_launch(copy, "--job", "42", "--link", "4", "--max-fruitless", "3", code=75).returncode == CONTINUE
     assert json.loads((run_dir / "chain.json").read_text())["fruitless"] == 0
@@ -311,3 +313,23 @@ def test_a_chain_without_progress_does_not_launch_again(tmp_path):
         "hpc_mnist: error: 3 launches in a row ended without a new checkpoint (MAX_FRUITLESS=3): not launching run r7")
     assert before_launch(run_dir, "--job", "43", "--link", "0", "--max-fruitless", "3").returncode == 0
     assert before_launch(run_dir, "--job", "42", "--link", "1", "--max-fruitless", "0").returncode == 0
+
+
+def test_a_launch_whose_job_script_was_killed_is_caught_up_before_the_next(tmp_path):
+    """Slurm's own requeue after a node failure kills the job script before its after-launch (measured on the
+    lab): the next launch records the host the run directory's status names, counts that launch, and does not
+    launch onto the host; once counted, a cleared host stays cleared."""
+    run_dir = tmp_path / "runs" / "r7"
+    run_dir.mkdir(parents=True)
+    rundir.write_status(run_dir, "failed", **LOST, requeue=True, checkpoint=str(run_dir / "checkpoint-0002-000000.pt"))
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("n1\nn2\n")
+    result = before_launch(run_dir, "--job", "42", "--link", "1", PBS_NODEFILE=str(nodefile))
+    assert result.returncode == MISTAKE
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"hpc_mnist: recorded n2 as bad in {run_dir}/bad-hosts.json (rank lost (rank 1)")
+    assert lines[1].startswith("hpc_mnist: error: this job's hosts n2 are recorded as bad") and len(lines) == 2
+    assert json.loads((run_dir / "chain.json").read_text())["fruitless"] == 0  # that launch had saved a checkpoint
+    (run_dir / "bad-hosts.json").unlink()  # as hpc-mnist hosts --clear leaves it: no hosts
+    result = before_launch(run_dir, "--job", "42", "--link", "1", PBS_NODEFILE=str(nodefile))
+    assert (result.returncode, result.stderr) == (0, "")

@@ -3,7 +3,7 @@ launches keep ending without a new checkpoint is stopped (MAX_FRUITLESS in launc
 broken input or node cannot eat an allocation or a queue.
 
     <run_dir>/chain.json   {"fruitless": N, "checkpoint": "<the newest checkpoint after the last launch>",
-                            "job": "<the last launch's job id>"}
+                            "job": "<the last launch's job id>", "status_time": <the time of the status counted>}
 
 Standard library only (and hpc_mnist.errors): the job scripts run this without torch.
 """
@@ -39,15 +39,23 @@ def fruitless(run_dir: str | os.PathLike, job: str, link: int) -> int:
     return int(_record(run_dir, job, link).get("fruitless") or 0)
 
 
-def count(run_dir: str | os.PathLike, checkpoint: str | None, job: str, link: int) -> int:
-    """Record a launch that ended with `checkpoint` the newest; the launches in a row, this one included, that
-    ended without a new one."""
+def counted(run_dir: str | os.PathLike) -> float | None:
+    """The `time` of the last status counted: a run directory's status.json with another time ended a launch
+    whose job script never got to count it (Slurm's own requeue after a node failure kills the job script)."""
+    return _record(run_dir, "", 1).get("status_time")
+
+
+def count(run_dir: str | os.PathLike, checkpoint: str | None, job: str, link: int,
+          status_time: float | None = None) -> int:
+    """Record a launch that ended with `checkpoint` the newest (its status written at `status_time`); the
+    launches in a row, this one included, that ended without a new one."""
     before = _record(run_dir, job, link)
     progress = bool(checkpoint) and checkpoint != before.get("checkpoint")
     now = 0 if progress else int(before.get("fruitless") or 0) + 1
     path = Path(run_dir) / NAME
     try:
-        status.write(path, {"fruitless": now, "checkpoint": checkpoint or before.get("checkpoint"), "job": job})
+        status.write(path, {"fruitless": now, "checkpoint": checkpoint or before.get("checkpoint"), "job": job,
+                            "status_time": status_time})
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     return now
