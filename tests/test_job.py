@@ -297,8 +297,9 @@ def test_too_few_good_hosts_is_one_line_before_any_launch(tmp_path):
     result = before_launch(run_dir, PBS_NODEFILE=str(nodefile))
     assert result.returncode == MISTAKE and result.stdout == ""
     assert result.stderr == (f"hpc_mnist: error: this job's hosts n2 are recorded as bad in {run_dir}/bad-hosts.json,"
-                             " which leaves 1 of the 2 node(s) the job needs: not launching; resubmit (the scheduler "
-                             f"avoids them) or clear them with `hpc-mnist hosts {run_dir} --clear`\n")
+                             " which leaves 1 of the 2 node(s) the job needs: not launching; resubmit away from them "
+                             "(sbatch --exclude=n2; qsub -l select=...:host=<a good host>) or clear them with "
+                             f"`hpc-mnist hosts {run_dir} --clear`\n")
     assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing deleted
 
 

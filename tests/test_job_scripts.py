@@ -303,8 +303,8 @@ def test_a_job_on_a_bad_host_does_not_launch(tmp_path, scheduler):
     assert result.returncode == 2
     assert [line for line in result.stderr.splitlines() if line.startswith("hpc_mnist")] == [
         f"hpc_mnist: error: this job's hosts n2 are recorded as bad in {run_dir}/bad-hosts.json, which leaves 1 of "
-        f"the 2 node(s) the job needs: not launching; resubmit (the scheduler avoids them) or clear them with "
-        f"`hpc-mnist hosts {run_dir} --clear`"]
+        "the 2 node(s) the job needs: not launching; resubmit away from them (sbatch --exclude=n2; qsub -l "
+        f"select=...:host=<a good host>) or clear them with `hpc-mnist hosts {run_dir} --clear`"]
     assert "python -m" not in stub_log(tmp_path)  # neither the doctor nor the training started
     assert sorted(p.name for p in run_dir.iterdir()) == ["bad-hosts.json", "checkpoint-0001-000000.pt"]
 

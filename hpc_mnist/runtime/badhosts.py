@@ -98,8 +98,9 @@ def check(allocation: list[str], bad: dict[str, Any], needed: int, run_dir: str 
     if len(usable) < needed:
         named = sorted(set(allocation) & set(bad))
         raise UserError(f"this job's hosts {', '.join(named)} are recorded as bad in {Path(run_dir) / NAME}, which "
-                        f"leaves {len(usable)} of the {needed} node(s) the job needs: not launching; resubmit "
-                        f"(the scheduler avoids them) or clear them with `hpc-mnist hosts {run_dir} --clear`")
+                        f"leaves {len(usable)} of the {needed} node(s) the job needs: not launching; resubmit away "
+                        f"from them (sbatch --exclude={','.join(named)}; qsub -l select=...:host=<a good host>) or "
+                        f"clear them with `hpc-mnist hosts {run_dir} --clear`")
     return usable
 
 
