@@ -74,7 +74,7 @@ job_begin() {
 # `hpc_mnist.launch --system SYSTEM --ppn $RANKS_PER_NODE`. Returns the launch's exit status (the job's).
 train_job() {
     local launch=("$PYTHON" -m hpc_mnist.launch --system "$1" --ppn "$RANKS_PER_NODE" --)
-    # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
+    # shellcheck disable=SC2206  # OVERRIDES is a list of words on purpose
     local train=("$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES)
     "$PYTHON" -m hpc_mnist.job before-launch --scheduler "$JOB_SCHEDULER" --job "$JOB_ID" --link "${JOB_LINK:-0}" \
         --max-fruitless "${MAX_FRUITLESS:-3}" -- "${train[@]:3}" || return $?
