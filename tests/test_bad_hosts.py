@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -130,25 +131,30 @@ def stub_slurm(tmp_path, monkeypatch):
     return lambda: [line for line in (tmp_path / "stub.log").read_text().splitlines() if "show" not in line]
 
 
-def test_a_slurm_requeue_without_bad_hosts_is_a_plain_requeue(stub_slurm):
+@pytest.fixture
+def term_restored():
+    """slurm.requeue ignores TERM from then on in its process (the requeue's TERM must not cut its line short)."""
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+def test_a_slurm_requeue_without_bad_hosts_is_a_plain_requeue(stub_slurm, term_restored):
     assert slurm.requeue("42", []) == []
     assert stub_slurm() == ["scontrol requeue 42"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
 
 
-def test_a_slurm_requeue_holds_excludes_and_releases(stub_slurm, monkeypatch):
+def test_a_slurm_requeue_holds_excludes_and_releases(stub_slurm, monkeypatch, term_restored):
     """Measured on the lab's Slurm: a running job's ExcNodeList cannot be updated, so the job is requeued held,
     updated (its own exclusions kept) and released."""
     monkeypatch.setenv("STUB_EXCLUDED", "n3")
-    sigterm = __import__("signal").getsignal(15)
-    try:
-        assert slurm.requeue("42", ["n2"]) == ["n3", "n2"]
-    finally:
-        __import__("signal").signal(15, sigterm)
+    assert slurm.requeue("42", ["n2"]) == ["n3", "n2"]
     assert stub_slurm() == ["scontrol requeuehold 42", "scontrol update JobId=42 ExcNodeList=n3,n2",
                             "scontrol release 42"]
 
 
-def test_a_slurm_exclusion_that_leaves_too_few_nodes_is_not_requeued(stub_slurm, monkeypatch):
+def test_a_slurm_exclusion_that_leaves_too_few_nodes_is_not_requeued(stub_slurm, monkeypatch, term_restored):
     """Measured: Slurm accepts it and leaves the job pending for ever (Reason BadConstraints)."""
     monkeypatch.setenv("STUB_NUM_NODES", "2")
     monkeypatch.setenv("STUB_PARTITION_NODES", "n[1-2]")

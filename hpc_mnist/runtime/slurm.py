@@ -42,6 +42,7 @@ def partition_hosts(partition: str) -> list[str]:
 
 def requeue(job_id: str, bad: list[str]) -> list[str]:
     """Requeue the job; with `bad` hosts, held until its excluded nodes include them. The nodes it now excludes."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue TERMs every process of the job, this one too
     if not bad:
         shell.output(["scontrol", "requeue", job_id], timeout=60)
         return []
@@ -53,7 +54,6 @@ def requeue(job_id: str, bad: list[str]) -> list[str]:
     if left is not None and len(left) < needed:
         raise UserError(f"not requeueing job {job_id}: without the bad hosts ({', '.join(excluded)}) partition "
                         f"{partition} has {len(left)} of the {needed} node(s) it needs")
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue TERMs every process of the job, this one too
     shell.output(["scontrol", "requeuehold", job_id], timeout=60)
     try:
         shell.output(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(excluded)}"], timeout=60)
