@@ -1,7 +1,8 @@
 """Stops on the lab's real Slurm, with jobscripts/slurm.sh as a user edits it (2 nodes x 2 tasks): the time
 limit (stop, requeue, resume), scancel (ends, no requeue; a resubmission resumes), scontrol requeue, a
-time-limit kill the trainer did not see coming, and two TERMs half a second apart. Nothing may be lost:
-resumed runs end with the weights of an uninterrupted run, bit for bit, and each epoch in metrics.jsonl once.
+time-limit kill the trainer did not see coming, two TERMs half a second apart, a host that dies and a rank
+killed (their hosts not used again by the run). Nothing may be lost: resumed runs end with the weights of an
+uninterrupted run, bit for bit, and each epoch in metrics.jsonl once.
 """
 
 from __future__ import annotations
