@@ -21,6 +21,7 @@ VERBS = {  # verb: (module, what it does)
     "comm": ("comm", "all-reduce benchmark, under a launcher (`torchrun ... -m hpc_mnist.comm`)"),
     "scaling": ("scaling.command", "scaling study: run a sweep of jobs, report efficiency"),
     "model": ("model", "predict scaling efficiency from all-reduce measurements"),
+    "hosts": ("hosts", "show the hosts a run will not use again (bad-hosts.json); --clear [HOST ...] clears them"),
     "lessons": ("lessons", "reproduce the classic MNIST lessons' published figures"),
     "init": (None, "copy the job scripts, site settings and presets into a folder to edit and submit from"),
 }

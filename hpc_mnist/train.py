@@ -28,7 +28,7 @@ from hpc_mnist.core import config, models
 from hpc_mnist.core.config import Config
 from hpc_mnist.core.datasets import check_root
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import deadline, dist, logger, rundir
+from hpc_mnist.runtime import badhosts, deadline, dist, logger, rundir
 from hpc_mnist.runtime.signals import StopRequest
 from hpc_mnist.runtime.stopping import StopAgreement
 from hpc_mnist.training.checkpointer import Checkpointer
@@ -56,7 +56,8 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
         checkpointer = Checkpointer(trainer)
         pos, notes = checkpointer.restore(plan.checkpoint) if plan.checkpoint else (Position(), [])
         controller = RunController(trainer, checkpointer, pos, agreement, started)
-        with controller.running(plan.notes + notes + trainer.size_notes() + rundir.name_notes(cfg, config_file)):
+        notes += trainer.size_notes() + rundir.name_notes(cfg, config_file) + badhosts.panel_notes(run_dir)
+        with controller.running(plan.notes + notes):
             for epoch in controller.epochs():
                 for step, x, y in controller.steps(epoch):  # checkpoints and stops happen between steps
                     loss, logits = trainer.step(x, y)

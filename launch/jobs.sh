@@ -15,8 +15,14 @@
 # defaults: OVERRIDES (extra section.key=value words, none), PYTHON (python), RUN_NAME (the run directory's
 # name; none: the job id names it, and a requeue or a continuation keeps it), MAX_REQUEUES (Slurm: how often a
 # job requeues itself, 10), MAX_RESUBMITS (PBS: how many jobs may carry one run, 10), DOCTOR (0 skips the
-# pre-flight check), HPC_MNIST_JOB_FILES (the folder of the status and stop files, runs/.jobs). The job script
-# sets CONFIG (the run's YAML) and RANKS_PER_NODE.
+# pre-flight check), HPC_MNIST_JOB_FILES (the folder of the status and stop files, runs/.jobs), MAX_FRUITLESS
+# (the launches in a row that may end without a new checkpoint before the run is no longer continued, 3; 0:
+# no limit). The job script sets CONFIG (the run's YAML) and RANKS_PER_NODE.
+#
+# Bad hosts. A host whose ranks were lost is recorded in the run directory's bad-hosts.json after the launch
+# (hpc_mnist/runtime/badhosts.py); a requeue excludes it (Slurm: requeuehold, ExcNodeList, release), a PBS
+# successor is placed on other hosts, and a launch whose hosts less the bad ones are too few for the job does
+# not start (one line, exit 2). `hpc-mnist hosts RUN_DIR --clear` clears the list.
 #
 # Signals. The scheduler itself delivers TERM to every process of the job (scancel, qdel, a time limit, a
 # requeue, preemption): this shell forwards nothing, waits for the ranks' stop checkpoint, starts nothing
@@ -43,8 +49,8 @@ job_begin() {
     JOB_SCHEDULER=$1 JOB_STOPPING=""
     case $JOB_SCHEDULER in
         slurm) JOB_ID=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}}
-               JOB_ID=${JOB_ID:-${SLURM_JOB_ID:-}} ;;
-        pbs) JOB_ID=${PBS_JOBID:-} ;;
+               JOB_ID=${JOB_ID:-${SLURM_JOB_ID:-}} JOB_LINK=${SLURM_RESTART_COUNT:-0} ;;
+        pbs) JOB_ID=${PBS_JOBID:-} JOB_LINK=${RESUBMIT_COUNT:-0} ;;
     esac
     if [ -z "$JOB_ID" ]; then
         local submit=sbatch variable=SLURM_JOB_ID
@@ -68,9 +74,12 @@ job_begin() {
 # `hpc_mnist.launch --system SYSTEM --ppn $RANKS_PER_NODE`. Returns the launch's exit status (the job's).
 train_job() {
     local launch=("$PYTHON" -m hpc_mnist.launch --system "$1" --ppn "$RANKS_PER_NODE" --)
+    # shellcheck disable=SC2206  # OVERRIDES is a list of words on purpose
+    local train=("$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES)
+    "$PYTHON" -m hpc_mnist.job before-launch --scheduler "$JOB_SCHEDULER" --job "$JOB_ID" --link "${JOB_LINK:-0}" \
+        --max-fruitless "${MAX_FRUITLESS:-3}" -- "${train[@]:3}" || return $?
     preflight "${launch[@]}" "$PYTHON" -m hpc_mnist.doctor || return $?
-    # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-    job_launch "${launch[@]}" "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES
+    job_launch "${launch[@]}" "${train[@]}"
 }
 
 # scaling_job SYSTEM ALLOCATED: a scaling sweep (hpc_mnist.scaling run) of CONFIG and OVERRIDES with
@@ -142,7 +151,8 @@ job_launch() {
     job_run "$@" || status=$?
     if [ -e "$HPC_MNIST_STATUS_FILE" ] && said=$("${PYTHON:-python}" -m hpc_mnist.job after-launch \
             --scheduler "$JOB_SCHEDULER" --exit "$status" --stopping "${JOB_STOPPING:-}" \
-            --status "$HPC_MNIST_STATUS_FILE"); then
+            --status "$HPC_MNIST_STATUS_FILE" --job "$JOB_ID" --link "${JOB_LINK:-0}" \
+            --max-fruitless "${MAX_FRUITLESS:-3}"); then
         { IFS= read -r JOB_WHY || :; IFS= read -r JOB_RUN || :; } <<< "$said"   # $() drops an empty last line
         "continue_${JOB_SCHEDULER}_job"
     fi
@@ -172,9 +182,8 @@ continue_slurm_job() {
     elif ! command -v scontrol >/dev/null 2>&1; then
         echo "hpc_mnist: $(stopped_why) with a checkpoint, but scontrol is not available here to" \
             "requeue job $JOB_ID: resubmit with the same RUN_NAME to continue"
-    else
+    elif "${PYTHON:-python}" -m hpc_mnist.job requeue-slurm --job "$JOB_ID" --status "$HPC_MNIST_STATUS_FILE"; then
         echo "hpc_mnist: $(stopped_why) with a checkpoint; requeueing job $JOB_ID to continue"
-        scontrol requeue "$JOB_ID"
     fi
 }
 

@@ -229,5 +229,111 @@ def test_the_job_command_needs_neither_torch_nor_the_trainer():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=clean_env(),
                           timeout=60)
     assert done.stdout.strip() == str(sorted(["hpc_mnist", "hpc_mnist.errors", "hpc_mnist.job", "hpc_mnist.runtime",
+                                              "hpc_mnist.runtime.badhosts", "hpc_mnist.runtime.chain",
                                               "hpc_mnist.runtime.pbs", "hpc_mnist.runtime.shell",
-                                              "hpc_mnist.runtime.status"])), done.stderr
+                                              "hpc_mnist.runtime.slurm", "hpc_mnist.runtime.status"])), done.stderr
+
+
+LOST = {"reason": "rank lost", "rank": 1, "rank_host": "n2", "rank_pid": 99, "lost_ranks": [1], "bad_hosts": ["n2"]}
+
+
+def test_a_rank_lost_names_its_host_bad_in_the_run_directory(written):
+    """The trainer's rank-lost status names the host (peers.lost_error's bad_hosts): recorded with why, when and
+    the job, said in one line; the run continues (progress was made) and will not use the host again."""
+    copy = written("failed", **LOST, requeue=True, epochs_done=2, checkpoint="/x/runs/r7/checkpoint-0002-000000.pt")
+    result = after_launch(copy, "--job", "4242", code=5)
+    assert result.returncode == CONTINUE, result.stderr
+    run_dir = Path(json.loads(copy.read_text())["run_dir"])
+    record = json.loads((run_dir / "bad-hosts.json").read_text())["hosts"]
+    assert list(record) == ["n2"] and (record["n2"]["why"], record["n2"]["job"]) == ("rank lost (rank 1) in epoch 3",
+                                                                                    "4242")
+    assert record["n2"]["when"].endswith("Z")
+    assert result.stderr == (f"hpc_mnist: recorded n2 as bad in {run_dir}/bad-hosts.json (rank lost (rank 1) in "
+                             f"epoch 3): this run will not use it again (`hpc-mnist hosts {run_dir} --clear` clears "
+                             "the list)\n")
+    again = after_launch(copy, "--job", "4243", code=5)
+    assert again.stderr == "" and json.loads((run_dir / "bad-hosts.json").read_text())["hosts"] == record
+
+
+def test_a_status_left_running_names_no_host(written):
+    """Ranks that died without recording why (`gone`) name nobody: nothing is recorded."""
+    copy = written("running", checkpoint="/x/runs/r7/checkpoint-0002-000000.pt")
+    assert after_launch(copy).returncode == CONTINUE
+    assert not (Path(json.loads(copy.read_text())["run_dir"]) / "bad-hosts.json").exists()
+
+
+def test_a_chain_without_progress_stops_at_max_fruitless(written):
+    """Launches that end without a new checkpoint are counted in the run directory; at MAX_FRUITLESS the run is
+    not continued, in one line; a new checkpoint starts the count again."""
+    ckpt = "/x/runs/r7/checkpoint-0002-000000.pt"
+    copy = written("stopped", reason="deadline", checkpoint=ckpt)
+    run_dir = Path(json.loads(copy.read_text())["run_dir"])
+    said = [after_launch(copy, "--job", "42", "--link", str(i), "--max-fruitless", "3", code=75) for i in range(4)]
+    assert [r.returncode for r in said] == [CONTINUE, CONTINUE, CONTINUE, DONE]
+    assert said[3].stdout == "" and said[3].stderr == (
+        "hpc_mnist: 3 launches in a row ended without a new checkpoint (MAX_FRUITLESS=3): not continuing run r7, its "
+        "newest checkpoint kept; find the cause in the logs above, then resubmit with RUN_NAME=r7 (a new "
+        "submission counts anew)\n")
+    record = json.loads((run_dir / "chain.json").read_text())
+    assert record == {"fruitless": 3, "checkpoint": ckpt, "job": "42", "status_time": record["status_time"]}
+    assert record["status_time"] == json.loads(copy.read_text())["time"]
+    rundir.write_status(run_dir, "stopped", reason="deadline", checkpoint=ckpt.replace("0002", "0003"))
+    assert after_launch(copy, "--job", "42", "--link", "4", "--max-fruitless", "3", code=75).returncode == CONTINUE
+    assert json.loads((run_dir / "chain.json").read_text())["fruitless"] == 0
+
+
+def before_launch(run_dir: Path, *more: str, **env: str) -> subprocess.CompletedProcess:
+    return job("before-launch", "--scheduler", "pbs", *more, "--", "--config", "configs/mlp.yaml",
+               f"log.dir={run_dir.parent}", f"log.name={run_dir.name}", **env)
+
+
+def test_too_few_good_hosts_is_one_line_before_any_launch(tmp_path):
+    run_dir = tmp_path / "runs" / "r7"
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("n1\nn1\nn2\nn2\n")
+    assert before_launch(run_dir, PBS_NODEFILE=str(nodefile)).returncode == 0  # a new run
+    run_dir.mkdir(parents=True)
+    (run_dir / "bad-hosts.json").write_text(json.dumps({"hosts": {"n3": {"why": "x", "when": "y", "job": ""}}}))
+    assert before_launch(run_dir, PBS_NODEFILE=str(nodefile)).returncode == 0  # not one of this job's
+    (run_dir / "bad-hosts.json").write_text(json.dumps({"hosts": {"n2": {"why": "x", "when": "y", "job": ""}}}))
+    before = sorted(p.name for p in run_dir.iterdir())
+    result = before_launch(run_dir, PBS_NODEFILE=str(nodefile))
+    assert result.returncode == MISTAKE and result.stdout == ""
+    assert result.stderr == (f"hpc_mnist: error: this job's hosts n2 are recorded as bad in {run_dir}/bad-hosts.json,"
+                             " which leaves 1 of the 2 node(s) the job needs: not launching; resubmit away from them "
+                             "(sbatch --exclude=n2; qsub -l select=...:host=<a good host>) or clear them with "
+                             f"`hpc-mnist hosts {run_dir} --clear`\n")
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing deleted
+
+
+def test_a_chain_without_progress_does_not_launch_again(tmp_path):
+    """A scheduler that reruns the job by itself (Slurm's NODE_FAIL requeue, PBS's rerun) meets the count before
+    its launch; a user's new submission (link 0, another job) counts anew."""
+    run_dir = tmp_path / "runs" / "r7"
+    run_dir.mkdir(parents=True)
+    (run_dir / "chain.json").write_text(json.dumps({"fruitless": 3, "checkpoint": "c.pt", "job": "42"}))
+    result = before_launch(run_dir, "--job", "42", "--link", "1", "--max-fruitless", "3")
+    assert result.returncode == MISTAKE and result.stderr.startswith(
+        "hpc_mnist: error: 3 launches in a row ended without a new checkpoint (MAX_FRUITLESS=3): not launching run r7")
+    assert before_launch(run_dir, "--job", "43", "--link", "0", "--max-fruitless", "3").returncode == 0
+    assert before_launch(run_dir, "--job", "42", "--link", "1", "--max-fruitless", "0").returncode == 0
+
+
+def test_a_launch_whose_job_script_was_killed_is_caught_up_before_the_next(tmp_path):
+    """Slurm's own requeue after a node failure kills the job script before its after-launch (measured on the
+    lab): the next launch records the host the run directory's status names, counts that launch, and does not
+    launch onto the host; once counted, a cleared host stays cleared."""
+    run_dir = tmp_path / "runs" / "r7"
+    run_dir.mkdir(parents=True)
+    rundir.write_status(run_dir, "failed", **LOST, requeue=True, checkpoint=str(run_dir / "checkpoint-0002-000000.pt"))
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("n1\nn2\n")
+    result = before_launch(run_dir, "--job", "42", "--link", "1", PBS_NODEFILE=str(nodefile))
+    assert result.returncode == MISTAKE
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"hpc_mnist: recorded n2 as bad in {run_dir}/bad-hosts.json (rank lost (rank 1)")
+    assert lines[1].startswith("hpc_mnist: error: this job's hosts n2 are recorded as bad") and len(lines) == 2
+    assert json.loads((run_dir / "chain.json").read_text())["fruitless"] == 0  # that launch had saved a checkpoint
+    (run_dir / "bad-hosts.json").unlink()  # as hpc-mnist hosts --clear leaves it: no hosts
+    result = before_launch(run_dir, "--job", "42", "--link", "1", PBS_NODEFILE=str(nodefile))
+    assert (result.returncode, result.stderr) == (0, "")

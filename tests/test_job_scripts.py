@@ -246,3 +246,85 @@ def test_term_during_start_up_starts_no_training(tmp_path, scheduler):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode != 0, out + err
     assert "hpc_mnist.train" not in stub_log(tmp_path)
+
+
+def lost_on(run_dir: Path, host: str) -> dict:
+    """The trainer's status after a rank on `host` was lost, this job having saved a checkpoint."""
+    return {"state": "failed", "reason": "rank lost", "rank": 1, "rank_host": host, "lost_ranks": [1],
+            "bad_hosts": [host], "requeue": True, "exit_code": 5, "run_dir": str(run_dir),
+            "checkpoint": str(run_dir / "checkpoint-0001-000000.pt")}
+
+
+def test_a_slurm_requeue_excludes_the_host_of_a_lost_rank(tmp_path):
+    run_dir = tmp_path / "runs" / "4242"
+    run_dir.mkdir(parents=True)
+    env = job_env(tmp_path, fake_trainer(tmp_path, lost_on(run_dir, "n2"), 5), STUB_EXCLUDED="n9",
+                  OVERRIDES=f"log.dir={run_dir.parent}")
+    result = run_job("slurm.sh", env, tmp_path)
+    assert result.returncode == 5, result.stderr
+    calls = [line for line in stub_log(tmp_path).splitlines() if line.startswith("scontrol ") and "show" not in line]
+    assert calls == ["scontrol requeuehold 4242", "scontrol update JobId=4242 ExcNodeList=n9,n2",
+                     "scontrol release 4242"]
+    assert "hpc_mnist: recorded n2 as bad in" in result.stderr
+    assert result.stdout.splitlines()[-2:] == [
+        "hpc_mnist: job 4242 requeued excluding n9, n2 (the run's bad hosts)",
+        "hpc_mnist: a rank was lost (above), after this job had made progress with a checkpoint; requeueing job 4242 "
+        "to continue"]
+    assert list(json.loads((run_dir / "bad-hosts.json").read_text())["hosts"]) == ["n2"]
+
+
+def test_a_pbs_successor_is_placed_away_from_the_host_of_a_lost_rank(tmp_path):
+    run_dir = tmp_path / "runs" / "long"
+    run_dir.mkdir(parents=True)
+    result = run_job("pbs.sh", pbs_env(tmp_path, fake_trainer(tmp_path, lost_on(run_dir, "n2"), 5),
+                                       OVERRIDES=f"log.dir={run_dir.parent}", RUN_NAME="long"), tmp_path)
+    assert result.returncode == 5, result.stderr
+    [qsub] = [line for line in stub_log(tmp_path).splitlines() if line.startswith("qsub ")]
+    assert " -l select=1:ncpus=1:host=n1+1:ncpus=1:host=n3 -l place=scatter " in qsub  # stub pbsnodes: n1-n3
+    assert "job 4343.pbs-server continues run long after job 4242.pbs-server ends" in result.stdout
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_a_job_on_a_bad_host_does_not_launch(tmp_path, scheduler):
+    """Too few good hosts (here: 1 of the 2 the job has) is one line before the pre-flight check and the launch;
+    the run directory keeps everything."""
+    run_dir = tmp_path / "runs" / "r7"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint-0001-000000.pt").write_text("kept")
+    (run_dir / "bad-hosts.json").write_text(json.dumps({"hosts": {"n2": {"why": "rank lost", "when": "", "job": ""}}}))
+    python = fake_trainer(tmp_path, None, 0)
+    values = {"RUN_NAME": "r7", "OVERRIDES": f"log.dir={run_dir.parent}", "DOCTOR": "1"}
+    if scheduler == "pbs":
+        env = pbs_env(tmp_path, python, **values)
+        (tmp_path / "nodefile").write_text("n1\nn2\n")
+    else:
+        env = job_env(tmp_path, python, SLURM_JOB_NODELIST="n[1-2]", **values)
+    result = run_job("pbs.sh" if scheduler == "pbs" else "slurm.sh", env, tmp_path)
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if line.startswith("hpc_mnist")] == [
+        f"hpc_mnist: error: this job's hosts n2 are recorded as bad in {run_dir}/bad-hosts.json, which leaves 1 of "
+        "the 2 node(s) the job needs: not launching; resubmit away from them (sbatch --exclude=n2; qsub -l "
+        f"select=...:host=<a good host>) or clear them with `hpc-mnist hosts {run_dir} --clear`"]
+    assert "python -m" not in stub_log(tmp_path)  # neither the doctor nor the training started
+    assert sorted(p.name for p in run_dir.iterdir()) == ["bad-hosts.json", "checkpoint-0001-000000.pt"]
+
+
+def test_max_fruitless_stops_a_requeue_chain(tmp_path):
+    """The third launch in a row without a new checkpoint: no requeue, one line (MAX_FRUITLESS=2 here: the
+    second)."""
+    run_dir = tmp_path / "runs" / "4242"
+    run_dir.mkdir(parents=True)
+    status = {**DEADLINE_STOP, "run_dir": str(run_dir), "checkpoint": str(run_dir / "checkpoint-0001-000016.pt")}
+    (run_dir / "chain.json").write_text(json.dumps({"fruitless": 0, "checkpoint": status["checkpoint"],
+                                                    "job": "4242"}))
+    env = job_env(tmp_path, fake_trainer(tmp_path, status, 75), OVERRIDES=f"log.dir={run_dir.parent}",
+                  SLURM_RESTART_COUNT="1", MAX_FRUITLESS="2")
+    first = run_job("slurm.sh", env, tmp_path)
+    assert first.returncode == 75 and "requeueing job 4242" in first.stdout, first.stderr
+    second = run_job("slurm.sh", {**env, "SLURM_RESTART_COUNT": "2"}, tmp_path)
+    assert second.returncode == 75 and "requeueing" not in second.stdout
+    assert "hpc_mnist: 2 launches in a row ended without a new checkpoint (MAX_FRUITLESS=2): not continuing run " \
+           "4242" in second.stderr
+    third = run_job("slurm.sh", {**env, "SLURM_RESTART_COUNT": "3"}, tmp_path)  # Slurm's own requeue, say
+    assert third.returncode == 2 and "not launching run 4242" in third.stderr
+    assert stub_log(tmp_path).count("scontrol requeue 4242") == 1

@@ -72,6 +72,10 @@ CASES = {  # name: (argv built in a temporary folder, what the one line says)
     "scaling report out under a file": (lambda t: ["scaling", "report", str(t), "--out", f"{_file(t)}/report"],
                                         "is a file, not a folder"),
     "init into a file": (lambda t: ["init", str((t / "f").touch() or t / "f")], "cannot write"),
+    "hosts of no run": (lambda t: ["hosts", str(t / "none")], "no run directory"),
+    "hosts clear a host not recorded": (lambda t: ["hosts", str(t), "--clear", "n9"], "n9 is not recorded as bad"),
+    "hosts damaged record": (lambda t: ["hosts", str((t / "bad-hosts.json").write_text("[]") and t)],
+                             "is not a record of bad hosts"),
     "lessons json unwritable": (lambda t: ["lessons", "--only", "linear", "--json", "/proc/nope/l.json"],
                                 "cannot write /proc/nope/l.json"),
 }

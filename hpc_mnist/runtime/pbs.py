@@ -8,6 +8,12 @@ place, walltime`), its log beside this one's (`hpc_mnist.o1234.1`, `.2`, ... aft
 run directory (RUN_NAME), held until this job has ended (`-W depend=afterany:<job>`), so the two never train
 at once.
 
+A run's bad hosts (runtime/badhosts.py) are avoided by naming the good hosts, one `host=` per chunk: OpenPBS
+23.06's select has no "not this host" (measured on the lab: `select=1:ncpus=2:host=hp-n1+1:ncpus=2:host=hp-n2`
+runs on exactly those; a second `host=` in one chunk is refused, "duplicated resource within a section"; an
+unknown host leaves the job queued, "Can Never Run: Insufficient amount of resource: host"). So such a successor
+waits for those hosts even when others are free; the hosts up first (`pbsnodes`) are chosen.
+
 A job script submits it with `python -m hpc_mnist.job continue-pbs --script "$0" --run-name NAME --count N`
 (hpc_mnist/job.py), which prints the new job's id.
 """
@@ -69,11 +75,41 @@ def variable_list(values: dict[str, str]) -> str:
     return ",".join(one(k, v) for k, v in values.items())
 
 
-def continuation(info: dict[str, Any], job_id: str, script: str, run_name: str, count: int) -> list[str]:
-    """The qsub command line of the job that continues this one's run once this one has ended."""
+def nodes() -> dict[str, str]:
+    """The server's hosts and their states (`pbsnodes -a -F json`): {host: 'free', 'job-busy', 'down', ...}."""
+    try:
+        found = json.loads(shell.output(["pbsnodes", "-a", "-F", "json"], timeout=30)).get("nodes", {})
+    except json.JSONDecodeError as e:
+        raise UserError(f"pbsnodes -a -F json printed no JSON ({e})") from None
+    return {str(v.get("resources_available", {}).get("host") or k): str(v.get("state", "")) for k, v in found.items()}
+
+
+def placed(select: str, avoid: list[str], hosts: dict[str, str]) -> str:
+    """`select` with each chunk on a named good host ('2:ncpus=4' -> '1:ncpus=4:host=a+1:ncpus=4:host=b'), the
+    hosts up first; a host= or vnode= already there is replaced. Too few good hosts is one line."""
+    chunks = []
+    for part in select.split("+"):
+        count, _, spec = part.partition(":") if part.split(":")[0].isdigit() else ("1", "", part)
+        spec = ":".join(r for r in spec.split(":") if r and not r.startswith(("host=", "vnode=")))
+        chunks += [spec] * int(count)
+    up = [h for h, state in hosts.items() if not any(s in state for s in ("down", "offline", "unknown"))]
+    good = [h for h in dict.fromkeys(up + list(hosts)) if h not in avoid]
+    if len(good) < len(chunks):
+        raise UserError(f"without the run's bad hosts ({', '.join(avoid)}) the server has {len(good)} of the "
+                        f"{len(chunks)} host(s) the job needs")
+    return "+".join(f"1:{spec}:host={host}" if spec else f"1:host={host}"
+                    for spec, host in zip(chunks, good[:len(chunks)], strict=True))
+
+
+def continuation(info: dict[str, Any], job_id: str, script: str, run_name: str, count: int,
+                 avoid: list[str] = (), hosts: dict[str, str] | None = None) -> list[str]:
+    """The qsub command line of the job that continues this one's run once this one has ended, on `hosts`
+    (the server's, with their states) other than `avoid`."""
     variables = {k: str(v) for k, v in info.get("Variable_List", {}).items() if not k.startswith("PBS_")}
     variables.update({"RUN_NAME": run_name, COUNT_VAR: str(count)})
-    resources = info.get("Resource_List", {})
+    resources = dict(info.get("Resource_List", {}))
+    if avoid and "select" in resources:
+        resources["select"] = placed(str(resources["select"]), list(avoid), hosts or {})
     cmd = ["qsub", "-W", f"depend=afterany:{job_id}", "-v", variable_list(variables)]
     for name in CARRIED_RESOURCES:
         if name in resources:
@@ -88,6 +124,7 @@ def continuation(info: dict[str, Any], job_id: str, script: str, run_name: str, 
     return [*cmd, script]
 
 
-def submit_continuation(job_id: str, script: str, run_name: str, count: int) -> str:
-    return shell.output(continuation(job_info(job_id), job_id, script, run_name, count), timeout=60).strip()
+def submit_continuation(job_id: str, script: str, run_name: str, count: int, avoid: list[str] = ()) -> str:
+    line = continuation(job_info(job_id), job_id, script, run_name, count, avoid, nodes() if avoid else None)
+    return shell.output(line, timeout=60).strip()
 

@@ -89,4 +89,5 @@ def lost_error(rt: dist.Runtime, error: BaseException, where: str) -> UserError:
     return UserError(f"{named}. Rank {rt.rank} stopped {where}", EXIT_RANK_LOST,
                      on_all_ranks=rt.rank != reporter,
                      status={"reason": "rank lost", "rank": first, "rank_host": rt.hosts[first],
-                             "rank_pid": rt.pids[first], "lost_ranks": list(dead)})
+                             "rank_pid": rt.pids[first], "lost_ranks": list(dead),
+                             "bad_hosts": list(dict.fromkeys(rt.hosts[r] for r in dead))})

@@ -29,6 +29,7 @@ from hpc_mnist.core.config import Config
 from hpc_mnist.errors import UserError
 from hpc_mnist.runtime import peers
 from hpc_mnist.runtime import status as status_file
+from hpc_mnist.runtime.jobid import job_name
 from hpc_mnist.runtime.status import STATUS_FILE_VAR
 
 # Settings that may change between segments of one run without making it another run.
@@ -51,15 +52,6 @@ def identity(cfg: Config, config_file: str | None) -> list[str]:
     base = config.build(config_file).flat()
     return [f"{key}={value!r}" for key, value in sorted(cfg.flat().items())
             if value != base.get(key) and not _bookkeeping(key) and key != "train.epochs" and key not in FREE_KEYS]
-
-
-def job_name() -> str | None:
-    """The batch job's id: '12.server' -> 12; a PBS subjob '5[1].server' of array '5[].server' -> 5-1."""
-    job = os.environ.get("PBS_ARRAY_ID") or os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return None
-    array = os.environ.get("PBS_ARRAY_INDEX") or os.environ.get("SLURM_ARRAY_TASK_ID")
-    return job.split(".")[0].removesuffix("[]") + (f"-{array}" if array else "")
 
 
 def default_name(cfg: Config, config_file: str | None) -> str:

@@ -344,3 +344,41 @@ def test_alcf_scripts_through_the_pals_stand_in(pbs_lab: PbsLab, script: str):
     launches = (work / "pals.log").read_text()
     wrapper = "gpu_affinity_polaris.sh" if script == "polaris.sh" else "--cpu-bind list:"
     assert launches.count("mpiexec -n 4 --ppn 2 ") == 2 and wrapper in launches, launches  # doctor, training
+
+
+def test_a_successor_is_placed_away_from_the_runs_bad_hosts(pbs_lab: PbsLab):
+    """A run whose record names its job's host bad (as the job script writes it after a rank lost there; under
+    MPICH's mpiexec a killed rank takes the others with it, so here the record is written while the job trains)
+    stops for the walltime, and its successor names the other host in its select (OpenPBS has no "not this
+    host"), runs there only, shows the bad host on its start panel, and ends the run."""
+    work = pbs_lab.workdir("pbs-bad-host")
+    name = unique_name(work)
+    first = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs=12 train.deadline_margin=90", "-N", name,
+                   "-l", "select=1:ncpus=2:host=hp-n1", walltime="00:02:00")
+    run_dir = work / "runs" / first.split(".")[0]
+    deadline = time.monotonic() + 150
+    while not (run_dir / "status.json").exists():
+        assert time.monotonic() < deadline and pbs_lab.state(first) in pbs_lab.ALIVE, pbs_lab.info(first)
+        time.sleep(0.2)
+    (run_dir / "bad-hosts.json").write_text(json.dumps(
+        {"hosts": {"hp-n1": {"why": "rank lost (rank 1)", "when": "2026-12-06T00:00:00Z", "job": first}}}))
+    lengthened, deadline = {first}, time.monotonic() + 600
+    while True:  # until the newest job of the chain has ended other than by a stop for the walltime (75)
+        jobs = jobs_named(pbs_lab, name)
+        for job in sorted(set(jobs) - lengthened):  # a successor gets the time to end the run
+            pbs_lab.run(["qalter", "-l", "walltime=00:10:00", job], check=False)
+            lengthened.add(job)
+        infos = [pbs_lab.info(j) for j in jobs]
+        if infos[-1]["job_state"] == "F" and infos[-1].get("Exit_status") != 75:
+            break
+        assert time.monotonic() < deadline, [(i["job_state"], i.get("Exit_status")) for i in infos]
+        time.sleep(0.3)
+    logs = [pbs_lab.job(j).log for j in jobs]
+    assert len(jobs) >= 2 and infos[0]["Exit_status"] == 75, logs[0]  # stopped for the walltime, with a checkpoint
+    assert f"continues run {run_dir.name} after job {first} ends" in logs[0], logs[0]
+    assert infos[-1]["Exit_status"] == 0, logs[-1]
+    for info, log in zip(infos[1:], logs[1:], strict=True):
+        assert info["Resource_List"]["select"] == "1:ncpus=2:host=hp-n2", info["Resource_List"]
+        assert info["exec_host"].startswith("hp-n2/") and "+" not in info["exec_host"], info["exec_host"]
+        assert "bad hosts, not used again by this run: hp-n1 (rank lost (rank 1)" in log, log
+    assert epochs_logged(run_dir) == list(range(1, 13))

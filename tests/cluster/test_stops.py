@@ -1,12 +1,17 @@
 """Stops on the lab's real Slurm, with jobscripts/slurm.sh as a user edits it (2 nodes x 2 tasks): the time
 limit (stop, requeue, resume), scancel (ends, no requeue; a resubmission resumes), scontrol requeue, a
-time-limit kill the trainer did not see coming, and two TERMs half a second apart. Nothing may be lost:
-resumed runs end with the weights of an uninterrupted run, bit for bit, and each epoch in metrics.jsonl once.
+time-limit kill the trainer did not see coming, two TERMs half a second apart, a host that dies and a rank
+killed (their hosts not used again by the run). Nothing may be lost: resumed runs end with the weights of an
+uninterrupted run, bit for bit, and each epoch in metrics.jsonl once.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +19,7 @@ import pytest
 
 from cluster.jobs import (
     EPOCHS,
+    PY,
     SLOW,
     assert_same_weights,
     assert_whole_checkpoint,
@@ -186,32 +192,76 @@ def test_time_limit_kill_the_trainer_did_not_foresee(lab: SlurmLab):
     assert_whole_checkpoint(run_dir, st)
 
 
-def test_a_host_that_dies_ends_the_segment_and_the_requeued_job_ends_as_uninterrupted(lab: SlurmLab,
-                                                                                     uninterrupted: Path):
+def test_a_host_that_dies_is_not_used_again_until_cleared_and_the_run_ends_as_uninterrupted(
+        lab: SlurmLab, uninterrupted: Path):
     """hm-n2 dies in epoch 2 or later (every process on it, slurmd included): the ranks on hm-n1 name the lost
-    ranks in one line and stop; the job is requeued (--requeue); it waits for two hosts until hm-n2's slurmd is
-    back, then continues from the newest checkpoint to the weights of an uninterrupted run, bit for bit, each
-    epoch logged once."""
+    ranks in one line and stop, and the run never goes back to hm-n2 by itself. Either the job script records
+    hm-n2 as bad and, the lab's partition having no third host for a 2-node job, does not requeue it (one line:
+    Slurm would keep it pending for ever); or Slurm requeues the job itself (--requeue, NODE_FAIL) and kills the
+    job script first, and the requeued job, given hm-n2 again once it is back, records it and does not launch
+    (one line). Once the host is cleared (`hpc-mnist hosts RUN --clear hm-n2`), a resubmission with the same
+    RUN_NAME continues from the newest checkpoint to the weights of an uninterrupted run, bit for bit, each epoch
+    logged once."""
     work = lab.workdir("host-dies")
     run_dir = work / "runs" / "crash"
     job, out = submit(lab, work, "crash", time_limit="00:10:00")
     wait_for_epoch(lab, job, run_dir, epoch=2)
     assert lab.crash("hm-n2") >= 3  # slurmd, the step daemon, two ranks
     deadline = time.monotonic() + 150
-    while lab.info(job).get("Restarts", "0") == "0":
-        assert time.monotonic() < deadline, f"job {job} was not requeued: {lab.info(job)}"
+    while lab.info(job).get("Restarts", "0") == "0" and lab.state(job) not in lab.ENDED:
+        assert time.monotonic() < deadline, f"job {job} neither requeued nor ended: {lab.info(job)}"
         time.sleep(1)
     first = out.read_text()
-    named = [line for line in first.splitlines() if line.startswith("hpc_mnist: error")]
+    named = [line for line in first.splitlines() if line.startswith("hpc_mnist: error: rank")]
     assert len(named) == 1 and named[0].startswith(
         "hpc_mnist: error: rank 2 (pid "), first[-3000:]  # hm-n1's ranks 0 and 1 survived: not named
     assert "on hm-n2 is gone: no answer within 5 s; rank 3 (pid " in named[0] and "hm-n1 is gone" not in named[0]
-    # Who requeues: Slurm, when it sees the node fail while the job runs (measured here: NODE_FAIL 5-30 s after
-    # the crash, SlurmdTimeout=30), else the job script, since this segment saved checkpoints.
-    assert "DUE TO NODE FAILURE" in first or "a rank was lost (above), after this job had made progress" in first
     lab.revive("hm-n2")  # the host is back
+    ended = lab.wait(job, timeout=180, out=out)
+    print(f"\njob {job}: {ended.state}, restarts {ended.restarts}", file=sys.stderr)
+    assert ended.state == "FAILED", (ended.info, ended.log[-3000:])
+    assert (f"hpc_mnist: error: not requeueing job {job}: without the bad hosts (hm-n2) partition debug has 1 of the "
+            "2 node(s) it needs" in ended.log) or ("DUE TO NODE FAILURE" in ended.log and "hpc_mnist: error: this "
+                                                   "job's hosts hm-n2 are recorded as bad" in ended.log), ended.log
+    assert list(json.loads((run_dir / "bad-hosts.json").read_text())["hosts"]) == ["hm-n2"]
+    cleared = subprocess.run([PY, "-m", "hpc_mnist.cli", "hosts", str(run_dir), "--clear", "hm-n2"],
+                             capture_output=True, text=True, timeout=60)
+    assert cleared.stdout == "cleared hm-n2: the run may use it again\n", cleared.stderr
+    job, out = submit(lab, work, "crash", time_limit="00:10:00")  # the same RUN_NAME; the log appended
     result = finished(lab, job, out, timeout=300)
     assert result.state == "COMPLETED", (result.info, result.log[-3000:])
     assert segments(result) == 2
     assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
     assert_same_weights(run_dir / "model.pt", uninterrupted)
+
+
+def test_a_requeued_job_avoids_the_host_of_a_lost_rank(lab: SlurmLab):
+    """1 host x 2 ranks, rank 1 killed (kill -9, as the OOM killer would) once the run has saved a checkpoint:
+    rank 0 names it and its host (status `bad_hosts`), the job script records the host in the run's
+    bad-hosts.json and requeues the job excluding it (measured on this Slurm: a running job's ExcNodeList cannot
+    be updated, so requeuehold, update, release), and the requeued job runs on the lab's other host to the end,
+    its start panel naming the bad host."""
+    work = lab.workdir("bad-host")
+    run_dir = work / "runs" / "badhost"
+    script = user_edited_job_script(work, nodes=1, tasks_per_node=2, time="00:10:00", name="badhost.sh")
+    out = work / "badhost.out"
+    job = lab.submit(script, out=out, variables=job_variables(work, f"{SLOW} train.epochs={EPOCHS}",
+                                                               RUN_NAME="badhost"))
+    deadline = time.monotonic() + 150
+    while not ((st := status(run_dir) if (run_dir / "status.json").exists() else None) and st.get("checkpoint")):
+        assert time.monotonic() < deadline and lab.state(job) in lab.ALIVE, (lab.info(job), st)
+        time.sleep(0.2)
+    ranks = json.loads((run_dir / "ranks.json").read_text())
+    bad = ranks["hosts"][0]
+    assert ranks["hosts"] == [bad, bad]
+    os.kill(ranks["pids"][1], signal.SIGKILL)  # the lab's hosts share this machine's process table
+    result = finished(lab, job, out, timeout=300)
+    assert (result.state, result.restarts) == ("COMPLETED", 1), result.log[-3000:]
+    record = json.loads((run_dir / "bad-hosts.json").read_text())["hosts"]
+    assert list(record) == [bad] and record[bad]["job"] == job and record[bad]["why"].startswith("rank lost (rank 1)")
+    assert result.info["ExcNodeList"] == bad
+    assert f"hpc_mnist: job {job} requeued excluding {bad} (the run's bad hosts)" in result.log
+    assert f"bad hosts, not used again by this run: {bad} (rank lost (rank 1)" in result.log
+    other = json.loads((run_dir / "ranks.json").read_text())["hosts"]
+    assert other[0] != bad and other == [other[0]] * 2, other
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
