@@ -103,7 +103,8 @@ def test_every_state_reason_and_broken_file_is_one_row_without_a_traceback(runs)
     assert found["dead"]["reason"].startswith(f"gone: status.json says running, but pid {found['dead']['pid']}")
     torn = found["torn"]
     assert torn["state"] == "unreadable" and "is not JSON" in torn["reason"]
-    assert torn["problems"] == ["metrics.jsonl line 2 is not an epoch row", "bad-hosts.json is not JSON (half-written?)"]
+    assert torn["problems"] == ["metrics.jsonl line 2 is not an epoch row",
+                                "bad-hosts.json is not JSON (half-written?)"]
     assert (torn["val_acc"], torn["epochs_done"]) == (0.7, 1)  # what could be read still is
     assert (found["old"]["state"], found["old"]["checkpoint"]) == ("unknown", "checkpoint-0003-000000.pt")
     assert "no status.json" in found["old"]["reason"]
@@ -211,7 +212,8 @@ def test_stop_writes_the_users_request_into_the_stop_file_the_run_names(tmp_path
 
 
 @pytest.mark.parametrize("status,line", [
-    ({"state": "stopped", "reason": "user stop"}, "is not running (stopped: stopped by hpc-mnist stop): nothing to stop"),
+    ({"state": "stopped", "reason": "user stop"},
+     "is not running (stopped: stopped by hpc-mnist stop): nothing to stop"),
     ({"state": "running", "pid": 2**22 + 7}, "is not running (failed: gone: status.json says running, but pid"),
     ({"state": "running"}, "was started by an older hpc_mnist whose status.json names no stop file"),
 ])
