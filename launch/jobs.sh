@@ -68,9 +68,10 @@ job_begin() {
 # `hpc_mnist.launch --system SYSTEM --ppn $RANKS_PER_NODE`. Returns the launch's exit status (the job's).
 train_job() {
     local launch=("$PYTHON" -m hpc_mnist.launch --system "$1" --ppn "$RANKS_PER_NODE" --)
-    preflight "${launch[@]}" "$PYTHON" -m hpc_mnist.doctor || return $?
-    # shellcheck disable=SC2086  # OVERRIDES is a list of words on purpose
-    job_launch "${launch[@]}" "$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES
+    # shellcheck disable=SC2206  # OVERRIDES is a list of words on purpose
+    local settings=(--config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES)   # the doctor checks its storage
+    preflight "${launch[@]}" "$PYTHON" -m hpc_mnist.doctor "${settings[@]}" || return $?
+    job_launch "${launch[@]}" "$PYTHON" -m hpc_mnist.train "${settings[@]}"
 }
 
 # scaling_job SYSTEM ALLOCATED: a scaling sweep (hpc_mnist.scaling run) of CONFIG and OVERRIDES with
@@ -110,7 +111,8 @@ job_run() {
 }
 
 # Pre-flight: python -m hpc_mnist.doctor through the job's own launch line, before any training (where every
-# rank runs, GPUs, CPU binding, network, one timed all-reduce; a missing rank is named within its timeout).
+# rank runs, GPUs, CPU binding, network, one timed all-reduce, the run directory's storage; a missing rank is
+# named within its timeout).
 # A failed check ends the job with the doctor's verdicts instead of a training run that hangs or crawls.
 # DOCTOR=0 skips it.
 preflight() {
