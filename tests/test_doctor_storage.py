@@ -59,7 +59,7 @@ def test_a_file_system_without_room_for_the_checkpoints_fails_and_says_how_much_
     assert "train.keep_checkpoints + 1 = 4 checkpoints of " in check["message"] and "free some space" in \
         check["message"]
     assert done.stdout.rstrip().endswith("unhealthy: storage")
-    assert sorted(p.name for p in tmpfs.iterdir()) == ["filler"]  # no run directory, no probe left behind
+    assert sorted(p.name for p in tmpfs.iterdir()) == ["doctor.json", "filler"]  # no run directory, no probe
 
 
 def test_a_full_file_system_is_one_that_cannot_be_written(tmpfs):
