@@ -28,7 +28,7 @@ from hpc_mnist.core import config, models
 from hpc_mnist.core.config import Config
 from hpc_mnist.core.datasets import check_root
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import deadline, dist, logger, rundir, stopfile
+from hpc_mnist.runtime import deadline, dist, labels, launchers, logger, rundir, stopfile
 from hpc_mnist.runtime.signals import StopRequest
 from hpc_mnist.runtime.stopping import StopAgreement
 from hpc_mnist.training.checkpointer import Checkpointer
@@ -92,6 +92,7 @@ def _finished(cfg: Config, rt: dist.Runtime, run_dir: Path, plan: rundir.Plan) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    labels.label_output(launchers.guess_rank())  # ranks other than 0: every line they print names them
     logger.survive_a_gone_reader()  # `... | head`, a dropped ssh session: the run goes on
     args = config.parser("python -m hpc_mnist.train", __doc__.split("\n\n")[0], __doc__.split("\n\n")[-1]) \
         .parse_args(argv)
