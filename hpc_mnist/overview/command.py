@@ -10,6 +10,7 @@ writes, no torch, so it is safe and quick on a login node while the runs write t
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -55,10 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.watch:
         return watch(args.paths, args.every, args.scheduler_timeout)
     runs = gather(args.paths, args.scheduler_timeout)
-    if args.json:
-        print(as_json(runs))
-    else:
-        console().print(table(runs))
+    try:
+        if args.json:
+            print(as_json(runs), flush=True)
+        else:
+            console().print(table(runs))
+    except BrokenPipeError:  # `hpc-mnist status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
     return 0
 
 

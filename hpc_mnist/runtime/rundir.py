@@ -263,8 +263,7 @@ def write_status(run_dir: Path, state: str, *, reason: str | None = None, signal
     the batch jobs that carried the run are recorded for `hpc-mnist status` and `stop` on a login node.
     """
     stop_file = stopfile.path_for(run_dir)
-    if state == "stopped" and reason == "deadline" and stopfile.by_user(stop_file):
-        reason = status_file.USER_STOP
+    reason = stopfile.reason(reason, run_dir) if state == "stopped" else reason
     status = {"state": state, "reason": reason, "signal": signal, "requeue": status_file.requeue(state, reason),
               "exit_code": exit_code, "run_dir": str(run_dir), **facts, "stop_file": stop_file, **_jobs(run_dir),
               "host": socket.gethostname(), "pid": os.getpid(), "time": round(time.time(), 3)}

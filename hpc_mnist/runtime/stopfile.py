@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 VAR = "HPC_MNIST_STOP_FILE"
+USER_STOP = "user stop"  # the reason after `hpc-mnist stop`: the job ends, as after scancel or qdel
 NAME = "stop"  # in the run directory, where no job script names another
 
 
@@ -33,6 +34,12 @@ def request(path: str | os.PathLike) -> None:
     tmp.write_text(json.dumps({"by": "user", "user": getpass.getuser(), "host": socket.gethostname(),
                                "time": round(time.time(), 3)}) + "\n")
     os.replace(tmp, path)
+
+
+def reason(reason: str | None, run_dir: str | os.PathLike) -> str | None:
+    """Why a run stopped, as its records say it: a deadline stop that a user's request caused is "user stop"
+    (status.json, summary.json and the console agree; the job then ends, not requeued)."""
+    return USER_STOP if reason == "deadline" and by_user(path_for(run_dir)) else reason
 
 
 def by_user(path: str | os.PathLike | None) -> bool:

@@ -34,6 +34,9 @@ def test_stop_from_another_process_checkpoints_ends_without_requeue_and_the_run_
     st = status(tmp_path / "r")
     assert (st["state"], st["reason"], st["requeue"], st["exit_code"]) == ("stopped", "user stop", False, 75)
     assert st["epochs_done"] < LONG_EPOCHS
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert (summary["status"], summary["reason"]) == ("stopped", "user stop")
+    assert f"stopped (user stop) after {st['epochs_done']} epoch(s)" in out, out[-2000:]
     shown = json.loads(hpc_mnist("status", str(tmp_path / "r"), "--json").stdout)[0]
     assert (shown["state"], shown["reason"]) == ("stopped", "stopped by hpc-mnist stop")
     again = hpc_mnist("stop", str(tmp_path / "r"))
