@@ -60,6 +60,7 @@ def test_status_of_a_live_run_and_stop_ends_its_job_with_a_checkpoint_like_scanc
     assert asked.stdout.startswith(f"asked run {run_dir} (rank 0 on hm-n1) to stop at its next check"), asked.stdout
     result = finished(lab, job, out, timeout=90)
     assert result.restarts == 0 and lab.info(job).get("Restarts") == "0", result.info  # not requeued
+    assert (result.state, lab.info(job).get("ExitCode")) == ("FAILED", "75:0"), result.info  # the launch's 75
     assert "requeueing" not in result.log, result.log
     st = status(run_dir)
     assert (st["state"], st["reason"], st["requeue"], st["jobs"]) == ("stopped", "user stop", False, [job]), st
