@@ -148,37 +148,47 @@ def test_status_imports_no_torch_and_starts_well_under_a_second(runs):
     assert min(walls) < 1.0, walls  # interpreter start included; about 0.15 s on an idle 2-core machine
 
 
-def stub(folder: Path, name: str, script: str) -> None:
-    path = folder / name
-    path.write_text(f"#!/bin/bash\n{script}\n")
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+def stubs(tmp_path: Path, **scripts: str) -> dict[str, str]:
+    """Scheduler clients (squeue=..., sacct=..., qstat=...) that run these bash lines: the environment that finds
+    them first."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name, script in scripts.items():
+        path = folder / name
+        path.write_text(f"#!/bin/bash\n{script}\n")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
 
 
 def test_the_schedulers_word_is_shown_and_a_job_that_ended_makes_a_running_status_gone(tmp_path):
     """A run on another host (no pid to check from here): squeue lists job 43, sacct says 42 was cancelled."""
-    bin_ = tmp_path / "bin"
-    bin_.mkdir()
-    stub(bin_, "squeue", 'case "$*" in *43*) echo "43 RUNNING";; esac')
-    stub(bin_, "sacct", 'case "$*" in *42*) echo "42|CANCELLED by 0";; esac')
+    env = stubs(tmp_path, squeue='case "$*" in *43*) echo "43 RUNNING";; esac',
+                      sacct='case "$*" in *42*) echo "42|CANCELLED by 0";; esac')
     root = tmp_path / "runs"
     for name, job in (("on", "43"), ("off", "42")):
         write_run(root, name, {"state": "running", "host": "node1", "scheduler": "slurm", "jobs": [job]})
-    found = rows(hpc_mnist("status", str(root), "--json", env={"PATH": f"{bin_}:{os.environ['PATH']}"}))
+    found = rows(hpc_mnist("status", str(root), "--json", env=env))
     assert (found["on"]["state"], found["on"]["job_states"]) == ("running", {"43": "RUNNING"})
     assert (found["off"]["state"], found["off"]["job_states"]) == ("failed", {"42": "CANCELLED"})
     assert found["off"]["reason"] == "gone: status.json says running, but job 42 is CANCELLED"
 
 
+def test_pbs_history_says_a_job_has_finished(tmp_path):
+    env = stubs(tmp_path, qstat='echo \'{"Jobs": {"12.pbs": {"job_state": "F"}, "13.pbs": {"job_state": "R"}}}\'')
+    root = tmp_path / "runs"
+    for name, job in (("on", "13.pbs"), ("off", "12.pbs")):
+        write_run(root, name, {"state": "running", "host": "node1", "scheduler": "pbs", "jobs": [job]})
+    found = rows(hpc_mnist("status", str(root), "--json", env=env))
+    assert (found["on"]["state"], found["on"]["job_states"]) == ("running", {"13.pbs": "RUNNING"})
+    assert found["off"]["reason"] == "gone: status.json says running, but job 12.pbs is FINISHED"
+
+
 def test_a_scheduler_that_does_not_answer_costs_its_timeout_and_nothing_else(tmp_path):
-    bin_ = tmp_path / "bin"
-    bin_.mkdir()
-    stub(bin_, "squeue", "sleep 30")
-    stub(bin_, "sacct", "exit 1")
+    env = stubs(tmp_path, squeue="sleep 30", sacct="exit 1")
     root = tmp_path / "runs"
     write_run(root, "r", {"state": "running", "host": "node1", "scheduler": "slurm", "jobs": ["7"]})
     start = time.perf_counter()
-    found = rows(hpc_mnist("status", str(root), "--json", "--scheduler-timeout", "0.5",
-                           env={"PATH": f"{bin_}:{os.environ['PATH']}"}))
+    found = rows(hpc_mnist("status", str(root), "--json", "--scheduler-timeout", "0.5", env=env))
     assert time.perf_counter() - start < 5
     assert (found["r"]["state"], found["r"]["job_states"]) == ("running", {})
 
