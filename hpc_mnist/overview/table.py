@@ -56,9 +56,10 @@ def _why(run: RunInfo) -> str:
 
 def table(runs: list[RunInfo]) -> Table:
     t = Table(title=None, show_lines=False, header_style="bold", expand=False)
+    keep = {"run": max([len(r.name) for r in runs] + [3]), "state": 10, "why": 24}  # never squeezed to nothing
     for name in ("run", "state", "why", "job", "epochs", "val acc", "test acc", "checkpoint", "seg", "trained",
                  "to finish", "bad hosts"):
-        t.add_column(name, overflow="fold", no_wrap=name not in ("why", "bad hosts"))
+        t.add_column(name, overflow="fold", no_wrap=name not in ("why", "bad hosts"), min_width=keep.get(name))
     for run in runs:
         t.add_row(run.name, Text(run.state, style=STYLES.get(run.state, "")), _why(run), _jobs(run), _where(run),
                   _percent(run.val_acc), _percent(run.test_acc), _checkpoint(run),
