@@ -33,8 +33,8 @@
 # and the job continues the run only when requeue is true (a stop for the time limit; ranks or a host lost
 # after this job had saved a checkpoint): Slurm requeues the job (same id, same run directory); PBS, where
 # users cannot requeue, submits a successor that runs after this job has ended. A user's scancel or qdel
-# (TERM, requeue false) ends the job with its checkpoint kept, for a later submission with the same RUN_NAME
-# to resume.
+# (TERM, requeue false), or `hpc-mnist stop` (a user's request in the stop file: reason "user stop", requeue
+# false), ends the job with its checkpoint kept, for a later submission with the same RUN_NAME to resume.
 
 # job_begin slurm|pbs: sets JOB_ID (a Slurm array task is <array>_<task>), the status and stop files, the
 # traps and the settings' defaults (above); outside a batch job of that scheduler, one line and exit 2.

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -260,3 +262,27 @@ def test_a_users_request_ends_the_job_and_the_time_limits_continues_it(tmp_path,
                             "75", "--status", str(tmp_path / "77.status.json")], capture_output=True, text=True,
                            cwd=REPO, env=clean_env())
     assert after.returncode == (0 if requeue else 1), after.stderr  # 0: the job script requeues the job
+
+
+def test_watch_refreshes_in_place_on_a_terminal_and_ctrl_c_ends_it_quietly(runs):
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: hpc-mnist status --watch on a terminal
+        os.chdir(REPO)
+        os.execve(sys.executable, [sys.executable, "-m", "hpc_mnist", "status", "--watch", "--every", "0.2",
+                                   str(runs / "live")], clean_env(COLUMNS="200"))
+    out = b""
+    deadline = time.monotonic() + 30
+    while out.count(b"live") < 3 and time.monotonic() < deadline:  # the first table and two refreshes
+        out += os.read(fd, 65536)
+    os.kill(pid, signal.SIGINT)
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    _, code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(code) == 0, out[-2000:]
+    assert out.count(b"live") >= 3 and b"\x1b[" in out and b"Traceback" not in out  # redrawn with cursor moves
