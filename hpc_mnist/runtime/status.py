@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import stopfile
 
 STATUS_FILE_VAR = "HPC_MNIST_STATUS_FILE"  # a copy of status.json where a job script can find it
 NAME = "status.json"  # in the run directory
-USER_STOP = stopfile.USER_STOP  # the reason after `hpc-mnist stop`: the job ends, as after scancel or qdel
+USER_STOP = "user stop"  # the reason after `hpc-mnist stop`: the job ends, as after scancel or qdel
 
 
 def this_job() -> tuple[str, str]:

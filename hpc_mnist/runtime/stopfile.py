@@ -17,8 +17,9 @@ import socket
 import time
 from pathlib import Path
 
+from hpc_mnist.runtime.status import USER_STOP
+
 VAR = "HPC_MNIST_STOP_FILE"
-USER_STOP = "user stop"  # the reason after `hpc-mnist stop`: the job ends, as after scancel or qdel
 NAME = "stop"  # in the run directory, where no job script names another
 
 
