@@ -69,10 +69,17 @@ def label_output(rank: int, host: str | None = None) -> subprocess.Popen | None:
             stream.flush()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    relay = subprocess.Popen([sys.executable, "-I", "-c", RELAY, prefix(rank, host or socket.gethostname()),
-                              str(out_r), str(err_r)], stdin=subprocess.DEVNULL, pass_fds=(out_r, err_r))
+    try:
+        relay = subprocess.Popen([sys.executable, "-I", "-c", RELAY, prefix(rank, host or socket.gethostname()),
+                                  str(out_r), str(err_r)], stdin=subprocess.DEVNULL, pass_fds=(out_r, err_r))
+    except (OSError, subprocess.SubprocessError):
+        relay = None  # no relay (no processes left, no interpreter to start): the rank prints unlabelled
     for fd in (out_r, err_r):
         os.close(fd)
+    if relay is None:
+        os.close(out_w)
+        os.close(err_w)
+        return None
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     for fd in (out_w, err_w):
