@@ -94,3 +94,20 @@ def test_a_rank_other_than_0_is_labelled_under_srun_its_crash_stack_too(lab: Slu
     assert "[rank 1 hm-n2] hello from 1" in lines, job.log
     assert "[rank 1 hm-n2] Fatal Python error: Segmentation fault" in lines, job.log
     assert any(line.startswith('[rank 1 hm-n2]   File "<string>", line 1') for line in lines), job.log
+
+
+def test_the_doctor_names_a_run_directory_on_each_hosts_own_tmp(lab: SlurmLab):
+    """The lab's hosts each have their own /tmp: a 2-host doctor with log.dir there fails its storage check,
+    naming the host whose files rank 0 cannot see; the shared work folder passes."""
+    work = lab.workdir("node-local")
+    script = work / "job.sh"
+    doctor = f"srun -N2 -n2 {PY} -m hpc_mnist.doctor --timeout 60 --config configs/smoke.yaml log.name=r"
+    script.write_text(f"#!/bin/bash\n{doctor} log.dir=/tmp/hm-node-local --json {work}/local.json\n"
+                      f"{doctor} log.dir={work}/runs --json {work}/shared.json\n")
+    job = lab.submit_and_wait(script, "-N2", "-n2", "-t", "5", out=work / "job.out", timeout=180)
+    local = {c["name"]: c for c in json.loads((work / "local.json").read_text())["checks"]}["storage"]
+    assert local["status"] == "fail", job.log
+    assert local["message"].startswith("the run directory /tmp/hm-node-local/r is on a node-local file system")
+    assert "rank 0 on hm-n1 does not see what hm-n2 write there" in local["message"], local
+    shared = {c["name"]: c for c in json.loads((work / "shared.json").read_text())["checks"]}["storage"]
+    assert shared["status"] == "ok" and "writable from 2 host(s)" in shared["message"], (shared, job.log)
