@@ -14,6 +14,8 @@ from hpc_mnist import errors, resources
 
 VERBS = {  # verb: (module, what it does)
     "train": ("train", "train a model (what every rank runs; `torchrun -m hpc_mnist.train` under a launcher)"),
+    "status": ("overview.command", "every run at a glance from a login node: state, why, jobs, progress, ETA"),
+    "stop": ("stop", "ask a running run to stop with a checkpoint and end its job (not requeued)"),
     "launch": ("launch", "start a command on every allocated node the way the system wants it"),
     "doctor": ("doctor.command", "pre-flight check of a job: ranks, devices, CPU binding, network, one all-reduce"),
     "data": ("data", "download datasets before a job (MNIST ships with the package)"),

@@ -28,7 +28,7 @@ from hpc_mnist.core import config, models
 from hpc_mnist.core.config import Config
 from hpc_mnist.core.datasets import check_root
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import badhosts, deadline, dist, logger, rundir
+from hpc_mnist.runtime import badhosts, deadline, dist, labels, launchers, logger, rundir, stopfile
 from hpc_mnist.runtime.signals import StopRequest
 from hpc_mnist.runtime.stopping import StopAgreement
 from hpc_mnist.training.checkpointer import Checkpointer
@@ -49,7 +49,9 @@ def run(cfg: Config, config_file: str | None = None) -> Result:
         plan = dist.on_main(lambda: rundir.plan(cfg, run_dir))
         if plan.action == "finished":
             return _finished(cfg, rt, run_dir, plan)
-        agreement = StopAgreement(stop, dist.on_main(lambda: deadline.resolve(cfg.train)), cfg.train.checkpoint_minutes)
+        watched = stopfile.path_for(run_dir)  # `hpc-mnist stop` writes it; a job script's time-limit warning too
+        agreement = StopAgreement(stop, dist.on_main(lambda: deadline.resolve(cfg.train, stop_file=watched)),
+                                  cfg.train.checkpoint_minutes)
         trainer = Trainer(cfg, rt, run_dir)
         if plan.action == "new" and not plan.checkpoint and (interrupted := agreement.before_start(rt.device)):
             return _not_started(rt, run_dir, interrupted, trainer)
@@ -91,6 +93,7 @@ def _finished(cfg: Config, rt: dist.Runtime, run_dir: Path, plan: rundir.Plan) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    labels.label_output(launchers.guess_rank())  # ranks other than 0: every line they print names them
     logger.survive_a_gone_reader()  # `... | head`, a dropped ssh session: the run goes on
     args = config.parser("python -m hpc_mnist.train", __doc__.split("\n\n")[0], __doc__.split("\n\n")[-1]) \
         .parse_args(argv)

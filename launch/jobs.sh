@@ -39,8 +39,8 @@
 # and the job continues the run only when requeue is true (a stop for the time limit; ranks or a host lost
 # after this job had saved a checkpoint): Slurm requeues the job (same id, same run directory); PBS, where
 # users cannot requeue, submits a successor that runs after this job has ended. A user's scancel or qdel
-# (TERM, requeue false) ends the job with its checkpoint kept, for a later submission with the same RUN_NAME
-# to resume.
+# (TERM, requeue false), or `hpc-mnist stop` (a user's request in the stop file: reason "user stop", requeue
+# false), ends the job with its checkpoint kept, for a later submission with the same RUN_NAME to resume.
 
 # job_begin slurm|pbs: sets JOB_ID (a Slurm array task is <array>_<task>), the status and stop files, the
 # traps and the settings' defaults (above); outside a batch job of that scheduler, one line and exit 2.
@@ -75,11 +75,11 @@ job_begin() {
 train_job() {
     local launch=("$PYTHON" -m hpc_mnist.launch --system "$1" --ppn "$RANKS_PER_NODE" --)
     # shellcheck disable=SC2206  # OVERRIDES is a list of words on purpose
-    local train=("$PYTHON" -m hpc_mnist.train --config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES)
+    local settings=(--config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES)   # the doctor checks its storage
     "$PYTHON" -m hpc_mnist.job before-launch --scheduler "$JOB_SCHEDULER" --job "$JOB_ID" --link "${JOB_LINK:-0}" \
-        --max-fruitless "${MAX_FRUITLESS:-3}" -- "${train[@]:3}" || return $?
-    preflight "${launch[@]}" "$PYTHON" -m hpc_mnist.doctor || return $?
-    job_launch "${launch[@]}" "${train[@]}"
+        --max-fruitless "${MAX_FRUITLESS:-3}" -- "${settings[@]}" || return $?
+    preflight "${launch[@]}" "$PYTHON" -m hpc_mnist.doctor "${settings[@]}" || return $?
+    job_launch "${launch[@]}" "$PYTHON" -m hpc_mnist.train "${settings[@]}"
 }
 
 # scaling_job SYSTEM ALLOCATED: a scaling sweep (hpc_mnist.scaling run) of CONFIG and OVERRIDES with
@@ -119,7 +119,8 @@ job_run() {
 }
 
 # Pre-flight: python -m hpc_mnist.doctor through the job's own launch line, before any training (where every
-# rank runs, GPUs, CPU binding, network, one timed all-reduce; a missing rank is named within its timeout).
+# rank runs, GPUs, CPU binding, network, one timed all-reduce, the run directory's storage; a missing rank is
+# named within its timeout).
 # A failed check ends the job with the doctor's verdicts instead of a training run that hangs or crawls.
 # DOCTOR=0 skips it.
 preflight() {

@@ -401,7 +401,7 @@ def test_job_scripts_run_the_pre_flight_check_first_and_stop_when_it_fails(tmp_p
     before, *calls = log.read_text().splitlines()  # first the run's own check (bad hosts, a fruitless chain)
     assert before.startswith("python -m hpc_mnist.job before-launch --scheduler slurm --job 81 ")
     assert len(calls) == 1 and calls[0].startswith("python -m hpc_mnist.launch --system slurm")
-    assert calls[0].endswith("-m hpc_mnist.doctor")
+    assert calls[0].endswith("-m hpc_mnist.doctor --config configs/cnn.yaml")  # the run's storage is checked
     log.unlink()
     skipped = subprocess.run(["bash", str(REPO / "jobscripts" / "slurm.sh")], capture_output=True, text=True,
                              env=scheduler_free_env(**base), cwd=tmp_path, timeout=60)  # DOCTOR=0

@@ -78,6 +78,10 @@ CASES = {  # name: (argv built in a temporary folder, what the one line says)
                              "is not a record of bad hosts"),
     "lessons json unwritable": (lambda t: ["lessons", "--only", "linear", "--json", "/proc/nope/l.json"],
                                 "cannot write /proc/nope/l.json"),
+    "status of no folder": (lambda t: ["status", str(t / "none")], "is not a directory: name a run directory"),
+    "status every zero": (lambda t: ["status", "--watch", "--every", "0"], "--every must be more than 0 seconds"),
+    "stop a run without status.json": (lambda t: ["stop", str(_run_dir(t))], "is not running (unknown: no status.json"),
+    "stop a folder of runs": (lambda t: ["stop", str(t)], "is not a run directory"),
 }
 
 

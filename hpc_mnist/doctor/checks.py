@@ -179,6 +179,49 @@ def check_allreduce(result: dict[str, Any] | None, world: int) -> Check:
                  f"(slowest rank), bus bandwidth {result['busbw_gbs']:.2f} GB/s")
 
 
+def size(n: float) -> str:
+    """Bytes for people: 1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def check_storage(infos: list[RankInfo], checkpoint: int, keep: int, seen: dict[int, bool]) -> Check:
+    """The run directory: writable from every host, one file system that every host shares (rank 0 saw every
+    other host's probe file: `seen`), and room for train.keep_checkpoints + 1 checkpoints of `checkpoint` bytes
+    (the newest are kept, and the next is written before the oldest goes)."""
+    reports = [(i, i.storage) for i in infos if i.storage]
+    if not reports:
+        return Check("storage", "skip", "no run directory checked")
+    where = reports[0][1]["run_dir"]
+    for i, s in reports:
+        if not s["writable"]:
+            return Check("storage", "fail", f"rank {i.rank} on {i.host} cannot write {s['probed']} (for the run "
+                         f"directory {where}): {s['error']}: set log.dir to a folder every host can write")
+    hosts = _by_host(infos)
+    unseen = sorted({i.host for i, _ in reports if i.host != infos[0].host and not seen.get(i.rank)})
+    if len(hosts) > 1 and unseen:
+        s = reports[0][1]
+        return Check("storage", "fail", f"the run directory {where} is on a node-local file system ({s['fs_type']} "
+                     f"at {s['mount']} on each host): rank 0 on {infos[0].host} does not see what "
+                     f"{', '.join(unseen[:5])} write there; set log.dir to a file system every host shares")
+    needed = (keep + 1) * checkpoint
+    tight = min(reports, key=lambda r: r[1]["free_bytes"] + r[1]["checkpoint_bytes"])
+    i, s = tight
+    room = s["free_bytes"] + s["checkpoint_bytes"]
+    what = (f"train.keep_checkpoints + 1 = {keep + 1} checkpoints of {size(checkpoint)} (model and optimizer "
+            f"state) need {size(needed)}")
+    fs = f"{s['fs_type'] or 'file system'} at {s['mount'] or s['probed']}"
+    held = f" (and {size(s['checkpoint_bytes'])} in its checkpoints)" if s["checkpoint_bytes"] else ""
+    if room < needed:
+        return Check("storage", "fail", f"{where}: {size(s['free_bytes'])} free{held} on {fs} (seen from {i.host}); "
+                     f"{what}: free some space or set log.dir elsewhere")
+    return Check("storage", "ok", f"{where} writable from {len(hosts)} host(s); {size(s['free_bytes'])} free{held} "
+                 f"on {fs}; {what}")
+
+
 def allocation_nodes() -> int | None:
     """Nodes of the batch job (or of this srun step); None outside one."""
     if "SLURM_STEP_ID" in os.environ or "SLURM_JOB_ID" in os.environ:
@@ -192,11 +235,12 @@ def allocation_nodes() -> int | None:
 
 
 def verdict(report: dict[str, Any], infos: list[RankInfo], allreduce: dict[str, Any] | None,
-            networks: list[str | None], backend: str) -> tuple[int, dict[str, Any]]:
+            networks: list[str | None], backend: str, storage: Check | None = None) -> tuple[int, dict[str, Any]]:
     """Every check on what the ranks reported, into `report`; (exit code, report): 0 healthy, 1 not."""
     checks = [check_world(infos, allocation_nodes()), check_gpus(infos), check_cpu_sets(infos),
               check_threads(infos), check_master(infos), check_mpi4py(infos),
-              check_transport(infos, backend, networks), check_allreduce(allreduce, infos[0].world_size)]
+              check_transport(infos, backend, networks), check_allreduce(allreduce, infos[0].world_size),
+              *([storage] if storage else [])]
     healthy = all(c.status != "fail" for c in checks)
     report.update(ranks=[asdict(i) for i in infos], checks=[asdict(c) for c in checks], healthy=healthy,
                   allreduce=allreduce)

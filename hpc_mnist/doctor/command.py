@@ -20,9 +20,12 @@ from pathlib import Path
 
 import torch.distributed as tdist
 
+from hpc_mnist.core import config
+from hpc_mnist.doctor import storage
 from hpc_mnist.doctor.protocol import Failure, diagnose
 from hpc_mnist.doctor.render import show
 from hpc_mnist.errors import ArgumentParser, UserError, report, writable_file
+from hpc_mnist.runtime import rundir
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -39,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="as train.device (default: auto)")
     p.add_argument("--backend", default="auto", choices=["auto", "nccl", "xccl", "gloo"], help="(default: auto)")
     p.add_argument("--json", type=Path, help="also write the report as JSON (rank 0)")
+    p.add_argument("--config", metavar="FILE", help="the run's YAML, as the trainer's: its run directory's storage "
+                   "is checked (writable from every host, shared between hosts, room for its checkpoints)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="the run's overrides, as the trainer's")
     args = p.parse_args(argv)
     if args.timeout <= 0:
         p.error("--timeout must be positive")
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         json_out = writable_file(args.json) if args.json else None  # before the check, not after it
+        args.cfg = config.build(args.config, args.overrides)
+        args.storage = storage.as_dict(storage.probe(rundir.path_for(args.cfg, args.config)))
         code, result = diagnose(args)
     except UserError as e:
         return report(e)
@@ -59,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpc_mnist.doctor: FAIL all-reduce did not complete within {args.timeout:g} s: "
               f"{str(e).splitlines()[0]}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        storage.remove(getattr(args, "storage", None))  # after rank 0 has looked for it (the verdict)
     if result is not None:
         show(result)
         if json_out:

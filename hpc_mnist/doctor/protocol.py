@@ -17,8 +17,9 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from hpc_mnist.doctor import storage
 from hpc_mnist.doctor.allreduce import read_nccl_network, timed_allreduce, watch_nccl
-from hpc_mnist.doctor.checks import Check, verdict
+from hpc_mnist.doctor.checks import Check, check_storage, verdict
 from hpc_mnist.doctor.ranks import RankInfo, gather_self
 from hpc_mnist.errors import UserError
 from hpc_mnist.perf.allreduce import bus_factor
@@ -82,6 +83,14 @@ def _check_in(store: tdist.Store, me: RankInfo, timeout: float) -> tuple[list[Ra
     return infos, sorted(set(range(me.world_size)) - set(arrived))
 
 
+def _storage(args: argparse.Namespace, infos: list[RankInfo]) -> Check | None:
+    """Rank 0, while every rank's probe file is still there: the storage check (none without a configuration)."""
+    if getattr(args, "cfg", None) is None:
+        return None
+    seen = {i.rank: i.rank == 0 or storage.visible(i.storage) for i in infos}
+    return check_storage(infos, storage.checkpoint_size(args.cfg, len(infos)), args.cfg.train.keep_checkpoints, seen)
+
+
 def diagnose(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     """Run on every rank; rank 0 returns the report. Exit code 0 healthy, 1 otherwise."""
     place = launchers.detect(args.init)
@@ -96,6 +105,7 @@ def diagnose(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     elif place.launcher == "slurm" and place.world_size > 1:
         rendezvous.slurm_rendezvous()
     me = gather_self(place, args.device)
+    me.storage = getattr(args, "storage", None)
     device = torch.device(me.device)
     backend = backend_for(args.backend, device)
     if not tdist.is_backend_available(backend):
@@ -106,7 +116,7 @@ def diagnose(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
                         "(no GPU visible): use --backend gloo for the CPU path")
     report: dict[str, Any] = {"backend": backend, "timeout_s": args.timeout, "missing": []}
     if place.world_size == 1:
-        return verdict(report, [me], None, [None], backend)
+        return verdict(report, [me], None, [None], backend, _storage(args, [me]))
     store = _connect(place, args.timeout, me.host)
     if place.rank == 0:
         infos, missing = _check_in(store, me, args.timeout)
@@ -151,7 +161,7 @@ def diagnose(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     n = place.world_size
     slowest["busbw_gbs"] = slowest["bytes"] / slowest["seconds"] / 1e9 * bus_factor(n)
     slowest["correct"] = all(r["correct"] for r in results)
-    code, report = verdict(report, infos, slowest, [r["network"] for r in results], backend)
+    code, report = verdict(report, infos, slowest, [r["network"] for r in results], backend, _storage(args, infos))
     store.set("verdict", str(code))
     deadline = time.monotonic() + args.timeout  # exiting now would reset the others' connections mid-read
     while store.add("read", 0) < n - 1 and time.monotonic() < deadline:

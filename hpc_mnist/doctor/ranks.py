@@ -39,6 +39,7 @@ class RankInfo:
     master_addr: str | None = None
     master_ip: str | None = None
     mpi4py: str | None = None  # version, None when it cannot be imported
+    storage: dict[str, Any] | None = None  # the run directory as this rank finds it (storage.Storage)
 
 
 def _resolve(name: str | None) -> str | None:

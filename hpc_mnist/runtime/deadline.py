@@ -4,7 +4,8 @@ Sources, earliest wins: `train.time_limit` seconds after this process started (n
 data loading), `train.deadline` (unix time), and the batch job's end time read from the scheduler
 (Slurm: squeue/scontrol; PBS: qstat start time + walltime). Absolute end times are met early by
 `train.deadline_margin`, enough to write a checkpoint before the scheduler's kill.
-A scheduler's warning signal stays a fallback: a batch shell that gets one touches $HPC_MNIST_STOP_FILE.
+A scheduler's warning signal stays a fallback: a batch shell that gets one touches $HPC_MNIST_STOP_FILE; a
+user's `hpc-mnist stop` writes the run's stop file too (stopfile.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 
 from hpc_mnist.core.config import TrainConfig
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import pbs, shell
+from hpc_mnist.runtime import pbs, shell, status, stopfile
 
-STOP_FILE_VAR = "HPC_MNIST_STOP_FILE"
+STOP_FILE_VAR = stopfile.VAR
 
 
 def process_start_time() -> float:
@@ -67,24 +68,27 @@ def pbs_end_time(job_id: str) -> float | None:
 
 
 def job_end_time() -> tuple[float | None, str]:
-    if os.environ.get("SLURM_JOB_ID"):
-        return slurm_end_time(os.environ["SLURM_JOB_ID"]), "the Slurm job's end time"
-    if os.environ.get("PBS_JOBID"):
-        return pbs_end_time(os.environ["PBS_JOBID"]), "the PBS job's walltime"
+    scheduler, job = status.this_job()
+    if scheduler == "slurm":
+        return slurm_end_time(job), "the Slurm job's end time"
+    if scheduler == "pbs":
+        return pbs_end_time(job), "the PBS job's walltime"
     return None, ""
 
 
 @dataclass(frozen=True)
 class Deadline:
-    """The unix time at which to stop with a checkpoint (None: no deadline), and what set it."""
+    """The unix time at which to stop with a checkpoint (None: no deadline), what set it, and the stop file whose
+    existence means the deadline has passed (default $HPC_MNIST_STOP_FILE)."""
 
     stop_at: float | None
     source: str = ""
+    stop_file: str = ""
 
     def reached(self) -> bool:
         if self.stop_at is not None and time.time() >= self.stop_at:
             return True
-        stop_file = os.environ.get(STOP_FILE_VAR)
+        stop_file = self.stop_file or os.environ.get(STOP_FILE_VAR)
         return bool(stop_file) and os.path.exists(stop_file)
 
     def describe(self) -> str:
@@ -97,8 +101,8 @@ class Deadline:
         return f"{at} ({self.source}, in {left:,.0f} s)"
 
 
-def resolve(cfg: TrainConfig, ask_scheduler: bool = True) -> Deadline:
-    """The earliest of the configured limits and the job's end time (less the margin)."""
+def resolve(cfg: TrainConfig, ask_scheduler: bool = True, stop_file: str = "") -> Deadline:
+    """The earliest of the configured limits and the job's end time (less the margin), and the stop file."""
     candidates = []
     if cfg.time_limit:
         candidates.append((process_start_time() + cfg.time_limit, f"train.time_limit={cfg.time_limit:g}"))
@@ -109,5 +113,5 @@ def resolve(cfg: TrainConfig, ask_scheduler: bool = True) -> Deadline:
         if end is not None:
             candidates.append((end - cfg.deadline_margin, f"{source} less train.deadline_margin"))
     if not candidates:
-        return Deadline(None)
-    return Deadline(*min(candidates))
+        return Deadline(None, stop_file=stop_file)
+    return Deadline(*min(candidates), stop_file=stop_file)

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from hpc_mnist.core import checkpoint
 from hpc_mnist.core.config import LogConfig
+from hpc_mnist.runtime import stopfile
 
 EPOCH_COLUMNS = [  # (key, header, width, format spec)
     ("epoch", "epoch", 5, "d"), ("train_loss", "train loss", 10, ".4f"), ("train_acc", "train acc", 9, ".2%"),
@@ -202,6 +203,7 @@ class RunLogger:
         """Stopped early with a checkpoint: say where, and how to continue."""
         if not self.enabled:
             return
+        summary = {**summary, "reason": stopfile.reason(summary.get("reason"), self.run_dir)}  # hpc-mnist stop
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         why = summary["signal"] or summary["reason"]
         self.console.print(f"[yellow]stopped[/] ({why}) after {summary['epochs_done']} epoch(s) and "

@@ -27,7 +27,7 @@ from typing import Any
 from hpc_mnist.core import checkpoint, config
 from hpc_mnist.core.config import Config
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import peers
+from hpc_mnist.runtime import peers, stopfile
 from hpc_mnist.runtime import status as status_file
 from hpc_mnist.runtime.jobid import job_name
 from hpc_mnist.runtime.status import STATUS_FILE_VAR
@@ -215,6 +215,7 @@ def open_run(cfg: Config, run_dir: Path, hosts: tuple[str, ...] = (), pids: tupl
         _lock(run_dir)
         for stale in run_dir.glob(".checkpoint-*.tmp"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
+        (run_dir / stopfile.NAME).unlink(missing_ok=True)  # a stop asked of an earlier segment (hpc-mnist stop)
         config.save(cfg, run_dir / "config.yaml")
         status_file.write(run_dir / "ranks.json", {"hosts": list(hosts), "pids": list(pids)})
     except OSError as e:
@@ -230,15 +231,33 @@ def close_run(run_dir: Path) -> None:
         os.close(fd)
 
 
+def _jobs(run_dir: Path) -> dict[str, Any]:
+    """The scheduler and the ids of the batch jobs that carried the run so far (earlier ones from the last
+    status.json), or nothing outside a batch job."""
+    scheduler, job = status_file.this_job()
+    if not job:
+        return {}
+    try:
+        earlier = (status_file.read(run_dir / status_file.NAME) or {}).get("jobs")
+    except UserError:
+        earlier = None
+    jobs = [str(j) for j in earlier if str(j) != job] if isinstance(earlier, list) else []
+    return {"scheduler": scheduler, "jobs": [*jobs, job]}
+
+
 def write_status(run_dir: Path, state: str, *, reason: str | None = None, signal: str | None = None,
                  exit_code: int = 0, **facts: Any) -> dict[str, Any]:
     """Why the run ended (or that it is running): completed | stopped | failed | running.
 
-    `requeue` is true after a deadline stop, so job scripts requeue then and never after a cancel; a failure
-    may set it in `facts` (a rank lost after this segment saved a checkpoint: peers.py, controller.py).
+    `requeue` is true after a deadline stop, so job scripts requeue then and never after a cancel or a user's
+    `hpc-mnist stop` (its stop file is read as the deadline: the reason becomes "user stop"); a failure may set it
+    in `facts` (a rank lost after this segment saved a checkpoint: peers.py, controller.py). The stop file and
+    the batch jobs that carried the run are recorded for `hpc-mnist status` and `stop` on a login node.
     """
+    stop_file = stopfile.path_for(run_dir)
+    reason = stopfile.reason(reason, run_dir) if state == "stopped" else reason
     status = {"state": state, "reason": reason, "signal": signal, "requeue": status_file.requeue(state, reason),
-              "exit_code": exit_code, "run_dir": str(run_dir), **facts,
+              "exit_code": exit_code, "run_dir": str(run_dir), **facts, "stop_file": stop_file, **_jobs(run_dir),
               "host": socket.gethostname(), "pid": os.getpid(), "time": round(time.time(), 3)}
     status_file.write(run_dir / status_file.NAME, status)
     copy = os.environ.get(STATUS_FILE_VAR)

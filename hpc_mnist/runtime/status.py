@@ -4,13 +4,15 @@ The trainer writes it (`rundir.write_status`), into the run directory and, for a
 `$HPC_MNIST_STATUS_FILE`; readers are the trainer's next segment (`rundir.read_status`) and the job scripts
 (`python -m hpc_mnist.job`, which launch/jobs.sh runs after each launch instead of parsing the file itself):
 
-    {"state": "completed" | "stopped" | "failed" | "running", "reason": "deadline" | "signal" | "error" |
-     "rank lost" | "rank quiet" | "non-finite loss" | "gone" |
-     null, "signal": ..., "requeue": true | false, "exit_code": ...,
-     "run_dir": ..., "checkpoint": ... (the newest), ..., "host": ..., "pid": ..., "time": ...}
+    {"state": "completed" | "stopped" | "failed" | "running", "reason": "deadline" | "user stop" | "signal" |
+     "error" | "rank lost" | "rank quiet" | "non-finite loss" | "gone" | null, "signal": ..., "requeue": true |
+     false, "exit_code": ..., "run_dir": ..., "checkpoint": ... (the newest), ..., "stop_file": ... (the file the
+     ranks watch), "scheduler": "slurm" | "pbs", "jobs": [ids of the batch jobs that carried the run, oldest
+     first], "host": ..., "pid": ..., "time": ...}
 
 `requeue` says whether the job should continue the run: true after a stop for the job's deadline, or a rank
-(or its host) lost after the segment had saved a checkpoint; never after a user's scancel or qdel.
+(or its host) lost after the segment had saved a checkpoint; never after a user's scancel, qdel or
+`hpc-mnist stop` (reason "user stop"). Older versions wrote no stop_file, scheduler or jobs.
 
 Standard library only (and hpc_mnist.errors): a job script runs this after every launch, without torch.
 """
@@ -26,6 +28,16 @@ from hpc_mnist.errors import UserError
 
 STATUS_FILE_VAR = "HPC_MNIST_STATUS_FILE"  # a copy of status.json where a job script can find it
 NAME = "status.json"  # in the run directory
+USER_STOP = "user stop"  # the reason after `hpc-mnist stop`: the job ends, as after scancel or qdel
+
+
+def this_job() -> tuple[str, str]:
+    """(scheduler, job id) of the batch job this process runs in; ("", "") outside one."""
+    if os.environ.get("SLURM_JOB_ID"):
+        return "slurm", os.environ["SLURM_JOB_ID"]
+    if os.environ.get("PBS_JOBID"):
+        return "pbs", os.environ["PBS_JOBID"]
+    return "", ""
 
 
 def requeue(state: str, reason: str | None) -> bool:

@@ -382,3 +382,29 @@ def test_a_successor_is_placed_away_from_the_runs_bad_hosts(pbs_lab: PbsLab):
         assert info["exec_host"].startswith("hp-n2/") and "+" not in info["exec_host"], info["exec_host"]
         assert "bad hosts, not used again by this run: hp-n1 (rank lost (rank 1)" in log, log
     assert epochs_logged(run_dir) == list(range(1, 13))
+
+
+def test_hpc_mnist_stop_from_the_login_node_ends_the_job_without_a_continuation(pbs_lab: PbsLab,
+                                                                              uninterrupted: Path):
+    """`hpc-mnist status` and `hpc-mnist stop` on the server host (the login node) for a job that hpuser's
+    pbs.sh runs: the row shows PBS's RUNNING; the stop checkpoints, the job ends without a successor, and the
+    same RUN_NAME submitted again resumes to the straight run's weights."""
+    work = pbs_lab.workdir("login-stop")
+    name = unique_name(work)
+    run_dir = work / "runs" / "stopped"
+    job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", "-N", name, RUN_NAME="stopped")
+    wait_for_epoch(pbs_lab, job, run_dir)
+    row = json.loads(pbs_lab.run([sys.executable, "-m", "hpc_mnist", "status", str(run_dir), "--json"]).stdout)[0]
+    assert (row["state"], row["scheduler"], row["jobs"], row["job_states"]) == (
+        "running", "pbs", [job], {job: "RUNNING"}), row
+    pbs_lab.run([sys.executable, "-m", "hpc_mnist", "stop", str(run_dir)])
+    result = pbs_lab.wait(job, timeout=90)
+    st = status(run_dir)
+    assert (st["state"], st["reason"], st["requeue"]) == ("stopped", "user stop", False), (st, result.log)
+    assert_whole_checkpoint(run_dir, st)
+    assert jobs_named(pbs_lab, name) == [job], "a stopped run was continued"
+    again = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}", RUN_NAME="stopped")
+    result = pbs_lab.wait(again, timeout=240)
+    assert result.info["Exit_status"] == 0, result.log
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)

@@ -4,6 +4,7 @@ without any launcher's or scheduler's variables."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -57,6 +58,11 @@ def worker_pids(agent_pid: int) -> dict[int, int]:
     return found
 
 
+LABEL = re.compile(r"\[rank \d+ \S+\] ")  # what a rank other than 0 prints starts so (runtime/labels.py)
+
+
 def error_lines(err: str) -> list[str]:
-    """hpc_mnist's own error lines in what a process wrote to stderr (a launcher's report left out)."""
-    return [line for line in err.splitlines() if line.startswith("hpc_mnist: error")]
+    """hpc_mnist's own error lines in what a process wrote to stderr (a launcher's report left out), without the
+    label of a rank other than 0."""
+    lines = (LABEL.sub("", line, count=1) if LABEL.match(line) else line for line in err.splitlines())
+    return [line for line in lines if line.startswith("hpc_mnist: error")]
