@@ -87,6 +87,21 @@ def setup(cfg: DistConfig, device_name: str) -> Runtime:
                    device, backend, threads, hosts, threads_why, pids)
 
 
+def end_job(launcher: str, code: int) -> None:
+    """End this process so that the launcher ends every rank of the job, a frozen one included: under an MPI
+    launcher MPI_Abort (MPICH's and PALS's mpiexec kill every process of the job; a plain non-zero exit left a
+    frozen rank on another host running on the PBS lab), else an immediate exit (torchrun's agent and srun
+    --kill-on-bad-exit end the rest)."""
+    if launcher == "mpi":
+        try:
+            from mpi4py import MPI
+
+            MPI.COMM_WORLD.Abort(code)
+        except Exception:  # no mpi4py after all: the exit below
+            pass
+    os._exit(code)
+
+
 def shutdown() -> None:
     """Destroy the process group, after collecting what no longer has a name: a dropped DDP model sits in a
     reference cycle, and its reducer's last gloo work freed during interpreter shutdown aborts the process

@@ -118,7 +118,8 @@ class RunController:
         if rt.world_size == 1 or after == 0 or dist.store() is None:
             return contextlib.nullcontext()
         return quiet.QuietWatch(rt.rank, rt.world_size, after, self.trainer.monitor.watchdog.describe,
-                                self._went_quiet, EXIT_HUNG, holder=quiet.store_rank())
+                                self._went_quiet, EXIT_HUNG, holder=quiet.store_rank(),
+                                exit=lambda code: dist.end_job(rt.launcher, code))
 
     def _went_quiet(self, verdict: quiet.Verdict) -> None:
         """In the watch's thread, before it ends this process: this rank's stacks; the reporter's one line and
