@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+OURS = re.compile(r"(\[rank \d+ \S+\] )?hpc_mnist: error")  # a rank other than 0 labels its lines
 ARGS = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=false", "model.name=cnn",
         "model.channels=[8,16]", "model.fc=32", "data.synthetic_train=1500", "train.batch_size=32",
         "train.epochs=200"]
@@ -49,7 +51,7 @@ def kill_one(launcher: list[str], tmp: Path) -> dict:
     os.kill(pid, signal.SIGKILL)
     line_s = None
     for line in proc.stderr:
-        if line.startswith("hpc_mnist: error") and line_s is None:
+        if OURS.match(line) and line_s is None:
             line_s = time.monotonic() - killed
     proc.wait()
     status = json.loads((run_dir / "status.json").read_text())
@@ -79,7 +81,7 @@ def freeze_one(launcher: list[str], tmp: Path, victim: int) -> dict:
     os.kill(pids[victim], signal.SIGSTOP)
     line_s = None
     for line in proc.stderr:
-        if line.startswith("hpc_mnist: error") and line_s is None:
+        if OURS.match(line) and line_s is None:
             line_s = time.monotonic() - frozen
     proc.wait()
     exit_s = time.monotonic() - frozen
@@ -109,14 +111,17 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--only", choices=("kill", "quiet", "non-finite"), action="append",
                    help="measure only these faults (repeatable; default: all)")
+    p.add_argument("--launcher", choices=("torchrun", "mpiexec"), action="append",
+                   help="only under these launchers (repeatable; default: both)")
     args = p.parse_args()
     only = set(args.only or ("kill", "quiet", "non-finite"))
+    launchers = set(args.launcher or ("torchrun", "mpiexec"))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python"]
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, launcher in [("torchrun", torchrun), ("mpiexec", [mpiexec, "-disable-auto-cleanup", "-n", "2"])]:
-            if launcher[0] is None or "kill" not in only:
+            if launcher[0] is None or "kill" not in only or name not in launchers:
                 continue
             runs = [kill_one(launcher, Path(tmp) / f"{name}{i}") for i in range(3)]
             results[f"kill -9 rank 1 under {name}"] = runs
@@ -124,7 +129,7 @@ def main() -> int:
                   f"exited after {_seconds(runs, 'exit_s')} s; status {runs[0]['status']} ({runs[0]['reason']}); "
                   f"epochs trained since the newest checkpoint: {', '.join(str(r['epochs_lost']) for r in runs)}")
         for name, launcher, victim in [("torchrun", torchrun, 1), ("mpiexec", [mpiexec, "-n", "2"], 0)]:
-            if launcher[0] is None or "quiet" not in only:
+            if launcher[0] is None or "quiet" not in only or name not in launchers:
                 continue
             runs = [freeze_one(launcher, Path(tmp) / f"quiet-{name}{i}", victim) for i in range(3)]
             results[f"SIGSTOP rank {victim} under {name}"] = runs

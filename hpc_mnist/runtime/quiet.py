@@ -50,6 +50,7 @@ class Verdict:
     where: dict[int, str] = field(default_factory=dict)
     why: str = ""
     reporter: int = -1  # the rank that says it in one line and writes status.json; -1: none (a cut-off rank)
+    published: bool = True  # through the store; False: found without it (a store that does not answer)
 
     def to_json(self) -> str:
         return json.dumps({"ranks": list(self.ranks), "where": self.where, "why": self.why, "reporter": self.reporter})
@@ -204,9 +205,9 @@ class QuietWatch:
         if self.holder is not None and self.holder != self.rank and self.probe():
             where = {self.holder: _where(self._holder_seen)} if _where(self._holder_seen) else {}
             return Verdict((self.holder,), where, f"the rendezvous store it holds has not answered for "
-                                                  f"{self.quiet_after:g} s", self.reporter_for_holder)
+                                                  f"{self.quiet_after:g} s", self.reporter_for_holder, False)
         return Verdict((), {}, f"the rendezvous store at {os.environ.get('MASTER_ADDR', '?')} has not answered for "
-                               f"{self.quiet_after:g} s: this host or the store's host is cut off", -1)
+                               f"{self.quiet_after:g} s: this host or the store's host is cut off", -1, False)
 
     def _end(self, verdict: Verdict) -> None:
         """Record the verdict (the run's callback), then end this process. The reporter says in the store that it
@@ -214,11 +215,13 @@ class QuietWatch:
         mpiexec at once), which must not come before the reporter's line and status.json."""
         try:
             self.on_verdict(verdict)
-            if verdict.reporter == self.rank:
+            if verdict.reporter == self.rank and verdict.published:
                 with contextlib.suppress(Exception):
                     self._bounded(lambda: self._client().set("recorded", "1"))
-            elif verdict.reporter >= 0:
+            elif verdict.reporter >= 0 and verdict.published:
                 self._await_record()
+            elif verdict.reporter >= 0:  # no store to say it in: the reporter is given the time
+                time.sleep(RECORD_WAIT)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
