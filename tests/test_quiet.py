@@ -145,6 +145,8 @@ def test_a_frozen_store_names_its_holder_and_a_store_out_of_reach_names_no_one(m
         for r in ranks:
             v = r.verdicts[0]
             assert (v.ranks, v.reporter) == ((0,), 1) and "the rendezvous store it holds has not answered" in v.why
+        # No store to hear from the reporter in: rank 2 gives it RECORD_WAIT; the reporter itself ends at once.
+        assert ranks[1].exited_at - ranks[0].exited_at > quiet.RECORD_WAIT / 2
     finally:
         holder.kill()
         holder.wait()

@@ -21,7 +21,7 @@ import torch.distributed as tdist
 
 from hpc_mnist.core.config import DistConfig
 from hpc_mnist.errors import UserError
-from hpc_mnist.runtime import cpus, devices, launchers, rendezvous
+from hpc_mnist.runtime import cpus, devices, labels, launchers, rendezvous
 
 T = TypeVar("T")
 
@@ -92,6 +92,7 @@ def end_job(launcher: str, code: int) -> None:
     launcher MPI_Abort (MPICH's and PALS's mpiexec kill every process of the job; a plain non-zero exit left a
     frozen rank on another host running on the PBS lab), else an immediate exit (torchrun's agent and srun
     --kill-on-bad-exit end the rest)."""
+    labels.finish()  # what this rank printed last (the reporter's line) reaches the job log first
     if launcher == "mpi":
         try:
             from mpi4py import MPI

@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 WAIT_S = 5.0  # at a rank's exit, for the relay to write its last lines
+_relays: list[subprocess.Popen] = []  # this process's relay, for an exit that skips atexit (finish)
 RELAY = r"""
 import os, selectors, signal, sys
 for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
@@ -85,7 +86,15 @@ def label_output(rank: int, host: str | None = None) -> subprocess.Popen | None:
     for fd in (out_w, err_w):
         os.close(fd)
     atexit.register(_drain, relay)  # registered early: runs after the handlers registered later
+    _relays.append(relay)
     return relay
+
+
+def finish() -> None:
+    """Before an exit that skips atexit handlers (os._exit, MPI_Abort, after which the launcher kills the job's
+    processes, the relay among them): this process's last lines written out."""
+    while _relays:
+        _drain(_relays.pop())
 
 
 def _drain(relay: subprocess.Popen) -> None:

@@ -215,12 +215,13 @@ class QuietWatch:
         mpiexec at once), which must not come before the reporter's line and status.json."""
         try:
             self.on_verdict(verdict)
-            if verdict.reporter == self.rank and verdict.published:
-                with contextlib.suppress(Exception):
-                    self._bounded(lambda: self._client().set("recorded", "1"))
+            if verdict.reporter == self.rank:
+                if verdict.published:
+                    with contextlib.suppress(Exception):
+                        self._bounded(lambda: self._client().set("recorded", "1"))
             elif verdict.reporter >= 0 and verdict.published:
                 self._await_record()
-            elif verdict.reporter >= 0:  # no store to say it in: the reporter is given the time
+            elif verdict.reporter >= 0:  # no store to hear from the reporter in: it is given the time
                 time.sleep(RECORD_WAIT)
         finally:
             sys.stdout.flush()

@@ -15,6 +15,7 @@ import pytest
 
 from cluster.jobs import EPOCHS, SLOW, job_variables, user_edited_job_script, wait_for_epoch
 from cluster.labs import SlurmLab
+from helpers.processes import error_lines
 from helpers.runs import status
 
 pytestmark = pytest.mark.cluster
@@ -64,7 +65,7 @@ def test_a_quiet_host_is_named_within_a_minute_and_every_rank_ends(lab: SlurmLab
         assert named is not None and named < NAMED_WITHIN, (named, st, out.read_text()[-3000:])
         assert (st["reason"], st["quiet_hosts"], sorted(st["quiet_ranks"])) == ("rank quiet", ["hm-n2"], [2, 3]), st
         assert gone < GONE_WITHIN, (gone, out.read_text()[-3000:])
-        lines = [line for line in out.read_text().splitlines() if line.startswith("hpc_mnist: error")]
+        lines = error_lines(out.read_text())
         assert lines and "on hm-n2 is quiet" in lines[0] and "hm-n1 is quiet" not in lines[0], lines
     finally:
         if fault != "sigstop":
