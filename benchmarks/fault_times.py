@@ -38,22 +38,33 @@ def _wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
-def kill_one(launcher: list[str], tmp: Path) -> dict:
-    """kill -9 of rank 1 after two epochs; seconds to the survivor's line and to the launcher's exit."""
-    run_dir = tmp / "r"
+def _started(launcher: list[str], tmp: Path, epochs: int) -> tuple[subprocess.Popen, list[int]]:
+    """The 2-rank run under `launcher`, once it has logged `epochs` epochs; its ranks' pids."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*launcher, sys.executable, "-m", "hpc_mnist.train", *ARGS, f"log.dir={tmp}",
                              "log.name=r"], cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
-    _wait_rows(run_dir, 2, proc)
-    pid = json.loads((run_dir / "ranks.json").read_text())["pids"][1]
-    killed = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
+    _wait_rows(tmp / "r", epochs, proc)
+    return proc, json.loads((tmp / "r" / "ranks.json").read_text())["pids"]
+
+
+def _first_line_after(proc: subprocess.Popen, fault: float) -> float | None:
+    """Seconds from `fault` to the first of hpc_mnist's error lines; returns when the launcher has exited."""
     line_s = None
     for line in proc.stderr:
         if OURS.match(line) and line_s is None:
-            line_s = time.monotonic() - killed
+            line_s = time.monotonic() - fault
     proc.wait()
+    return line_s
+
+
+def kill_one(launcher: list[str], tmp: Path) -> dict:
+    """kill -9 of rank 1 after two epochs; seconds to the survivor's line and to the launcher's exit."""
+    run_dir = tmp / "r"
+    proc, pids = _started(launcher, tmp, epochs=2)
+    killed = time.monotonic()
+    os.kill(pids[1], signal.SIGKILL)
+    line_s = _first_line_after(proc, killed)
     status = json.loads((run_dir / "status.json").read_text())
     return {"line_s": line_s, "exit_s": time.monotonic() - killed, "status": status["state"],
             "reason": status["reason"], "epochs_lost": status["epochs_done"] - int(Path(status["checkpoint"])
@@ -71,19 +82,10 @@ def freeze_one(launcher: list[str], tmp: Path, victim: int) -> dict:
     """SIGSTOP of one rank after an epoch (a frozen process: its sockets stay open), default dist.quiet_after;
     seconds to the reporter's line, to the launcher's exit and until every rank's process is gone."""
     run_dir = tmp / "r"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*launcher, sys.executable, "-m", "hpc_mnist.train", *ARGS, f"log.dir={tmp}",
-                             "log.name=r"], cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    _wait_rows(run_dir, 1, proc)
-    pids = json.loads((run_dir / "ranks.json").read_text())["pids"]
+    proc, pids = _started(launcher, tmp, epochs=1)
     frozen = time.monotonic()
     os.kill(pids[victim], signal.SIGSTOP)
-    line_s = None
-    for line in proc.stderr:
-        if OURS.match(line) and line_s is None:
-            line_s = time.monotonic() - frozen
-    proc.wait()
+    line_s = _first_line_after(proc, frozen)
     exit_s = time.monotonic() - frozen
     while any(_alive(pid) for pid in pids) and time.monotonic() - frozen < 300:
         time.sleep(0.1)

@@ -17,7 +17,7 @@ import pytest
 from cluster.jobs import EPOCHS, SLOW, wait_for_epoch
 from cluster.labs import PbsLab
 from cluster.test_pbs_jobs import jobs_named, submit, unique_name
-from cluster.test_quiet_hosts import DROP, GONE_WITHIN, NAMED_WITHIN, alive
+from cluster.test_quiet_hosts import DROP, GONE_WITHIN, NAMED_WITHIN, alive, named_and_gone
 from helpers.runs import status
 
 pytestmark = pytest.mark.cluster
@@ -43,14 +43,7 @@ def test_a_quiet_host_is_named_within_a_minute_and_every_rank_ends(pbs_lab: PbsL
         else:
             for rule in DROP:
                 pbs_lab.on_host(second, rule)
-        named = None
-        while time.monotonic() - at < GONE_WITHIN + 30:
-            if named is None and status(run_dir).get("state") == "failed":
-                named = time.monotonic() - at
-            if named is not None and not any(alive(pid) for pid in ranks["pids"]):
-                break
-            time.sleep(0.5)
-        gone = time.monotonic() - at
+        named, gone = named_and_gone(run_dir, ranks["pids"], at)
         st = status(run_dir)
         print(f"PBS {fault}: named after {named} s, every rank gone after {gone:.1f} s")
         assert named is not None and named < NAMED_WITHIN, (named, st)

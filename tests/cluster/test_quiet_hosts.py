@@ -32,6 +32,19 @@ def alive(pid: int) -> bool:
         return False
 
 
+def named_and_gone(run_dir: Path, pids: list[int], fault: float) -> tuple[float | None, float]:
+    """Seconds from `fault` until status.json said failed (None: never), and until every pid had ended (or
+    GONE_WITHIN + 30 s had passed)."""
+    named = None
+    while time.monotonic() - fault < GONE_WITHIN + 30:
+        if named is None and status(run_dir).get("state") == "failed":
+            named = time.monotonic() - fault
+        if named is not None and not any(alive(pid) for pid in pids):
+            break
+        time.sleep(0.5)
+    return named, time.monotonic() - fault
+
+
 @pytest.mark.parametrize("fault", ["sigstop", "packets dropped"])
 def test_a_quiet_host_is_named_within_a_minute_and_every_rank_ends(lab: SlurmLab, fault: str):
     work = lab.workdir(f"quiet-{fault.split()[0]}")
@@ -52,14 +65,7 @@ def test_a_quiet_host_is_named_within_a_minute_and_every_rank_ends(lab: SlurmLab
         else:
             for rule in DROP:
                 lab.on_host("hm-n2", rule)
-        named = None
-        while time.monotonic() - at < GONE_WITHIN + 30:
-            if named is None and status(run_dir).get("state") == "failed":
-                named = time.monotonic() - at
-            if named is not None and not any(alive(pid) for pid in ranks["pids"]):
-                break
-            time.sleep(0.5)
-        gone = time.monotonic() - at
+        named, gone = named_and_gone(run_dir, ranks["pids"], at)
         st = status(run_dir)
         print(f"{fault}: named after {named} s, every rank gone after {gone:.1f} s")
         assert named is not None and named < NAMED_WITHIN, (named, st, out.read_text()[-3000:])
