@@ -7,10 +7,13 @@ address (`rendezvous.py`), the device (`devices.py`) and the CPU threads (`cpus.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import os
+import shutil
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,11 +91,16 @@ def setup(cfg: DistConfig, device_name: str) -> Runtime:
 
 
 def end_job(launcher: str, code: int) -> None:
-    """End this process so that the launcher ends every rank of the job, a frozen one included: under an MPI
-    launcher MPI_Abort (MPICH's and PALS's mpiexec kill every process of the job; a plain non-zero exit left a
-    frozen rank on another host running on the PBS lab), else an immediate exit (torchrun's agent and srun
-    --kill-on-bad-exit end the rest)."""
+    """End this process so that every rank of the job ends, a frozen one included. Under an MPI launcher with
+    MPI_Abort (MPICH's and PALS's mpiexec kill every process of the job: a plain non-zero exit left a frozen rank
+    on another host running on the PBS lab); in an srun step by SIGKILL to the step's tasks (Slurm waits for every
+    task by default, and srun --kill-on-bad-exit would first wake a frozen one with SIGCONT and SIGTERM, and also
+    cut short the exit of ranks that stopped cleanly); under torchrun its agent ends the rest."""
     labels.finish()  # what this rank printed last (the reporter's line) reaches the job log first
+    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+    if launcher == "slurm" and job and step and shutil.which("scancel"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["scancel", "--signal=KILL", f"{job}.{step}"], capture_output=True, timeout=10)
     if launcher == "mpi":
         try:
             from mpi4py import MPI

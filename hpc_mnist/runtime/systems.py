@@ -25,9 +25,6 @@ AURORA_SOCKET_CORES = (range(1, 52), range(53, 104))
 PERLMUTTER_CORES, PERLMUTTER_GPUS = 64, 4  # one AMD Milan (2 hardware threads per core), 4 A100
 FRONTIER_GCDS = 8  # 7 usable cores per GCD's L3 region (low-noise mode keeps the 8th for the system)
 PLACEHOLDER_NODEFILE = "$PBS_NODEFILE"
-# A rank that ends with an error ends the step: Slurm's default (KillOnBadExit=0) waits for the other tasks, and a
-# frozen one (runtime/quiet.py: the survivors name it and end) would keep the job until its time limit.
-SRUN = ["srun", "--kill-on-bad-exit=1"]
 
 
 @dataclass(frozen=True)
@@ -147,18 +144,18 @@ def launch_line(name: str, nodes: int, ppn: int, cpu_bind: str | None, hosts: li
     if name == "perlmutter":  # all 4 GPUs visible to every task; CPUs shared out as NERSC's 2 x floor(64 / ppn)
         if ppn > PERLMUTTER_CORES:
             raise UserError(f"--ppn {ppn}: a Perlmutter GPU node has {PERLMUTTER_CORES} cores")
-        line = [*SRUN, "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn), "--gpus-per-node",
+        line = ["srun", "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn), "--gpus-per-node",
                 str(min(ppn, PERLMUTTER_GPUS)), "--cpus-per-task", str(2 * (PERLMUTTER_CORES // ppn)),
                 "--cpu-bind", cpu_bind or "cores"]
         return line + command
     if name == "frontier":  # each task sees one GCD as device 0; 7 cores (one L3 region) per GCD it stands for
         if ppn > FRONTIER_GCDS:
             raise UserError(f"--ppn {ppn}: a Frontier node has {FRONTIER_GCDS} GCDs (one per task)")
-        line = [*SRUN, "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn), "-c", str(7 * (FRONTIER_GCDS // ppn)),
+        line = ["srun", "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn), "-c", str(7 * (FRONTIER_GCDS // ppn)),
                 "--gpus-per-task", "1", "--gpu-bind", "closest", "--network=disable_rdzv_get"]
         return line + (["--cpu-bind", cpu_bind] if cpu_bind else []) + command
     if name == "slurm":
-        line = [*SRUN, "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn)]
+        line = ["srun", "-N", str(nodes), "-n", n, "--ntasks-per-node", str(ppn)]
         return line + (["--cpu-bind", cpu_bind] if cpu_bind else []) + command
     # A workstation: torchrun runs the Python program itself.
     program = command[1:] if Path(command[0]).name.startswith("python") else ["--no-python", *command]
