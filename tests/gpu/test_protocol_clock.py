@@ -29,7 +29,23 @@ class QueuedWork:
         return 1.0
 
 
-@pytest.mark.parametrize("device", DEVICES)
+def test_the_clock_stops_only_after_the_device_has_done_the_epochs_work(monkeypatch):
+    """Without a GPU, the order the protocol keeps (no timing): the device is waited for after each epoch and
+    before the clock stops, and before it starts (the CUDA case below times it)."""
+    from hpc_mnist.bench import time_to_99
+
+    events: list[str] = []
+    path = QueuedWork(torch.device("cpu"))
+    path.epoch = lambda epoch: events.append("epoch")
+    monkeypatch.setattr(time_to_99, "synchronize", lambda device: events.append("wait"))
+    real = time.perf_counter
+    monkeypatch.setattr(time_to_99.time, "perf_counter", lambda: events.append("clock") or real())
+    run_protocol("queued", lambda seed: path, 1, [0], Console(file=io.StringIO()))
+    first = events.index("epoch")
+    assert events[first - 2:first + 3] == ["wait", "clock", "epoch", "wait", "clock"], events
+
+
+@pytest.mark.parametrize("device", DEVICES[1:])  # on a CPU the work is done when queued: nothing to tell apart
 def test_an_epochs_time_includes_the_work_it_queued(device):
     path = QueuedWork(torch.device(device))
     path.epoch(0)  # warm-up (cuBLAS's start, the allocator)
