@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hpc_mnist.runtime.peers import process_exists
+
 REPO = Path(__file__).resolve().parents[1]
 OURS = re.compile(r"(\[rank \d+ \S+\] )?hpc_mnist: error")  # a rank other than 0 labels its lines
 ARGS = ["--config", "configs/smoke.yaml", "log.console=plain", "log.tensorboard=false", "model.name=cnn",
@@ -71,13 +73,6 @@ def kill_one(launcher: list[str], tmp: Path) -> dict:
                                                                                  .name.split("-")[1])}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def freeze_one(launcher: list[str], tmp: Path, victim: int) -> dict:
     """SIGSTOP of one rank after an epoch (a frozen process: its sockets stay open), default dist.quiet_after;
     seconds to the reporter's line, to the launcher's exit and until every rank's process is gone."""
@@ -87,7 +82,7 @@ def freeze_one(launcher: list[str], tmp: Path, victim: int) -> dict:
     os.kill(pids[victim], signal.SIGSTOP)
     line_s = _first_line_after(proc, frozen)
     exit_s = time.monotonic() - frozen
-    while any(_alive(pid) for pid in pids) and time.monotonic() - frozen < 300:
+    while any(process_exists(pid) for pid in pids) and time.monotonic() - frozen < 300:
         time.sleep(0.1)
     status = json.loads((run_dir / "status.json").read_text())
     return {"line_s": line_s, "exit_s": exit_s, "all_gone_s": time.monotonic() - frozen, "status": status["state"],

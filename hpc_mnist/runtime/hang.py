@@ -60,9 +60,8 @@ class Watchdog:
 
     def dump(self, why: str) -> None:
         """This rank's Python stacks, all threads, under one line saying why and where it was."""
-        epoch, step, phase = self.where
         with open(self.path, "w") as f:
-            f.write(f"rank {self.rank}: {why}, at epoch {epoch} step {step}, {phase}\n")
+            f.write(f"rank {self.rank}: {why}, at {self.describe()}\n")
             f.flush()
             faulthandler.dump_traceback(file=f, all_threads=True)
 

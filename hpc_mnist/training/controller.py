@@ -126,12 +126,12 @@ class RunController:
         status.json (failed, rank quiet, who and where, the newest checkpoint, requeue after progress)."""
         rt, stacks = self.rt, f"{self.run_dir}/hang-rank*.txt"
         self.trainer.monitor.watchdog.dump(f"the job ends: {verdict.why}")
-        newest = self.checkpointer.newest()
         if verdict.reporter == -1:  # cut off from the store: the other side, if any, counts and records
             dist.report_error(UserError(f"{verdict.why}; this rank's stacks are in {stacks}", EXIT_HUNG))
             return
         if verdict.reporter != rt.rank:
             return
+        newest = self.checkpointer.newest()
         named = "; ".join(f"rank {r} (pid {rt.pids[r]}) on {rt.hosts[r]} is quiet"
                           + (f" ({verdict.where[r]})" if r in verdict.where else "") for r in verdict.ranks)
         hosts = sorted({rt.hosts[r] for r in verdict.ranks})

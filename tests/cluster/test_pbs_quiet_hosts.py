@@ -17,8 +17,9 @@ import pytest
 from cluster.jobs import EPOCHS, SLOW, wait_for_epoch
 from cluster.labs import PbsLab
 from cluster.test_pbs_jobs import jobs_named, submit, unique_name
-from cluster.test_quiet_hosts import DROP, GONE_WITHIN, NAMED_WITHIN, alive, named_and_gone
+from cluster.test_quiet_hosts import DROP, GONE_WITHIN, NAMED_WITHIN, named_and_gone
 from helpers.runs import status
+from hpc_mnist.runtime.peers import process_exists
 
 pytestmark = pytest.mark.cluster
 
@@ -48,7 +49,7 @@ def test_a_quiet_host_is_named_within_a_minute_and_every_rank_ends(pbs_lab: PbsL
         print(f"PBS {fault}: named after {named} s, every rank gone after {gone:.1f} s")
         assert named is not None and named < NAMED_WITHIN, (named, st)
         assert (st["reason"], st["quiet_hosts"], sorted(st["quiet_ranks"])) == ("rank quiet", [second], there), st
-        left = [pid for pid in ranks["pids"] if alive(pid)]
+        left = [pid for pid in ranks["pids"] if process_exists(pid)]
         assert gone < GONE_WITHIN, (gone, pbs_lab.state(job), left, subprocess.run(
             ["ps", "-o", "pid,ppid,sid,stat,etime,cmd", "-p", ",".join(map(str, left)) or "1"],
             capture_output=True, text=True).stdout, pbs_lab.job(job).log[-2000:])

@@ -17,19 +17,12 @@ from cluster.jobs import EPOCHS, SLOW, job_variables, user_edited_job_script, wa
 from cluster.labs import SlurmLab
 from helpers.processes import error_lines
 from helpers.runs import status
+from hpc_mnist.runtime.peers import process_exists
 
 pytestmark = pytest.mark.cluster
 
 NAMED_WITHIN, GONE_WITHIN = 60, 90  # seconds from the fault (issue 29)
 DROP = [["iptables", "-A", "INPUT", "-j", "DROP"], ["iptables", "-A", "OUTPUT", "-j", "DROP"]]
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` still runs (not a zombie), seen from the machine: the lab's hosts share its process table."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def named_and_gone(run_dir: Path, pids: list[int], fault: float) -> tuple[float | None, float]:
@@ -39,7 +32,7 @@ def named_and_gone(run_dir: Path, pids: list[int], fault: float) -> tuple[float 
     while time.monotonic() - fault < GONE_WITHIN + 30:
         if named is None and status(run_dir).get("state") == "failed":
             named = time.monotonic() - fault
-        if named is not None and not any(alive(pid) for pid in pids):
+        if named is not None and not any(process_exists(pid) for pid in pids):
             break
         time.sleep(0.5)
     return named, time.monotonic() - fault
