@@ -12,10 +12,17 @@ verb: a job script runs it, with the job's PYTHON.
         Also: record the hosts the status names bad (`bad_hosts`) in the run directory's bad-hosts.json
         (hpc_mnist/runtime/badhosts.py), and count the launches in a row that ended without a new checkpoint
         (runtime/chain.py): at --max-fruitless of them (0: never) the run is not continued, said in one line.
-    python -m hpc_mnist.job before-launch --scheduler slurm|pbs [--job ID --link N --max-fruitless N] -- \
-            --config FILE [section.key=value ...]
-        Before any launch: the job's hosts less the run's bad ones too few for the job, or --max-fruitless
-        launches in a row of this chain without a new checkpoint, is one line, exit 2.
+        With --restarts-left N (N > 0) a third line says where the run continues: `here` (relaunch inside this
+        job: a rank or host failed, and the job's good hosts less --spares K still make the launch) or `queue`.
+    python -m hpc_mnist.job before-launch --scheduler slurm|pbs [--job ID --link N --max-fruitless N --spares K] \
+            -- --config FILE [section.key=value ...]
+        Before any launch: the job's hosts less the run's bad ones too few for the job (all but K spares), or
+        --max-fruitless launches in a row of this chain without a new checkpoint, is one line, exit 2. Prints the
+        hosts to train on and the good hosts (the pre-flight check runs on all of them), each comma-separated, or
+        nothing when the launch may use every host of the job (no spares, no bad host).
+    python -m hpc_mnist.job after-doctor --report FILE [--job ID] -- --config FILE [section.key=value ...]
+        The pre-flight check failed: record the hosts its report blames alone (`bad_hosts`) as bad, say so in one
+        line, and exit 0 (pick the hosts again, check again); exit 1 when it blames no new host.
     python -m hpc_mnist.job requeue-slurm [--job ID] [--status FILE]
         Requeue this Slurm job, its excluded nodes updated with the run's bad hosts (runtime/slurm.py).
     python -m hpc_mnist.job continue-pbs --script "$0" --run-name NAME --count N [--job ID] [--status FILE]
@@ -26,6 +33,7 @@ verb: a job script runs it, with the job's PYTHON.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -48,7 +56,7 @@ def gone_line(code: int, ended: dict) -> str:
 
 
 def after_launch(path: str, code: int, scheduler: str, stopping: bool, job: str = "", link: int = 0,
-                 max_fruitless: int = 0) -> int:
+                 max_fruitless: int = 0, restarts_left: int = 0, spares: int = 0) -> int:
     job_copy = status.read(path)
     if job_copy is None:
         return DONE  # the ranks recorded nothing (a start that failed): the launch's own report says why
@@ -74,7 +82,20 @@ def after_launch(path: str, code: int, scheduler: str, stopping: bool, job: str 
         return DONE
     print(status.why_stopped(job_copy, scheduler))
     print(status.run_name(job_copy))
+    if restarts_left > 0:
+        here = status.fault(job_copy) and not stopping and room_here(scheduler, run_dir, spares)
+        print("here" if here else "queue")
     return CONTINUE
+
+
+def room_here(scheduler: str, run_dir: str, spares: int) -> bool:
+    """Whether this job's good hosts still make a launch (all but `spares` of its hosts), the bad ones left out."""
+    try:
+        hosts = allocation(scheduler)
+        bad = badhosts.read(run_dir) if run_dir else {}
+    except (UserError, OSError):
+        return False  # the hosts cannot be told here: the scheduler's requeue chooses them
+    return bool(hosts) and len(badhosts.good(hosts, bad)) >= len(hosts) - spares
 
 
 def note_bad_hosts(run_dir: str, st: dict, job: str) -> None:
@@ -99,26 +120,70 @@ def bad_of(status_path: str) -> list[str]:
     return list(badhosts.read(run_dir)) if run_dir else []
 
 
-def before_launch(scheduler: str, words: list[str], job: str, link: int, max_fruitless: int) -> int:
+def before_launch(scheduler: str, words: list[str], job: str, link: int, max_fruitless: int, spares: int = 0) -> int:
     """Before any launch of the run the launch's config words name: too few good hosts in the allocation
     (badhosts.check), or a chain that has made no progress in `max_fruitless` launches (one a scheduler
-    reran by itself: Slurm's NODE_FAIL requeue, PBS's rerun), is one line, exit 2; nothing is deleted."""
+    reran by itself: Slurm's NODE_FAIL requeue, PBS's rerun), is one line, exit 2; nothing is deleted. Prints
+    the hosts to launch on (below)."""
+    name, run_dir = run_of(words)
+    bad: dict = {}
+    if name and os.path.isdir(run_dir):
+        catch_up(run_dir, job, link)
+        if max_fruitless and (fruitless := chain.fruitless(run_dir, job, link)) >= max_fruitless:
+            raise UserError(chain.stop_line(fruitless, max_fruitless, name, "not launching"))
+        bad = badhosts.read(run_dir)
+    print(" ".join(launch_hosts(scheduler, bad, spares, run_dir)))
+    return 0
+
+
+def launch_hosts(scheduler: str, bad: dict, spares: int, run_dir: str) -> list[str]:
+    """[hosts to train on, good hosts] (comma-separated), or [] when a launch may use every host of the job."""
+    if spares < 0:
+        raise UserError(f"SPARE_NODES={spares}: give 0 or more spare nodes")
+    if not spares and not bad:
+        return []
+    hosts = allocation(scheduler)
+    if spares >= len(hosts):
+        raise UserError(f"SPARE_NODES={spares} but this job has {len(hosts)} node(s), which leaves none to train "
+                        f"on: ask for the nodes to train on plus {spares} (sbatch -N, qsub -l select)")
+    nodes = len(hosts) - spares
+    good = badhosts.check(hosts, bad, nodes, run_dir)
+    return [",".join(good[:nodes]), ",".join(good)]
+
+
+def after_doctor(report_path: str, words: list[str], job: str) -> int:
+    """The pre-flight check failed: record the hosts it blames alone as the run's bad hosts (the run directory
+    is made for it: a new run's first launch is the one the check guards)."""
+    try:
+        with open(report_path) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return DONE  # the check ended before its report (a missing rank): its own lines say why
+    blamed = [str(h) for h in report.get("bad_hosts") or []]
+    if not blamed:
+        return DONE
+    _, run_dir = run_of(words)
+    os.makedirs(run_dir, exist_ok=True)
+    why = "failed the pre-flight check: " + "; ".join(c.get("message", "") for c in report.get("checks", [])
+                                                       if c.get("status") == "fail" and c.get("hosts"))
+    new = badhosts.add(run_dir, blamed, why, job)
+    if not new:
+        return DONE
+    print(f"hpc_mnist: {', '.join(new)} failed the pre-flight check ({why.partition(': ')[2]}): recorded as bad in "
+          f"{os.path.join(run_dir, badhosts.NAME)}; going on without {'it' if len(new) == 1 else 'them'} if the "
+          "job's other hosts suffice", file=sys.stderr, flush=True)
+    return CONTINUE
+
+
+def run_of(words: list[str]) -> tuple[str, str]:
+    """The run the launch's config words name: (its name, its directory); ('', log.dir) when no name is known."""
     from hpc_mnist.core import config  # yaml, no torch
     from hpc_mnist.runtime.jobid import job_name
 
-    args = config.parser(f"{PROG} before-launch", "the launch's config words").parse_args(words)
+    args = config.parser(f"{PROG}", "the launch's config words").parse_args(words)
     cfg = config.build(args.config, args.overrides)
     name = cfg.log.name or job_name()
-    run_dir = os.path.join(cfg.log.dir, name or "")
-    if not name or not os.path.isdir(run_dir):
-        return 0  # a new run: nothing recorded yet
-    catch_up(run_dir, job, link)
-    if max_fruitless and (fruitless := chain.fruitless(run_dir, job, link)) >= max_fruitless:
-        raise UserError(chain.stop_line(fruitless, max_fruitless, name, "not launching"))
-    if bad := badhosts.read(run_dir):
-        hosts = allocation(scheduler)
-        badhosts.check(hosts, bad, len(hosts), run_dir)
-    return 0
+    return name or "", os.path.join(cfg.log.dir, name or "")
 
 
 def catch_up(run_dir: str, job: str, link: int) -> None:
@@ -175,12 +240,21 @@ def main(argv: list[str] | None = None) -> int:
                             help="before the launch: too few good hosts, or a chain without progress, is one line")
     before.add_argument("--scheduler", choices=("slurm", "pbs"), required=True)
     before.add_argument("words", nargs=argparse.REMAINDER, help="-- then the launch's --config FILE and overrides")
+    doctor = sub.add_parser("after-doctor", prog=f"{PROG} after-doctor",
+                            help="the pre-flight check failed: record the hosts it blames as bad")
+    doctor.add_argument("--report", required=True, metavar="FILE", help="the doctor's --json report")
+    doctor.add_argument("--job", default="", help="this job's id (the record of bad hosts)")
+    doctor.add_argument("words", nargs=argparse.REMAINDER, help="-- then the launch's --config FILE and overrides")
+    after.add_argument("--restarts-left", type=int, default=0, metavar="N",
+                       help="relaunches this job may still make inside its allocation (0: none; no third line)")
     for each in (after, before):
         each.add_argument("--job", default="", help="this job's id (the record of bad hosts, the chain's count)")
         each.add_argument("--link", type=int, default=0, metavar="N",
                           help="the job's place in its chain (SLURM_RESTART_COUNT, RESUBMIT_COUNT; 0: a first job)")
         each.add_argument("--max-fruitless", type=int, default=0, metavar="N",
                           help="stop the chain after N launches in a row without a new checkpoint (0: never)")
+        each.add_argument("--spares", type=int, default=0, metavar="K",
+                          help="the job's spare nodes (SPARE_NODES): a launch uses all but K of its good hosts")
     requeue = sub.add_parser("requeue-slurm", prog=f"{PROG} requeue-slurm",
                              help="requeue this Slurm job away from the run's bad hosts")
     requeue.add_argument("--job", default=os.environ.get("SLURM_JOB_ID", ""), help="the job (default $SLURM_JOB_ID)")
@@ -199,10 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.status:
             p.error(f"after-launch needs --status FILE or ${status.STATUS_FILE_VAR}")
         return after_launch(args.status, args.exit, args.scheduler, stopping=bool(args.stopping), job=args.job,
-                            link=args.link, max_fruitless=args.max_fruitless)
+                            link=args.link, max_fruitless=args.max_fruitless, restarts_left=args.restarts_left,
+                            spares=args.spares)
+    words = getattr(args, "words", [])
+    words = words[1:] if words[:1] == ["--"] else words
     if args.command == "before-launch":
-        return before_launch(args.scheduler, args.words[1:] if args.words[:1] == ["--"] else args.words, args.job,
-                             args.link, args.max_fruitless)
+        return before_launch(args.scheduler, words, args.job, args.link, args.max_fruitless, args.spares)
+    if args.command == "after-doctor":
+        return after_doctor(args.report, words, args.job)
     if not args.job:
         raise UserError("no Slurm job here (SLURM_JOB_ID is not set): nothing to requeue"
                         if args.command == "requeue-slurm" else

@@ -26,6 +26,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--system", choices=list(systems.SYSTEMS), help="override detection")
     p.add_argument("--nodes", type=int, help="nodes to use (default: all allocated)")
     p.add_argument("--ppn", type=int, help="ranks per node (default: GPUs per node)")
+    p.add_argument("--hosts", type=lambda text: [h for h in text.split(",") if h], metavar="H1,H2,...",
+                   help="launch on these hosts of the job, in this order (with --nodes: the first NODES of them); "
+                   "default: the job's, as the scheduler lists them. The job scripts pass the good hosts, bad ones "
+                   "and spares left out")
     p.add_argument("--cpu-bind", help="CPU binding passed to mpiexec/srun (default: the system's)")
     p.add_argument("--dry-run", action="store_true", help="print the launch line and environment, run nothing")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the program to start on every rank")
@@ -54,11 +58,14 @@ def main(argv: list[str] | None = None) -> int:
             hosts = [f"<node{i}>" for i in range(args.nodes or 1)]
         else:
             hosts = systems.allocated_hosts(systems.SYSTEMS[name])
+        if args.hosts:
+            hosts = systems.chosen_hosts(systems.SYSTEMS[name], hosts, args.hosts, preview)
         nodes = args.nodes or len(hosts)
         if not 1 <= nodes <= len(hosts):
-            raise UserError(f"--nodes {nodes} but the job has {len(hosts)} node(s)")
+            raise UserError(f"--nodes {nodes} but the job has {len(hosts)} node(s)"
+                            + (" named in --hosts" if args.hosts else ""))
         ppn = args.ppn or systems.default_ranks_per_node(name)
-        line = systems.launch_line(name, nodes, ppn, args.cpu_bind, hosts, args.command)
+        line = systems.launch_line(name, nodes, ppn, args.cpu_bind, hosts, args.command, pinned=bool(args.hosts))
     except UserError as e:
         return report(e)
     settings = systems.site_file(name)
@@ -74,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(shlex.join(line))
         return 0
     sys.stdout.flush()
+    os.environ[systems.NODES_VAR] = str(nodes)  # the doctor's "every node of the job runs ranks" check
     if settings.exists() and os.environ.get("HPC_MNIST_SITE") != name:
         line = ["bash", "-c", 'source "$0" && exec "$@"', str(settings), *line]
     try:

@@ -17,7 +17,9 @@
 # job requeues itself, 10), MAX_RESUBMITS (PBS: how many jobs may carry one run, 10), DOCTOR (0 skips the
 # pre-flight check), HPC_MNIST_JOB_FILES (the folder of the status and stop files, runs/.jobs), MAX_FRUITLESS
 # (the launches in a row that may end without a new checkpoint before the run is no longer continued, 3; 0:
-# no limit). The job script sets CONFIG (the run's YAML) and RANKS_PER_NODE.
+# no limit), SPARE_NODES (nodes of the job held as spares, 0: train on all), MAX_RESTARTS (relaunches inside
+# the job after a failed rank or host, 3; 0: none, the job requeues as before). The job script sets CONFIG (the
+# run's YAML) and RANKS_PER_NODE.
 #
 # Bad hosts. A host whose ranks were lost is recorded in the run directory's bad-hosts.json after the launch
 # (hpc_mnist/runtime/badhosts.py); a requeue excludes it (Slurm: requeuehold, ExcNodeList, release), a PBS
@@ -72,14 +74,56 @@ job_begin() {
 # train_job SYSTEM: a training job once its settings are made and its site file (launch/SYSTEM.sh) sourced: the
 # pre-flight check, then the training with CONFIG, RUN_NAME and OVERRIDES, both through
 # `hpc_mnist.launch --system SYSTEM --ppn $RANKS_PER_NODE`. Returns the launch's exit status (the job's).
+#
+# Healing inside the job. With SPARE_NODES=K the job holds K nodes more than it trains on: the pre-flight check
+# runs on every good host, a host it blames alone is recorded bad and left out (one line), and the training runs
+# on the first good hosts, pinned (srun --nodelist, mpiexec's host file). A launch that ends because a rank or
+# its host failed (lost, quiet, gone) after progress is relaunched in this job at once, without the hosts named
+# bad, while the good hosts still make the launch, up to MAX_RESTARTS times (3); else the job requeues or
+# submits its successor as before.
 train_job() {
-    local launch=("$PYTHON" -m hpc_mnist.launch --system "$1" --ppn "$RANKS_PER_NODE" --)
+    local launch=("$PYTHON" -m hpc_mnist.launch --system "$1" --ppn "$RANKS_PER_NODE") status
     # shellcheck disable=SC2206  # OVERRIDES is a list of words on purpose
     local settings=(--config "$CONFIG" ${RUN_NAME:+log.name=$RUN_NAME} $OVERRIDES)   # the doctor checks its storage
-    "$PYTHON" -m hpc_mnist.job before-launch --scheduler "$JOB_SCHEDULER" --job "$JOB_ID" --link "${JOB_LINK:-0}" \
-        --max-fruitless "${MAX_FRUITLESS:-3}" -- "${settings[@]}" || return $?
-    preflight "${launch[@]}" "$PYTHON" -m hpc_mnist.doctor "${settings[@]}" || return $?
-    job_launch "${launch[@]}" "$PYTHON" -m hpc_mnist.train "${settings[@]}"
+    local report=${HPC_MNIST_STATUS_FILE%.status.json}.doctor.json
+    JOB_RESTARTS=0
+    pick_hosts "${settings[@]}" || return $?
+    while :; do
+        status=0
+        rm -f "$report"   # a report of an earlier check must not blame hosts for this one
+        preflight "${launch[@]}" ${JOB_GOOD_HOSTS:+--hosts "$JOB_GOOD_HOSTS"} -- "$PYTHON" -m hpc_mnist.doctor \
+            --json "$report" "${settings[@]}" || status=$?
+        [ "$status" -eq 0 ] && break
+        if [ "$status" -eq 1 ] && "$PYTHON" -m hpc_mnist.job after-doctor --report "$report" --job "$JOB_ID" \
+                -- "${settings[@]}"; then
+            pick_hosts "${settings[@]}" || return $?   # without the hosts it blamed, or one line why not
+            continue
+        fi
+        preflight_failed "$status"
+        return "$status"
+    done
+    while :; do
+        status=0
+        job_launch "${launch[@]}" ${JOB_TRAIN_HOSTS:+--hosts "$JOB_TRAIN_HOSTS"} -- "$PYTHON" -m hpc_mnist.train \
+            "${settings[@]}" || status=$?
+        [ "${JOB_NEXT:-}" = here ] || return "$status"
+        JOB_RESTARTS=$((JOB_RESTARTS + 1))
+        pick_hosts "${settings[@]}" || return "$status"
+        echo "hpc_mnist: $(stopped_why) with a checkpoint; relaunching inside job $JOB_ID" \
+            "${JOB_TRAIN_HOSTS:+on $JOB_TRAIN_HOSTS }(restart $JOB_RESTARTS of MAX_RESTARTS=${MAX_RESTARTS:-3})" >&2
+    done
+}
+
+# pick_hosts SETTINGS...: the run's chain and hosts before a launch (python -m hpc_mnist.job before-launch): sets
+# JOB_TRAIN_HOSTS (the hosts to train on) and JOB_GOOD_HOSTS (every good host: the pre-flight check's), both
+# empty where the launch may use every host of the job; too few good hosts, or a chain without progress: its
+# one line, exit 2.
+pick_hosts() {
+    local hosts
+    hosts=$("$PYTHON" -m hpc_mnist.job before-launch --scheduler "$JOB_SCHEDULER" --job "$JOB_ID" \
+        --link "${JOB_LINK:-0}" --max-fruitless "${MAX_FRUITLESS:-3}" --spares "${SPARE_NODES:-0}" -- "$@") \
+        || return $?
+    read -r JOB_TRAIN_HOSTS JOB_GOOD_HOSTS <<< "$hosts" || :
 }
 
 # scaling_job SYSTEM ALLOCATED: a scaling sweep (hpc_mnist.scaling run) of CONFIG and OVERRIDES with
@@ -121,18 +165,19 @@ job_run() {
 # Pre-flight: python -m hpc_mnist.doctor through the job's own launch line, before any training (where every
 # rank runs, GPUs, CPU binding, network, one timed all-reduce, the run directory's storage; a missing rank is
 # named within its timeout).
-# A failed check ends the job with the doctor's verdicts instead of a training run that hangs or crawls.
-# DOCTOR=0 skips it.
+# A failed check ends the job with the doctor's verdicts instead of a training run that hangs or crawls
+# (preflight_failed says so), unless it blames hosts the job can do without (train_job). DOCTOR=0 skips it.
 preflight() {
-    local status=0
     [ "${DOCTOR:-1}" = 0 ] && return 0
-    job_run "$@" || status=$?
-    if [ "$status" -eq 1 ]; then
+    job_run "$@"
+}
+
+preflight_failed() {
+    if [ "$1" -eq 1 ]; then
         echo "hpc_mnist: the pre-flight check failed (verdicts above): not training; DOCTOR=0 skips the check" >&2
-    elif [ "$status" -ne 0 ]; then
-        echo "hpc_mnist: the pre-flight check could not run (exit $status, see above): not training" >&2
+    else
+        echo "hpc_mnist: the pre-flight check could not run (exit $1, see above): not training" >&2
     fi
-    return "$status"
 }
 
 # job_launch CMD...: the training launch; afterwards continue the run when the status says so (requeue true:
@@ -145,17 +190,21 @@ preflight() {
 # with requeue true when this job's ranks had saved a checkpoint (a running status names the newest one only
 # then), as the trainer decides after a lost rank, and the job was not being stopped (a scancel or qdel ends
 # the job whatever its ranks managed to write). It exits 0 when the status asks for the run to continue,
-# printing why it stopped and the run's name (JOB_WHY, JOB_RUN for continue_*_job); 1 when not; 2 with one
-# line when the status file cannot be read. No status file: the ranks recorded nothing, nothing to continue.
+# printing why it stopped and the run's name (JOB_WHY, JOB_RUN for continue_*_job) and where it continues
+# (JOB_NEXT: `here`, a relaunch inside this job, train_job's; `queue`); 1 when not; 2 with one line when the
+# status file cannot be read. No status file: the ranks recorded nothing, nothing to continue.
 job_launch() {
     local status=0 said
+    JOB_NEXT=""
     job_run "$@" || status=$?
     if [ -e "$HPC_MNIST_STATUS_FILE" ] && said=$("${PYTHON:-python}" -m hpc_mnist.job after-launch \
             --scheduler "$JOB_SCHEDULER" --exit "$status" --stopping "${JOB_STOPPING:-}" \
             --status "$HPC_MNIST_STATUS_FILE" --job "$JOB_ID" --link "${JOB_LINK:-0}" \
-            --max-fruitless "${MAX_FRUITLESS:-3}"); then
-        { IFS= read -r JOB_WHY || :; IFS= read -r JOB_RUN || :; } <<< "$said"   # $() drops an empty last line
-        "continue_${JOB_SCHEDULER}_job"
+            --max-fruitless "${MAX_FRUITLESS:-3}" --spares "${SPARE_NODES:-0}" \
+            --restarts-left $(( ${MAX_RESTARTS:-3} - ${JOB_RESTARTS:-0} ))); then
+        # $() drops an empty last line
+        { IFS= read -r JOB_WHY || :; IFS= read -r JOB_RUN || :; IFS= read -r JOB_NEXT || :; } <<< "$said"
+        [ "$JOB_NEXT" = here ] || "continue_${JOB_SCHEDULER}_job"
     fi
     return "$status"
 }

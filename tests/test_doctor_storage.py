@@ -17,7 +17,7 @@ import pytest
 from helpers.commands import SMOKE, torchrun
 from helpers.processes import REPO, clean_env, ok, run_train
 from hpc_mnist.core import config
-from hpc_mnist.doctor import storage
+from hpc_mnist.doctor import checks, storage
 from hpc_mnist.doctor.checks import check_storage
 from hpc_mnist.doctor.ranks import RankInfo
 
@@ -112,3 +112,31 @@ def test_two_ranks_under_torchrun_see_each_others_probe_and_leave_nothing(tmp_pa
     assert done.returncode == 0, done.stdout + done.stderr
     assert check["status"] == "ok" and check["message"].startswith(f"{tmp_path / 'runs' / 'r'} writable from 1 host")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["doctor.json"]
+
+
+def test_a_host_that_cannot_write_is_blamed_alone_and_a_set_up_failing_everywhere_is_not():
+    """The job scripts go on without the hosts a failure names (SPARE_NODES): only where other hosts passed."""
+    def rank(r: int, host: str, writable: bool) -> RankInfo:
+        return RankInfo(r, 3, 0, 1, "slurm", host, 100 + r, "cpu", storage={
+            "run_dir": "/shared/runs/r", "probed": "/shared", "writable": writable, "error": "Read-only file system",
+            "free_bytes": 2**30, "checkpoint_bytes": 0, "fs_type": "nfs", "mount": "/shared", "probe": ""})
+    one = check_storage([rank(0, "n1", True), rank(1, "n2", False), rank(2, "n3", True)], 2**20, 3,
+                        {0: True, 1: True, 2: True})
+    assert (one.status, one.hosts) == ("fail", ["n2"])
+    every = check_storage([rank(r, f"n{r + 1}", False) for r in range(3)], 2**20, 3, {0: True, 1: True, 2: True})
+    assert (every.status, every.hosts) == ("fail", [])
+
+
+def test_the_test_hook_fails_the_named_hosts_and_the_report_lists_them(monkeypatch):
+    infos = [RankInfo(r, 3, 0, 1, "slurm", f"n{r + 1}", 100 + r, "cpu") for r in range(3)]
+    assert checks.check_named_hosts(infos) is None  # unset: no such check
+    monkeypatch.setenv(checks.FAIL_HOSTS_VAR, "n2,elsewhere")
+    code, report = checks.verdict({}, infos, None, [None] * 3, "gloo")
+    assert code == 1 and report["bad_hosts"] == ["n2"]  # the other checks' failures here blame no host alone
+    assert [c for c in report["checks"] if c["name"] == "named to fail"] == [
+        {"name": "named to fail", "status": "fail", "hosts": ["n2"],
+         "message": f"n2 named in ${checks.FAIL_HOSTS_VAR} (a test of the job scripts)"}]
+    monkeypatch.setenv(checks.FAIL_HOSTS_VAR, "elsewhere")
+    code, report = checks.verdict({}, infos, None, [None] * 3, "gloo")
+    assert report["bad_hosts"] == [] and [c["status"] for c in report["checks"] if c["name"] == "named to fail"] == [
+        "ok"]

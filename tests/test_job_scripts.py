@@ -276,8 +276,10 @@ def test_a_slurm_requeue_excludes_the_host_of_a_lost_rank(tmp_path):
 def test_a_pbs_successor_is_placed_away_from_the_host_of_a_lost_rank(tmp_path):
     run_dir = tmp_path / "runs" / "long"
     run_dir.mkdir(parents=True)
-    result = run_job("pbs.sh", pbs_env(tmp_path, fake_trainer(tmp_path, lost_on(run_dir, "n2"), 5),
-                                       OVERRIDES=f"log.dir={run_dir.parent}", RUN_NAME="long"), tmp_path)
+    env = pbs_env(tmp_path, fake_trainer(tmp_path, lost_on(run_dir, "n2"), 5), OVERRIDES=f"log.dir={run_dir.parent}",
+                  RUN_NAME="long")
+    (tmp_path / "nodefile").write_text("n1\nn2\n")  # no spare: without n2 the job cannot relaunch inside itself
+    result = run_job("pbs.sh", env, tmp_path)
     assert result.returncode == 5, result.stderr
     [qsub] = [line for line in stub_log(tmp_path).splitlines() if line.startswith("qsub ")]
     assert " -l select=1:ncpus=1:host=n1+1:ncpus=1:host=n3 -l place=scatter " in qsub  # stub pbsnodes: n1-n3
@@ -328,3 +330,114 @@ def test_max_fruitless_stops_a_requeue_chain(tmp_path):
     third = run_job("slurm.sh", {**env, "SLURM_RESTART_COUNT": "3"}, tmp_path)  # Slurm's own requeue, say
     assert third.returncode == 2 and "not launching run 4242" in third.stderr
     assert stub_log(tmp_path).count("scontrol requeue 4242") == 1
+
+
+# --- healing inside the job (SPARE_NODES, MAX_RESTARTS) ---
+
+def fails_then_completes(tmp_path: Path, first: dict, code: int) -> Path:
+    """A PYTHON whose first training launch ends with `first` (exit `code`) and whose next ones complete; the
+    doctor passes; `-m hpc_mnist.job` is the real one. Records every call, as fake_trainer does."""
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/bin/bash
+case "$*" in "-m hpc_mnist.job "*) exec {sys.executable} "$@" ;; esac
+echo "python $*" >> "$STUB_LOG"
+case "$*" in *hpc_mnist.train*) ;; *) exit 0 ;; esac
+if [ ! -e "{tmp_path}/launched" ]; then
+    touch "{tmp_path}/launched"
+    printf '%s' '{json.dumps(first)}' > "$HPC_MNIST_STATUS_FILE"
+    exit {code}
+fi
+printf '%s' '{json.dumps({"state": "completed", "reason": None, "requeue": False})}' > "$HPC_MNIST_STATUS_FILE"
+""")
+    fake.chmod(0o755)
+    return fake
+
+
+def launches(tmp_path: Path) -> list[str]:
+    """The job's launches (`python -m hpc_mnist.launch ...`: the stand-in PYTHON records them, and runs none)."""
+    return [line for line in stub_log(tmp_path).splitlines() if line.startswith("python -m hpc_mnist.launch ")]
+
+
+def hosts_of(launch: str) -> str:
+    return launch.split("--hosts ")[1].split()[0] if "--hosts " in launch else ""
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_a_lost_host_is_replaced_by_the_spare_inside_the_job(tmp_path, scheduler):
+    """3 nodes, SPARE_NODES=1: trains on n1, n2 (pinned); n2's rank is lost after progress, and the job launches
+    again at once on n1, n3, with no requeue and no successor."""
+    run_dir = tmp_path / "runs" / "heal"
+    run_dir.mkdir(parents=True)
+    python = fails_then_completes(tmp_path, lost_on(run_dir, "n2"), 5)
+    values = {"RUN_NAME": "heal", "OVERRIDES": f"log.dir={run_dir.parent}", "SPARE_NODES": "1"}
+    if scheduler == "pbs":
+        env = pbs_env(tmp_path, python, **values)
+        (tmp_path / "nodefile").write_text("n1\nn2\nn3\n")
+    else:
+        env = job_env(tmp_path, python, SLURM_JOB_NODELIST="n[1-3]", SLURM_JOB_NUM_NODES="3", **values)
+    result = run_job("pbs.sh" if scheduler == "pbs" else "slurm.sh", env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [hosts_of(launch) for launch in launches(tmp_path)] == ["n1,n2", "n1,n3"]
+    assert ("hpc_mnist: a rank was lost (above), after this job had made progress with a checkpoint; relaunching "
+            "inside job 4242" in result.stderr) and "(restart 1 of MAX_RESTARTS=3)" in result.stderr
+    log = stub_log(tmp_path)
+    assert "requeue" not in log and "qsub" not in log  # healed in place
+    assert list(json.loads((run_dir / "bad-hosts.json").read_text())["hosts"]) == ["n2"]
+
+
+def test_without_restarts_left_the_job_requeues_as_before(tmp_path):
+    run_dir = tmp_path / "runs" / "heal"
+    run_dir.mkdir(parents=True)
+    env = job_env(tmp_path, fails_then_completes(tmp_path, lost_on(run_dir, "n2"), 5), SLURM_JOB_NODELIST="n[1-3]",
+                  SLURM_JOB_NUM_NODES="3", RUN_NAME="heal", OVERRIDES=f"log.dir={run_dir.parent}", SPARE_NODES="1",
+                  MAX_RESTARTS="0")
+    result = run_job("slurm.sh", env, tmp_path)
+    assert result.returncode == 5, result.stderr
+    assert len(launches(tmp_path)) == 1 and "requeueing job 4242" in result.stdout
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_a_host_that_fails_the_doctor_is_left_out_when_a_spare_allows(tmp_path, scheduler):
+    """The pre-flight check runs on all 3 hosts; it blames n2 alone: n2 is recorded bad, the check runs again on
+    n1, n3 and passes, and the training runs there."""
+    run_dir = tmp_path / "runs" / "doc"
+    python = tmp_path / "python"  # a doctor whose report blames n2 while n2 is in the launch
+    python.write_text(f"""#!/bin/bash
+case "$*" in "-m hpc_mnist.job "*) exec {sys.executable} "$@" ;; esac
+echo "python $*" >> "$STUB_LOG"
+case "$*" in *hpc_mnist.doctor*)
+    report=$(sed -E 's/.*--json ([^ ]+).*/\\1/' <<< "$*")
+    case "$*" in *--hosts*n2*) printf '%s' '{{"checks": [{{"status": "fail", "message": "n2 is broken", "hosts": ["n2"]}}],
+                                    "bad_hosts": ["n2"]}}' > "$report"; exit 1 ;; esac ;;
+esac
+""")
+    python.chmod(0o755)
+    values = {"RUN_NAME": "doc", "OVERRIDES": f"log.dir={run_dir.parent}", "SPARE_NODES": "1", "DOCTOR": "1"}
+    if scheduler == "pbs":
+        env = pbs_env(tmp_path, python, **values)
+        (tmp_path / "nodefile").write_text("n1\nn2\nn3\n")
+    else:
+        env = job_env(tmp_path, python, SLURM_JOB_NODELIST="n[1-3]", SLURM_JOB_NUM_NODES="3", **values)
+    result = run_job("pbs.sh" if scheduler == "pbs" else "slurm.sh", env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    doctor, again, train = launches(tmp_path)
+    assert [hosts_of(launch) for launch in (doctor, again, train)] == ["n1,n2,n3", "n1,n3", "n1,n3"]
+    assert "hpc_mnist.doctor" in doctor and "hpc_mnist.doctor" in again and "hpc_mnist.train" in train
+    assert (f"hpc_mnist: n2 failed the pre-flight check (n2 is broken): recorded as bad in {run_dir}/bad-hosts.json; "
+            "going on without it if the job's other hosts suffice") in result.stderr
+    assert list(json.loads((run_dir / "bad-hosts.json").read_text())["hosts"]) == ["n2"]
+
+
+@pytest.mark.parametrize("spares, message", [
+    ("3", "SPARE_NODES=3 but this job has 3 node(s), which leaves none to train on"),
+    ("-1", "SPARE_NODES=-1: give 0 or more spare nodes"),
+])
+def test_too_many_spares_is_one_line_before_any_launch(tmp_path, spares, message):
+    env = job_env(tmp_path, fake_trainer(tmp_path, None, 0), SLURM_JOB_NODELIST="n[1-3]", SLURM_JOB_NUM_NODES="3",
+                  SPARE_NODES=spares, OVERRIDES=f"log.dir={tmp_path / 'runs'}")
+    result = run_job("slurm.sh", env, tmp_path)
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if line.startswith("hpc_mnist")] == [
+        f"hpc_mnist: error: {message}: ask for the nodes to train on plus {spares} (sbatch -N, qsub -l select)"
+        if spares == "3" else f"hpc_mnist: error: {message}"]
+    assert not launches(tmp_path) and not (tmp_path / "runs").exists()

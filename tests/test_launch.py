@@ -390,7 +390,8 @@ def test_job_scripts_run_the_pre_flight_check_first_and_stop_when_it_fails(tmp_p
     """The doctor runs through the job's own launch line before the trainer; a failed check ends the job."""
     log = tmp_path / "stub.log"
     fake = tmp_path / "python"  # a doctor that reports a failed check; a trainer that would succeed
-    fake.write_text('#!/bin/sh\necho "python $*" >> "$STUB_LOG"\ncase "$*" in *hpc_mnist.doctor*) exit 1;; esac\n')
+    fake.write_text('#!/bin/sh\necho "python $*" >> "$STUB_LOG"\ncase "$*" in *hpc_mnist.doctor*) exit 1;; '
+                    f'"-m hpc_mnist.job "*) exec {sys.executable} "$@";; esac\n')
     fake.chmod(0o755)
     base = dict(PATH=f"{STUBS}:{os.environ['PATH']}", BASH_ENV=str(LMOD), STUB_LOG=str(log), PYTHON=str(fake),
                 SLURM_JOB_ID="81", SLURM_SUBMIT_DIR=str(REPO), HPC_MNIST_JOB_FILES=str(tmp_path / "jobs"))
@@ -400,13 +401,16 @@ def test_job_scripts_run_the_pre_flight_check_first_and_stop_when_it_fails(tmp_p
     assert "hpc_mnist: the pre-flight check failed (verdicts above): not training" in result.stderr
     before, *calls = log.read_text().splitlines()  # first the run's own check (bad hosts, a fruitless chain)
     assert before.startswith("python -m hpc_mnist.job before-launch --scheduler slurm --job 81 ")
-    assert len(calls) == 1 and calls[0].startswith("python -m hpc_mnist.launch --system slurm")
-    assert calls[0].endswith("-m hpc_mnist.doctor --config configs/cnn.yaml")  # the run's storage is checked
+    assert calls[0].startswith("python -m hpc_mnist.launch --system slurm")
+    assert calls[0].endswith("--config configs/cnn.yaml")  # the run's storage is checked
+    # it blamed no host alone (no report): nothing to go on without
+    assert [c.split()[2] for c in calls[1:]] == ["hpc_mnist.job"] and "after-doctor" in calls[1]
     log.unlink()
     skipped = subprocess.run(["bash", str(REPO / "jobscripts" / "slurm.sh")], capture_output=True, text=True,
                              env=scheduler_free_env(**base), cwd=tmp_path, timeout=60)  # DOCTOR=0
     assert skipped.returncode == 0, skipped.stderr
-    assert ["hpc_mnist.train" in c for c in log.read_text().splitlines()[1:]] == [True]
+    launches = [c for c in log.read_text().splitlines() if "hpc_mnist.launch" in c]
+    assert ["hpc_mnist.train" in c for c in launches] == [True]
 
 
 @pytest.mark.parametrize("saved, stopping", [(False, ""), (True, ""), (True, "TERM")])
@@ -441,3 +445,43 @@ def test_a_job_script_says_when_the_ranks_ended_without_recording_why(tmp_path, 
     for path in (status_file, run_dir / "status.json"):
         status = json.loads(path.read_text())
         assert (status["state"], status["reason"], status["requeue"]) == ("failed", "gone", continues), path
+
+
+@pytest.mark.parametrize("system, expected", [
+    ("perlmutter", f"{SRUN} -N 2 --nodelist nid1,nid3 -n 8 --ntasks-per-node 4 --gpus-per-node 4"),
+    ("frontier", f"{SRUN} -N 2 --nodelist nid1,nid3 -n 16 --ntasks-per-node 8 -c 7"),
+    ("slurm", f"{SRUN} -N 2 --nodelist nid1,nid3 -n 8 --ntasks-per-node 4"),
+])
+def test_hosts_pin_an_srun_launch_to_the_good_hosts(system, expected):
+    """A job of 3 nodes with a spare (or a bad host): srun trains on the hosts named, not on any 2 of the 3."""
+    env = scheduler_free_env(SLURM_JOB_ID="9", SLURM_JOB_NUM_NODES="3", SLURM_GPUS_ON_NODE="4")
+    result = launch(["--system", system, "--hosts", "nid1,nid3", "--dry-run", *COMMAND], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith(expected), result.stdout
+
+
+@pytest.mark.parametrize("system", ["polaris", "aurora", "pbs"])
+def test_hosts_give_mpiexec_a_host_file_of_the_good_hosts_and_reuse_it(tmp_path, nodefile, system):
+    path = nodefile(3)
+    hosts = path.read_text().split()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = scheduler_free_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(path), HPC_MNIST_MPI="mpich", TMPDIR=str(tmp))
+    lines = []
+    for nodes in ([], ["--nodes", "1"], []):
+        result = launch(["--system", system, "--hosts", f"{hosts[2]},{hosts[0]}", *nodes, "--dry-run", *COMMAND], env)
+        assert result.returncode == 0, result.stderr
+        lines.append(result.stdout.splitlines()[-1])
+    files = [Path(line.split("--hostfile ")[1].split()[0]) for line in lines]
+    assert [f.read_text().split() for f in files] == [[hosts[2], hosts[0]], [hosts[2]], [hosts[2], hosts[0]]]
+    assert files[0] == files[2] and len(list(tmp.iterdir())) == 2  # one file per host list, not one per launch
+    assert " -n 8 " in lines[0] or " -n 2 " in lines[0] or " -n 24 " in lines[0]
+
+
+def test_hosts_outside_the_job_are_one_line(nodefile):
+    env = scheduler_free_env(PBS_JOBID="1.pbs", PBS_NODEFILE=str(nodefile(2)), HPC_MNIST_MPI="mpich")
+    result = launch(["--system", "pbs", "--hosts", "elsewhere", "--dry-run", *COMMAND], env)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--hosts elsewhere: not a host of this job" in result.stderr
+    local = launch(["--system", "local", "--hosts", "a", "--dry-run", *COMMAND], scheduler_free_env())
+    assert local.returncode == 2 and "--hosts needs a batch job" in local.stderr

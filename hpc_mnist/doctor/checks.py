@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ class Check:
     name: str
     status: str  # ok | warn | fail | skip
     message: str
+    hosts: list[str] = field(default_factory=list)  # the hosts a failure is theirs alone: a job goes on without them
 
 
 def cpu_ranges(cpus: list[int]) -> str:
@@ -188,6 +189,11 @@ def size(n: float) -> str:
     return ""
 
 
+def _some_hosts(infos: list[RankInfo], failing: set[str]) -> list[str]:
+    """The hosts to blame for a failure: `failing`, when others pass (a failure on every host is the set-up's)."""
+    return sorted(failing) if failing and failing != set(_by_host(infos)) else []
+
+
 def check_storage(infos: list[RankInfo], checkpoint: int, keep: int, seen: dict[int, bool]) -> Check:
     """The run directory: writable from every host, one file system that every host shares (rank 0 saw every
     other host's probe file: `seen`), and room for train.keep_checkpoints + 1 checkpoints of `checkpoint` bytes
@@ -199,7 +205,8 @@ def check_storage(infos: list[RankInfo], checkpoint: int, keep: int, seen: dict[
     for i, s in reports:
         if not s["writable"]:
             return Check("storage", "fail", f"rank {i.rank} on {i.host} cannot write {s['probed']} (for the run "
-                         f"directory {where}): {s['error']}: set log.dir to a folder every host can write")
+                         f"directory {where}): {s['error']}: set log.dir to a folder every host can write",
+                         hosts=_some_hosts(infos, {j.host for j, t in reports if not t["writable"]}))
     hosts = _by_host(infos)
     unseen = sorted({i.host for i, _ in reports if i.host != infos[0].host and not seen.get(i.rank)})
     if len(hosts) > 1 and unseen:
@@ -222,8 +229,27 @@ def check_storage(infos: list[RankInfo], checkpoint: int, keep: int, seen: dict[
                  f"on {fs}; {what}")
 
 
+FAIL_HOSTS_VAR = "HPC_MNIST_DOCTOR_FAIL_HOSTS"
+
+
+def check_named_hosts(infos: list[RankInfo]) -> Check | None:
+    """The test hook of the job scripts' healing (a host that fails the doctor is left out of the launch when
+    spares allow): the hosts named in $HPC_MNIST_DOCTOR_FAIL_HOSTS fail; none when it is unset."""
+    named = [h for h in os.environ.get(FAIL_HOSTS_VAR, "").split(",") if h]
+    if not named:
+        return None
+    failing = sorted({i.host for i in infos} & set(named))
+    if failing:
+        return Check("named to fail", "fail", f"{', '.join(failing)} named in ${FAIL_HOSTS_VAR} (a test of the "
+                     "job scripts)", hosts=failing)
+    return Check("named to fail", "ok", f"no host of this launch is named in ${FAIL_HOSTS_VAR}")
+
+
 def allocation_nodes() -> int | None:
-    """Nodes of the batch job (or of this srun step); None outside one."""
+    """Nodes of this launch (hpc_mnist.launch says: a job may hold spares), of the srun step or of the batch job;
+    None outside one."""
+    if os.environ.get("HPC_MNIST_NODES", "").isdigit():
+        return int(os.environ["HPC_MNIST_NODES"])
     if "SLURM_STEP_ID" in os.environ or "SLURM_JOB_ID" in os.environ:
         value = os.environ.get("SLURM_STEP_NUM_NODES") or os.environ.get("SLURM_JOB_NUM_NODES") \
             or os.environ.get("SLURM_NNODES")
@@ -241,7 +267,9 @@ def verdict(report: dict[str, Any], infos: list[RankInfo], allreduce: dict[str, 
               check_threads(infos), check_master(infos), check_mpi4py(infos),
               check_transport(infos, backend, networks), check_allreduce(allreduce, infos[0].world_size),
               *([storage] if storage else [])]
+    checks += [c for c in [check_named_hosts(infos)] if c]
     healthy = all(c.status != "fail" for c in checks)
+    blamed = sorted({h for c in checks if c.status == "fail" for h in c.hosts})
     report.update(ranks=[asdict(i) for i in infos], checks=[asdict(c) for c in checks], healthy=healthy,
-                  allreduce=allreduce)
+                  allreduce=allreduce, bad_hosts=blamed)
     return (0 if healthy else 1), report

@@ -93,6 +93,15 @@ def after_launch(status: dict[str, Any], *, stopping: bool) -> dict[str, Any]:
     return mark_gone(status, **({"requeue": True} if status.get("checkpoint") and not stopping else {}))
 
 
+FAULTS = ("rank lost", "rank quiet", "gone", "connection lost")  # a rank or a host failed, not the run
+
+
+def fault(status: dict[str, Any]) -> bool:
+    """Whether the run ended because a rank or its host failed (a relaunch inside the job may heal it), not for
+    the time limit, a user's stop or an error of the run itself."""
+    return status.get("reason") in FAULTS
+
+
 def why_stopped(status: dict[str, Any], scheduler: str) -> str:
     """Why a run whose status asks for requeue stopped, for the job's log line: `... with a checkpoint; ...`."""
     if status.get("reason") == "rank lost":

@@ -8,6 +8,7 @@ and ranks per node.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -25,6 +26,7 @@ AURORA_SOCKET_CORES = (range(1, 52), range(53, 104))
 PERLMUTTER_CORES, PERLMUTTER_GPUS = 64, 4  # one AMD Milan (2 hardware threads per core), 4 A100
 FRONTIER_GCDS = 8  # 7 usable cores per GCD's L3 region (low-noise mode keeps the 8th for the system)
 PLACEHOLDER_NODEFILE = "$PBS_NODEFILE"
+NODES_VAR = "HPC_MNIST_NODES"  # the launch's node count, for its ranks (a job may hold spares)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def allocated_hosts(system: System) -> list[str]:
         if not nodefile or not Path(nodefile).exists():
             raise UserError("a PBS system but PBS_NODEFILE is not set or missing: run inside a PBS job (qsub), "
                             "or add --dry-run to preview the line")
-        return list(dict.fromkeys(line.strip() for line in Path(nodefile).read_text().splitlines() if line.strip()))
+        return _nodefile_hosts()
     if system.scheduler == "slurm":
         if "SLURM_JOB_ID" not in os.environ:
             raise UserError("a Slurm system but no SLURM_JOB_ID: run inside an allocation (sbatch or salloc), "
@@ -85,13 +87,40 @@ def allocated_hosts(system: System) -> list[str]:
     return [socket.gethostname()]
 
 
+def chosen_hosts(system: System, allocated: list[str], chosen: list[str], preview: bool) -> list[str]:
+    """--hosts: hosts of this job (PBS's node file says which; Slurm's srun --nodelist checks them itself)."""
+    if system.scheduler == "local":
+        raise UserError("--hosts needs a batch job (PBS or Slurm): on a workstation every rank runs here")
+    if system.scheduler == "pbs" and not preview:
+        foreign = [h for h in chosen if h not in allocated]
+        if foreign:
+            raise UserError(f"--hosts {', '.join(foreign)}: not a host of this job (PBS_NODEFILE lists "
+                            f"{', '.join(allocated)})")
+    return list(dict.fromkeys(chosen))
+
+
 def _hostfile(hosts: list[str], nodes: int) -> str:
-    """PBS_NODEFILE itself, or a file naming its first `nodes` hosts (scaling runs on part of a job)."""
-    if nodes == len(hosts):
+    """PBS_NODEFILE itself, or a file naming the first `nodes` hosts (a launch on part of a job: a scaling point,
+    or the good hosts without spares). Named by its content, so that relaunches and sweeps reuse one file instead
+    of leaving a new one in the temporary folder each time (the launcher replaces this process: nobody is left
+    to delete it)."""
+    if hosts[:nodes] == _nodefile_hosts() or hosts[0].startswith("<"):  # the whole job, or a preview
         return os.environ.get("PBS_NODEFILE", PLACEHOLDER_NODEFILE)
-    with tempfile.NamedTemporaryFile("w", prefix="hostfile-", suffix=".txt", delete=False) as f:
-        f.write("\n".join(hosts[:nodes]) + "\n")
-        return f.name
+    chosen = "\n".join(hosts[:nodes]) + "\n"
+    path = Path(tempfile.gettempdir()) / f"hpc_mnist-hosts-{hashlib.sha1(chosen.encode()).hexdigest()[:12]}.txt"
+    if not path.is_file() or path.read_text() != chosen:
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text(chosen)
+        partial.replace(path)
+    return str(path)
+
+
+def _nodefile_hosts() -> list[str]:
+    """PBS_NODEFILE's hosts, each once, in order ([] when there is none)."""
+    nodefile = os.environ.get("PBS_NODEFILE")
+    if not nodefile or not Path(nodefile).exists():
+        return []
+    return list(dict.fromkeys(line.strip() for line in Path(nodefile).read_text().splitlines() if line.strip()))
 
 
 def aurora_cpu_bind(ppn: int) -> str:
@@ -123,9 +152,13 @@ def mpi_flavour() -> str:
 
 
 def launch_line(name: str, nodes: int, ppn: int, cpu_bind: str | None, hosts: list[str],
-                command: list[str]) -> list[str]:
-    """The line that starts `command` with `ppn` ranks on each of the first `nodes` hosts, the way `name` wants."""
+                command: list[str], pinned: bool = False) -> list[str]:
+    """The line that starts `command` with `ppn` ranks on each of the first `nodes` hosts, the way `name` wants;
+    `pinned`: those very hosts (srun --nodelist; mpiexec's host file names them anyway), not any `nodes` of the
+    allocation (good hosts only, spares left out)."""
     n = str(nodes * ppn)
+    if pinned and SYSTEMS[name].scheduler == "slurm":
+        return _srun_on(launch_line(name, nodes, ppn, cpu_bind, hosts, command), hosts[:nodes])
     if name in ("polaris", "aurora", "pbs"):
         if name == "pbs" and mpi_flavour() == "openmpi":  # Open MPI has no --ppn
             line = ["mpiexec", "-n", n, "--map-by", f"ppr:{ppn}:node"]
@@ -160,6 +193,12 @@ def launch_line(name: str, nodes: int, ppn: int, cpu_bind: str | None, hosts: li
     # A workstation: torchrun runs the Python program itself.
     program = command[1:] if Path(command[0]).name.startswith("python") else ["--no-python", *command]
     return [_torchrun(), "--standalone", f"--nproc_per_node={ppn}", *program]
+
+
+def _srun_on(line: list[str], hosts: list[str]) -> list[str]:
+    """An srun line pinned to `hosts`."""
+    at = line.index("-N") + 2
+    return [*line[:at], "--nodelist", ",".join(hosts), *line[at:]]
 
 
 def _torchrun() -> str:
