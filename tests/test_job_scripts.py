@@ -407,8 +407,9 @@ case "$*" in "-m hpc_mnist.job "*) exec {sys.executable} "$@" ;; esac
 echo "python $*" >> "$STUB_LOG"
 case "$*" in *hpc_mnist.doctor*)
     report=$(sed -E 's/.*--json ([^ ]+).*/\\1/' <<< "$*")
-    case "$*" in *--hosts*n2*) printf '%s' '{{"checks": [{{"status": "fail", "message": "n2 is broken", "hosts": ["n2"]}}],
-                                    "bad_hosts": ["n2"]}}' > "$report"; exit 1 ;; esac ;;
+    case "$*" in *--hosts*n2*)
+        printf '%s' '{{"checks": [{{"status": "fail", "message": "n2 is broken", "hosts": ["n2"]}}],
+                      "bad_hosts": ["n2"]}}' > "$report"; exit 1 ;; esac ;;
 esac
 """)
     python.chmod(0o755)
