@@ -21,6 +21,9 @@ from helpers.processes import REPO, clean_env
 
 LAB_DIR = Path(os.environ.get("HM_LAB_DIR", "/tmp/hm-lab"))
 PBS_LAB_DIR = Path(os.environ.get("HP_LAB_DIR", "/tmp/hp-lab"))
+# Hosts and link speed (lab.sh, pbs_lab.sh): 3 hosts, unshaped links unless the environment says otherwise.
+LAB_NODES = int(os.environ.get("HM_LAB_NODES") or 3)
+PBS_LAB_NODES = int(os.environ.get("HP_LAB_NODES") or 3)
 
 
 def _shared_paths() -> str:
@@ -34,10 +37,10 @@ def lab() -> SlurmLab:
     if os.geteuid() != 0:
         pytest.skip("cluster lab needs root (network namespaces, mounts, Slurm daemons)")
     env = clean_env("HM_LAB_", SLURM_CONF=str(LAB_DIR / "slurm" / "slurm.conf"), HM_LAB_DIR=str(LAB_DIR),
-                    HM_LAB_SHARED=_shared_paths(), OMP_NUM_THREADS="1",
+                    HM_LAB_SHARED=_shared_paths(), HM_LAB_NODES=str(LAB_NODES),
+                    HM_LAB_LINK=os.environ.get("HM_LAB_LINK", ""), OMP_NUM_THREADS="1",
                     PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    nodes = int(os.environ.get("HM_LAB_NODES", "2"))
-    slurm = SlurmLab(LAB_DIR, [f"hm-n{i}" for i in range(1, nodes + 1)], env)
+    slurm = SlurmLab(LAB_DIR, [f"hm-n{i}" for i in range(1, LAB_NODES + 1)], env)
     already = slurm.up(timeout=600)
     yield slurm
     if not already:
@@ -61,9 +64,10 @@ def _reachable_by(user: str, env: dict[str, str]) -> str:
 def pbs_lab() -> PbsLab:
     if os.geteuid() != 0:
         pytest.skip("PBS lab needs root (network namespaces, PBS daemons)")
-    env = clean_env("HP_LAB_", HP_LAB_DIR=str(PBS_LAB_DIR), HP_LAB_USER=PBS_JOB_USER, OMP_NUM_THREADS="1",
+    env = clean_env("HP_LAB_", HP_LAB_DIR=str(PBS_LAB_DIR), HP_LAB_USER=PBS_JOB_USER,
+                    HP_LAB_NODES=str(PBS_LAB_NODES), HP_LAB_LINK=os.environ.get("HP_LAB_LINK", ""), OMP_NUM_THREADS="1",
                     PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    pbs = PbsLab(PBS_LAB_DIR, ["hp-n1", "hp-n2"], env)
+    pbs = PbsLab(PBS_LAB_DIR, [f"hp-n{i}" for i in range(1, PBS_LAB_NODES + 1)], env)
     already = pbs.up(timeout=900)  # a fresh machine builds OpenPBS first (~5 min)
     reachable = _reachable_by(PBS_JOB_USER, env)
     if reachable:

@@ -6,14 +6,16 @@
 # then:  export SLURM_CONF=/tmp/hm-lab/slurm/slurm.conf;  sbatch ... ;  tests/cluster/onnode hm-n1 CMD
 # Hosts are network namespaces hm-n1..hm-nN (10.78.0.1..N) and hm-head (10.78.0.100, the controller),
 # each with its own hostname, /etc/hosts and /tmp, on bridge hm-br0 (10.78.0.254). Needs root.
-# Environment: HM_LAB_DIR (/tmp/hm-lab), HM_LAB_NODES (2), HM_LAB_CPUS (4 per host), HM_LAB_KILLWAIT (30 s, as Slurm's default: SIGKILL that long after TERM),
+# Environment: HM_LAB_DIR (/tmp/hm-lab), HM_LAB_NODES (3; 1 to 6), HM_LAB_LINK (each host's link speed both
+# ways, a tc rate such as 200mbit, shaped with tbf; empty: unshaped), HM_LAB_CPUS (4 per host), HM_LAB_KILLWAIT (30 s, as Slurm's default: SIGKILL that long after TERM),
 # HM_LAB_CRED_EXPIRE (10 s: also the delay before a requeued job starts again), HM_LAB_SHARED (more
 # paths under /tmp the hosts must see, such as a virtual environment). Exit status 3: the machine does not
 # permit a lab (not root, no network namespaces, packages not installable); 1: anything else failed.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 LAB_DIR=${HM_LAB_DIR:-/tmp/hm-lab}
-NODES=${HM_LAB_NODES:-2}
+NODES=${HM_LAB_NODES:-3}
+LINK=${HM_LAB_LINK:-}
 CPUS=${HM_LAB_CPUS:-4}
 KILLWAIT=${HM_LAB_KILLWAIT:-30}
 CRED_EXPIRE=${HM_LAB_CRED_EXPIRE:-10}
@@ -25,6 +27,7 @@ MD=$LAB_DIR/munge
 export SLURM_CONF=$SD/slurm.conf HM_LAB_DIR=$LAB_DIR
 
 cannot() { echo "lab: $*" >&2; exit 3; }
+fail() { echo "lab: $*" >&2; exit 1; }
 hosts() { local i; for ((i = 1; i <= NODES; i++)); do echo "hm-n$i"; done; }
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -54,6 +57,11 @@ check_machine() {
     fi
 }
 
+check_settings() {
+    [[ $NODES =~ ^[1-6]$ ]] || fail "HM_LAB_NODES must be 1 to 6, not '$NODES'"
+    "$HERE/shape" check "$LINK" || fail "HM_LAB_LINK must be a speed such as 100mbit or 1gbit, or empty, not '$LINK'"
+}
+
 net_up() {
     ip link show $BRIDGE >/dev/null 2>&1 || ip link add $BRIDGE type bridge
     [[ $(ip addr show dev $BRIDGE) == *" $NET.254/"* ]] || ip addr add $NET.254/24 dev $BRIDGE
@@ -77,6 +85,15 @@ $NET.$i hm-n$i"; done
         # (gloo and c10d make them) would wait for it.
         sed -E 's/^hosts:.*/hosts: files/' /etc/nsswitch.conf > "/etc/netns/$host/nsswitch.conf"
         printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' > "/etc/netns/$host/resolv.conf"
+    done
+    for host in $(hosts); do "$HERE/shape" set "$LINK" "hm-v-$host" "$host"; done
+    # hosts an earlier, larger lab left (their slurmd stopped with the old configuration)
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^hm-n[0-9]+$' || true); do
+        (( ${ns#hm-n} <= NODES )) && continue
+        ip link del "hm-v-$ns" 2>/dev/null || true
+        ip netns del "$ns"
+        rm -rf "/etc/netns/$ns"
     done
 }
 
@@ -150,13 +167,14 @@ wait_idle() {
 }
 
 up() {
+    check_settings
     mkdir -p "$LAB_DIR"
     check_machine
     write_conf
     if running && cmp -s "$SLURM_CONF" "$SLURM_CONF.new" && cmp -s "$LAB_DIR/shared-paths" "$LAB_DIR/shared-paths.new"; then
         rm -f "$SLURM_CONF.new" "$LAB_DIR/shared-paths.new"
         net_up
-        wait_idle && echo "lab: already up ($NODES hosts); export SLURM_CONF=$SLURM_CONF"
+        wait_idle && echo "lab: already up ($NODES hosts, links ${LINK:-unshaped}); export SLURM_CONF=$SLURM_CONF"
         return
     fi
     stop_daemons
@@ -174,7 +192,7 @@ up() {
     "$HERE/onnode" $HEAD slurmctld -c -f "$SLURM_CONF"
     for host in $(hosts); do "$HERE/onnode" "$host" slurmd -f "$SLURM_CONF" -N "$host"; done
     wait_idle
-    echo "lab: up, $NODES hosts; export SLURM_CONF=$SLURM_CONF"
+    echo "lab: up, $NODES hosts, links ${LINK:-unshaped}; export SLURM_CONF=$SLURM_CONF"
 }
 
 stop_pid() {  # PID file: TERM, then KILL after 5 s
@@ -221,6 +239,10 @@ status() {
     for f in "$MD/munged.pid" "$SD/slurmctld.pid" "$SD"/slurmd-*.pid; do
         [ -e "$f" ] || continue
         if alive "$f"; then echo "$(basename "$f" .pid) running, pid $(cat "$f")"; else echo "$(basename "$f" .pid) dead"; fi
+    done
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^hm-n[0-9]+$' | sort -V || true); do
+        echo "$ns link: $("$HERE/shape" show "hm-v-$ns" "$ns")"
     done
     running && timeout 5 sinfo
 }

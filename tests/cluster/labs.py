@@ -219,7 +219,7 @@ PBS_JOB_USER = os.environ.get("HP_LAB_USER", "hpuser")
 
 @dataclass
 class PbsLab(Lab):
-    """The PBS lab (pbs_lab.sh): a real OpenPBS server on hp-head and a pbs_mom on hp-n1 and hp-n2, sharing this
+    """The PBS lab (pbs_lab.sh): a real OpenPBS server on hp-head and a pbs_mom on each of hp-n1 .. hp-nN, sharing this
     machine's whole file system. Its commands run on hp-head (onpbs). Jobs run as `user`, the ordinary account
     pbs_lab.sh up creates, as users' jobs do: pbs_mom does not track root-owned processes, so a root job's
     qdel, qsig and walltime kills reach only the top shell's process group and the job ends as soon as that

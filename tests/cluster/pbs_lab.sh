@@ -5,12 +5,13 @@
 #   tests/cluster/pbs_lab.sh down     stop what `up` started (by PID) and remove hosts, bridge, /etc/netns files
 #   tests/cluster/pbs_lab.sh status   what is running
 # then:  tests/cluster/onpbs hp-head qsub -l select=2:ncpus=2 -j oe -o /tmp/hp-lab/shared/job.out job.sh
-# Hosts are network namespaces hp-n1, hp-n2 (10.77.0.1, .2; one pbs_mom each, 2 ncpus) and hp-head
+# Hosts are network namespaces hp-n1..hp-nN (10.77.0.1..N; one pbs_mom each, 2 ncpus) and hp-head
 # (10.77.0.100: pbs_server with its PostgreSQL datastore, pbs_sched, pbs_comm), on bridge hp-br0
 # (10.77.0.254). They share the machine's whole file system (the repository, the venv, /tmp): only the
 # network, the hostname and /etc/{hosts,pbs.conf,nsswitch.conf,resolv.conf} are their own (tests/cluster/onpbs).
 # PBS_HOME /var/spool/pbs-<host>, PBS_TMPDIR /var/tmp/pbs-<host>, logs under HP_LAB_DIR (/tmp/hp-lab).
-# Environment: HP_LAB_DIR (/tmp/hp-lab), HP_LAB_PBS_SRC (the OpenPBS source tarball;
+# Environment: HP_LAB_DIR (/tmp/hp-lab), HP_LAB_NODES (3; 1 to 6), HP_LAB_LINK (each host's link speed both ways,
+# a tc rate such as 200mbit, shaped with tbf; empty: unshaped), HP_LAB_PBS_SRC (the OpenPBS source tarball;
 # <repo>/../shared/pbs-lab/openpbs-src.tar.gz), HP_LAB_KILL_DELAY (10 s: SIGKILL that long after SIGTERM,
 # PBS's default), HP_LAB_SCHED_ITERATION (2 s), HP_LAB_NODE_FAIL_REQUEUE (10 s: how long the server waits, once
 # it has lost a job's first host, before it reruns the job; PBS's default is 310 s), HP_LAB_USER (hpuser: an
@@ -32,7 +33,10 @@ PBS_VERSION=23.06.06
 NET=10.77.0
 BRIDGE=hp-br0
 HEAD=hp-head
-MOMS="hp-n1 hp-n2"
+NODES=${HP_LAB_NODES:-3}
+LINK=${HP_LAB_LINK:-}
+MOMS=$(for ((i = 1; i <= NODES; i++)); do printf 'hp-n%s ' "$i"; done)
+MOMS=${MOMS% }
 NCPUS=2
 JOB_USER=${HP_LAB_USER:-hpuser}
 SYS_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -61,6 +65,11 @@ daemons() {
     echo "$HEAD:/var/spool/pbs-$HEAD/server_priv/server.lock"
     echo "$HEAD:/var/spool/pbs-$HEAD/datastore/postmaster.pid"
     echo "$HEAD:/var/spool/pbs-$HEAD/server_priv/comm.lock"
+}
+
+check_settings() {
+    [[ $NODES =~ ^[1-6]$ ]] || fail "HP_LAB_NODES must be 1 to 6, not '$NODES'"
+    "$HERE/shape" check "$LINK" || fail "HP_LAB_LINK must be a speed such as 100mbit or 1gbit, or empty, not '$LINK'"
 }
 
 check_machine() {
@@ -145,6 +154,22 @@ $(addr "$host") $host"; done
         sed -E 's/^hosts:.*/hosts: files/' /etc/nsswitch.conf >"/etc/netns/$host/nsswitch.conf"
         printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"/etc/netns/$host/resolv.conf"
     done
+    for host in $MOMS; do "$HERE/shape" set "$LINK" "hp-v-$host" "$host"; done
+}
+
+# Hosts an earlier, larger lab left: their mom stopped, what else runs there killed, the namespace removed (their
+# nodes leave the server in configure_server).
+drop_extra_hosts() {
+    local ns pid left
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^hp-n[0-9]+$' || true); do
+        (( ${ns#hp-n} <= NODES )) && continue
+        if pid=$(lock_pid "/var/spool/pbs-$ns/mom_priv/mom.lock"); then stop_pids "$pid"; fi
+        mapfile -t left < <(ip netns pids "$ns" 2>/dev/null)
+        [ ${#left[@]} = 0 ] || kill -KILL "${left[@]}" 2>/dev/null || true
+        ip link del "hp-v-$ns" 2>/dev/null || true
+        ip netns del "$ns"
+        rm -rf "/etc/netns/$ns"
+    done
 }
 
 # Each host's pbs.conf, PBS_HOME skeleton and (moms) mom_priv/config. Prints "changed" when a running
@@ -202,12 +227,16 @@ running() {
 
 # qmgr settings; idempotent, so applied at every up.
 configure_server() {
-    local c mom
+    local c mom i
     for c in "set server flatuid=true" "set server job_history_enable=1" \
              "set server scheduler_iteration=$SCHED_ITERATION" "set server mailer=/bin/true" \
              "set server acl_roots=root" "set server node_fail_requeue=$NODE_FAIL_REQUEUE" \
              "set queue workq kill_delay=$KILL_DELAY"; do
         on $HEAD qmgr -c "$c" || fail "qmgr -c '$c' failed"
+    done
+    for ((i = NODES + 1; i <= 6; i++)); do
+        on $HEAD qmgr -c "list node hp-n$i" >/dev/null 2>&1 || continue
+        on $HEAD qmgr -c "delete node hp-n$i" || fail "cannot delete node hp-n$i (HP_LAB_NODES=$NODES; a job still on it?)"
     done
     for mom in $MOMS; do
         on $HEAD qmgr -c "list node $mom" >/dev/null 2>&1 || on $HEAD qmgr -c "create node $mom" || fail "cannot create node $mom"
@@ -220,11 +249,11 @@ wait_free() {
     local free=0 _
     for _ in $(seq 300); do
         free=$(on $HEAD pbsnodes -a -F json 2>/dev/null | grep -cE '"state":[[:space:]]*"free"' || true)
-        [ "$free" -ge 2 ] && return 0
+        [ "$free" -ge "$NODES" ] && return 0
         sleep 0.2
     done
     on $HEAD pbsnodes -aS >&2 || true
-    fail "only $free of 2 moms became free; see /var/spool/pbs-*/*_logs/ and $LAB_DIR/up.log"
+    fail "only $free of $NODES moms became free; see /var/spool/pbs-*/*_logs/ and $LAB_DIR/up.log"
 }
 
 start_host() {  # HOST DAEMON...
@@ -238,18 +267,20 @@ start_host() {  # HOST DAEMON...
 }
 
 up() {
+    check_settings
     mkdir -p "$LAB_DIR/shared" && chmod 1777 "$LAB_DIR/shared"
     check_machine
     build >/dev/null
     id "$JOB_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$JOB_USER" || fail "cannot create job user $JOB_USER"
     net_up
+    drop_extra_hosts
     local changed="" host
     changed+=$(host_files $HEAD server)
     for host in $MOMS; do changed+=$(host_files "$host" mom); done
     if running && [ -z "$changed" ]; then
         configure_server
         wait_free
-        echo "pbs lab: already up (hosts $HEAD, $MOMS); submit with $HERE/onpbs $HEAD qsub ..."
+        echo "pbs lab: already up (hosts $HEAD, $MOMS; links ${LINK:-unshaped}); submit with $HERE/onpbs $HEAD qsub ..."
         return
     fi
     stop_daemons
@@ -262,7 +293,7 @@ up() {
     configure_server
     for host in $MOMS; do start_host "$host" pbs_mom; done
     wait_free
-    echo "pbs lab: up (hosts $HEAD, $MOMS); submit with $HERE/onpbs $HEAD qsub ..."
+    echo "pbs lab: up (hosts $HEAD, $MOMS; links ${LINK:-unshaped}); submit with $HERE/onpbs $HEAD qsub ..."
 }
 
 stop_pids() {  # PID...: TERM together, then KILL what is left after 10 s
@@ -353,6 +384,10 @@ status() {
     [ $running = 0 ] && { echo "pbs lab: not running"; return 1; }
     printf '%s' "$lines"
     [ $running = $all ] || return 1
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^hp-n[0-9]+$' | sort -V || true); do
+        echo "$ns link: $("$HERE/shape" show "hp-v-$ns" "$ns")"
+    done
     timeout 10 "$HERE/onpbs" $HEAD pbsnodes -aS
 }
 
