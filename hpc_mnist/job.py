@@ -13,7 +13,8 @@ verb: a job script runs it, with the job's PYTHON.
         (hpc_mnist/runtime/badhosts.py), and count the launches in a row that ended without a new checkpoint
         (runtime/chain.py): at --max-fruitless of them (0: never) the run is not continued, said in one line.
         With --restarts-left N (N > 0) a third line says where the run continues: `here` (relaunch inside this
-        job: a rank or host failed, and the job's good hosts less --spares K still make the launch) or `queue`.
+        job: a rank or host failed and the status names its hosts, and the job's good hosts less --spares K still
+        make the launch) or `queue`.
     python -m hpc_mnist.job before-launch --scheduler slurm|pbs [--job ID --link N --max-fruitless N --spares K] \
             -- --config FILE [section.key=value ...]
         Before any launch: the job's hosts less the run's bad ones too few for the job (all but K spares), or
@@ -83,7 +84,10 @@ def after_launch(path: str, code: int, scheduler: str, stopping: bool, job: str 
     print(status.why_stopped(job_copy, scheduler))
     print(status.run_name(job_copy))
     if restarts_left > 0:
-        here = status.fault(job_copy) and not stopping and room_here(scheduler, run_dir, spares)
+        # Only a fault that names its hosts: a launch that ended `gone` (MPICH's mpiexec kills every rank within
+        # milliseconds of one's death, so nobody records which) might relaunch onto a dead host.
+        named = bool(job_copy.get("bad_hosts"))
+        here = status.fault(job_copy) and named and not stopping and room_here(scheduler, run_dir, spares)
         print("here" if here else "queue")
     return CONTINUE
 

@@ -17,10 +17,14 @@
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
 #SBATCH --open-mode=append
+#SBATCH --no-kill
 # The trainer reads the job's end time when it starts and stops with a checkpoint a minute before it;
 # this script then requeues the job (same job id, so the same run directory, and with --open-mode=append
 # the same log) and the next start resumes. --signal is only a fallback for where the ranks cannot ask
 # squeue. A scancel stops the ranks with a checkpoint and ends the job: resubmit with RUN_NAME to resume.
+# A rank or node that fails (lost, quiet) after progress: the script relaunches inside the job without that node
+# (MAX_RESTARTS=3), on a spare when SPARE_NODES=K of the -N nodes are held as spares (-N 3 with SPARE_NODES=1
+# trains on 2); --no-kill keeps the job when a node fails so that it can. Else it requeues away from the node.
 trap '' USR1 USR2   # at once: a short job's time-limit warning can come before job_begin below
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"

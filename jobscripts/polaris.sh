@@ -16,6 +16,9 @@
 # ended; MAX_RESUBMITS=10 bounds the chain). A qdel stops the ranks with a checkpoint and ends the chain:
 # resubmit with RUN_NAME=<run> to resume. Not `qsig -s USR1`: PBS's login shell above this script dies of it
 # and PBS kills the job at once, with no stop checkpoint (the last epoch's stays).
+# A rank or node that fails (lost, quiet) after progress: the script relaunches inside the job without that node
+# (MAX_RESTARTS=3), on a spare when SPARE_NODES=K of the select=N nodes are held as spares (select=3 with
+# SPARE_NODES=1 trains on 2). Else the successor is placed away from the node.
 #PBS -A YOUR_PROJECT
 #PBS -q debug
 #PBS -l select=2:system=polaris

@@ -19,9 +19,9 @@ from hpc_mnist.runtime import dist
 # sees (pytest 9.2 ignores the node-id suffix that --dist loadgroup relies on); collection refuses a test that
 # uses a lab's fixture outside its lab's files.
 LAB_FILES = {"tests/cluster/test_slurm.py": "lab", "tests/cluster/test_stops.py": "lab",
-             "tests/cluster/test_launchers.py": "lab", "tests/cluster/test_quiet_hosts.py": "lab",
+             "tests/cluster/test_launchers.py": "lab", "tests/cluster/test_heal_slurm.py": "lab",
              "tests/cluster/test_login_node.py": "lab",
-             "tests/cluster/test_pbs_jobs.py": "pbs_lab", "tests/cluster/test_pbs_quiet_hosts.py": "pbs_lab",
+             "tests/cluster/test_pbs_jobs.py": "pbs_lab", "tests/cluster/test_heal_pbs.py": "pbs_lab",
              "tests/cluster/test_pbs_lab.py": "pbs_lab"}
 
 

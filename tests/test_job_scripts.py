@@ -442,3 +442,17 @@ def test_too_many_spares_is_one_line_before_any_launch(tmp_path, spares, message
         f"hpc_mnist: error: {message}: ask for the nodes to train on plus {spares} (sbatch -N, qsub -l select)"
         if spares == "3" else f"hpc_mnist: error: {message}"]
     assert not launches(tmp_path) and not (tmp_path / "runs").exists()
+
+
+def test_a_launch_that_ended_gone_names_no_host_and_is_not_relaunched_inside_the_job(tmp_path):
+    """MPICH's mpiexec kills every rank when one dies, so nobody records which: the job must not relaunch onto a
+    host that may be dead; it requeues as before."""
+    run_dir = tmp_path / "runs" / "heal"
+    run_dir.mkdir(parents=True)
+    gone = {"state": "running", "run_dir": str(run_dir), "checkpoint": str(run_dir / "checkpoint-0001-000000.pt")}
+    env = job_env(tmp_path, fails_then_completes(tmp_path, gone, 137), SLURM_JOB_NODELIST="n[1-3]",
+                  SLURM_JOB_NUM_NODES="3", RUN_NAME="heal", OVERRIDES=f"log.dir={run_dir.parent}", SPARE_NODES="1")
+    result = run_job("slurm.sh", env, tmp_path)
+    assert result.returncode == 137, result.stderr
+    assert len(launches(tmp_path)) == 1 and "requeueing job 4242" in result.stdout
+    assert "relaunching" not in result.stderr

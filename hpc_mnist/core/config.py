@@ -118,7 +118,7 @@ class DistConfig:
     backend: Literal["auto", "nccl", "xccl", "gloo"] = opt("auto", "auto: nccl on cuda, xccl on xpu, else gloo")
     timeout: float = opt(600.0, "seconds a collective may wait for a dead peer before the job fails", gt=0)
     init_timeout: float = opt(300.0, "seconds to wait at start-up for every rank to join", gt=0)
-    quiet_after: float = opt(20.0, "seconds a rank's heartbeat may stand still (a frozen process, a silent host) "
+    quiet_after: float = opt(10.0, "seconds a rank's heartbeat may stand still (a frozen process, a silent host) "
                              "before it is named quiet and the job ends; 0: not watched", ge=0)
 
 

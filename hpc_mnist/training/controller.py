@@ -59,6 +59,7 @@ class RunController:
         self.stopping: str | None = None  # why the ranks agreed to stop, at this epoch's last check
         self.result: Result | None = None  # how the run ended: set by finish() or a stop
         self._epoch_start = self._epoch_seconds = self._epoch_lr = 0.0
+        self._stepped = False  # whether this launch has made a step (status.json's first_step_at)
 
     # --- the run's frame ---
 
@@ -160,6 +161,9 @@ class RunController:
             for step, x, y in trainer.batches(trainer.order(epoch), start=self.pos.step):
                 self.meter.learning_rate(step, trainer.scheduler.get_last_lr()[0])
                 yield step, x, y
+                if not self._stepped:  # this launch's first step is done: when a relaunch trains again
+                    self._stepped = True
+                    self._status("running", first_step_at=round(time.time(), 3))
                 if self._check(epoch, step, progress):
                     break
         self._epoch_seconds = time.perf_counter() - self._epoch_start

@@ -243,6 +243,17 @@ configure_server() {
         # whatever the machine's core count, as the tests' select statements assume
         on $HEAD qmgr -c "set node $mom resources_available.ncpus=$NCPUS" || fail "cannot set ncpus on $mom"
     done
+    forget_finished_jobs
+}
+
+# Earlier sessions' finished jobs leave the history: a server restarted after an unclean stop may hand out their
+# ids again ("qsub: Job with requested ID already exists", seen on the lab). Only finished jobs go.
+forget_finished_jobs() {
+    local finished
+    finished=$(on $HEAD qselect -x -s F 2>/dev/null | tr '\n' ' ') || finished=""
+    [ -z "${finished// /}" ] && return 0
+    # shellcheck disable=SC2086  # a list of job ids
+    on $HEAD qdel -x -W force $finished >/dev/null 2>&1 || true
 }
 
 wait_free() {

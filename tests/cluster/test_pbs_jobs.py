@@ -78,9 +78,9 @@ def variables(work: Path, overrides: str, pals: bool = False, **more: str) -> di
 
 
 def submit(lab: PbsLab, work: Path, script: str, overrides: str, *qsub_args: str, walltime: str = "00:05:00",
-           pals: bool = False, **more: str) -> str:
+           pals: bool = False, select: str = "2:ncpus=2", **more: str) -> str:
     out = work / f"{script}.{len(list(work.glob('*.out')))}.out"
-    return lab.submit(edited_script(work, script, walltime), *qsub_args, out=out,
+    return lab.submit(edited_script(work, script, walltime, select), *qsub_args, out=out,
                       variables=variables(work, overrides, pals, **more))
 
 

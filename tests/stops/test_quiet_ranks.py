@@ -4,16 +4,20 @@ torchrun (the agent holds the store) and MPICH's mpiexec (rank 0's process holds
 
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from helpers.commands import MPIEXEC, SMALL_CNN, torchrun
-from helpers.processes import error_lines, popen, worker_pids
+from helpers.commands import MPIEXEC, SMALL_CNN, SMOKE, torchrun
+from helpers.processes import REPO, error_lines, popen, run_train, worker_pids
 from helpers.runs import status, wait_for_rows
+from hpc_mnist.core import config
 from hpc_mnist.errors import EXIT_HUNG
 from hpc_mnist.runtime.peers import process_exists
 
@@ -73,3 +77,49 @@ def test_a_frozen_rank_is_named_within_a_minute_and_every_process_ends(tmp_path,
     assert (run_dir / f"hang-rank{survivor}.txt").read_text().startswith(f"rank {survivor}: the job ends: ")
     assert not (run_dir / f"hang-rank{victim}.txt").exists()  # a frozen process writes nothing
 
+
+
+WRITE_BPS = 16384  # the slowed file system's write rate: a checkpoint of the smoke MLP takes longer than quiet_after
+
+
+@pytest.fixture
+def slowed_dir(tmp_path):
+    """A real file system whose writes the kernel throttles to WRITE_BPS (ext4 on a loop device, cgroup v1's
+    blkio throttle on that device alone): the slow parallel file system of a busy centre, on one machine."""
+    knob = Path("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device")
+    tools = [shutil.which(t) for t in ("losetup", "mkfs.ext4", "mount", "umount")]
+    if os.geteuid() != 0 or not knob.exists() or not all(tools):
+        pytest.skip("a throttled file system needs root, losetup, mkfs.ext4 and cgroup v1's blkio throttle")
+    image, mount = tmp_path / "disk.img", tmp_path / "slow"
+    mount.mkdir()
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    made = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no loop device here: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    rdev = os.stat(device).st_rdev
+    key = f"{os.major(rdev)}:{os.minor(rdev)}"
+    try:
+        subprocess.run(["mount", device, str(mount)], check=True)
+        knob.write_text(f"{key} {WRITE_BPS}\n")
+        yield mount
+    finally:
+        knob.write_text(f"{key} 0\n")
+        subprocess.run(["umount", str(mount)], check=False)
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+def test_checkpoints_slower_than_quiet_after_raise_no_false_alarm(slowed_dir):
+    """Each checkpoint of this run takes longer to reach the disk than dist.quiet_after (default), while the other
+    rank waits in its next collective: nobody is quiet, and the run ends as it would anywhere."""
+    done = run_train([*SMOKE, "train.epochs=2", "log.tensorboard=false", f"log.dir={slowed_dir}", "log.name=r"],
+                     launcher=torchrun(), timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "quiet" not in done.stdout + done.stderr
+    assert status(slowed_dir / "r")["state"] == "completed"
+    rows = [json.loads(line) for line in (slowed_dir / "r" / "metrics.jsonl").read_text().splitlines()]
+    quiet_after = config.build(str(REPO / "configs/smoke.yaml"), []).dist.quiet_after
+    slowest = max(r["epoch_time_s"] - r["train_time_s"] for r in rows)  # validation and the checkpoint's write
+    print(f"the slowest epoch end (its checkpoint written to {WRITE_BPS} B/s): {slowest:.1f} s")
+    assert slowest > quiet_after, rows  # the write really outlasted the allowance
