@@ -353,6 +353,16 @@ printf '%s' '{json.dumps({"state": "completed", "reason": None, "requeue": False
     return fake
 
 
+def three_node_job(tmp_path: Path, scheduler: str, python: Path, **values: str) -> subprocess.CompletedProcess:
+    """slurm.sh or pbs.sh in a job of nodes n1, n2, n3, with `values`."""
+    if scheduler == "pbs":
+        env = pbs_env(tmp_path, python, **values)
+        (tmp_path / "nodefile").write_text("n1\nn2\nn3\n")
+    else:
+        env = job_env(tmp_path, python, SLURM_JOB_NODELIST="n[1-3]", SLURM_JOB_NUM_NODES="3", **values)
+    return run_job("pbs.sh" if scheduler == "pbs" else "slurm.sh", env, tmp_path)
+
+
 def launches(tmp_path: Path) -> list[str]:
     """The job's launches (`python -m hpc_mnist.launch ...`: the stand-in PYTHON records them, and runs none)."""
     return [line for line in stub_log(tmp_path).splitlines() if line.startswith("python -m hpc_mnist.launch ")]
@@ -369,13 +379,8 @@ def test_a_lost_host_is_replaced_by_the_spare_inside_the_job(tmp_path, scheduler
     run_dir = tmp_path / "runs" / "heal"
     run_dir.mkdir(parents=True)
     python = fails_then_completes(tmp_path, lost_on(run_dir, "n2"), 5)
-    values = {"RUN_NAME": "heal", "OVERRIDES": f"log.dir={run_dir.parent}", "SPARE_NODES": "1"}
-    if scheduler == "pbs":
-        env = pbs_env(tmp_path, python, **values)
-        (tmp_path / "nodefile").write_text("n1\nn2\nn3\n")
-    else:
-        env = job_env(tmp_path, python, SLURM_JOB_NODELIST="n[1-3]", SLURM_JOB_NUM_NODES="3", **values)
-    result = run_job("pbs.sh" if scheduler == "pbs" else "slurm.sh", env, tmp_path)
+    result = three_node_job(tmp_path, scheduler, python, RUN_NAME="heal", OVERRIDES=f"log.dir={run_dir.parent}",
+                            SPARE_NODES="1")
     assert result.returncode == 0, result.stderr
     assert [hosts_of(launch) for launch in launches(tmp_path)] == ["n1,n2", "n1,n3"]
     assert ("hpc_mnist: a rank was lost (above), after this job had made progress with a checkpoint; relaunching "
@@ -413,13 +418,8 @@ case "$*" in *hpc_mnist.doctor*)
 esac
 """)
     python.chmod(0o755)
-    values = {"RUN_NAME": "doc", "OVERRIDES": f"log.dir={run_dir.parent}", "SPARE_NODES": "1", "DOCTOR": "1"}
-    if scheduler == "pbs":
-        env = pbs_env(tmp_path, python, **values)
-        (tmp_path / "nodefile").write_text("n1\nn2\nn3\n")
-    else:
-        env = job_env(tmp_path, python, SLURM_JOB_NODELIST="n[1-3]", SLURM_JOB_NUM_NODES="3", **values)
-    result = run_job("pbs.sh" if scheduler == "pbs" else "slurm.sh", env, tmp_path)
+    result = three_node_job(tmp_path, scheduler, python, RUN_NAME="doc", OVERRIDES=f"log.dir={run_dir.parent}",
+                            SPARE_NODES="1", DOCTOR="1")
     assert result.returncode == 0, result.stderr
     doctor, again, train = launches(tmp_path)
     assert [hosts_of(launch) for launch in (doctor, again, train)] == ["n1,n2,n3", "n1,n3", "n1,n3"]

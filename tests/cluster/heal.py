@@ -85,10 +85,21 @@ def mend(lab: Lab, host: str, fault: str) -> None:
             lab.on_host(host, [rule[0], "-D", *rule[2:]], check=False)
 
 
+def record(fault: str, healing: Healing) -> None:
+    """Append the case's figures to $HPC_MNIST_HEAL_TIMES (a JSON-lines file), where benchmarks/heal_times.py
+    collects them."""
+    path = os.environ.get("HPC_MNIST_HEAL_TIMES")
+    if path:
+        row = {"fault": fault, **{k: None if v is None else round(v, 2) for k, v in healing.__dict__.items()}}
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def check_healed(run_dir: Path, bad: str, spare: str, healing: Healing, fault: str, uninterrupted: Path,
                  log: str) -> None:
     """What every case must show once its job has ended."""
     print(f"{fault}: {healing}")
+    record(fault, healing)
     final = status(run_dir)
     assert final["state"] == "completed", (final, log[-3000:])
     assert_same_weights(run_dir / "model.pt", uninterrupted)
