@@ -79,7 +79,7 @@ def test_a_frozen_rank_is_named_within_a_minute_and_every_process_ends(tmp_path,
 
 
 
-WRITE_BPS = 16384  # the slowed file system's write rate: a checkpoint of the smoke MLP takes longer than quiet_after
+WRITE_BPS = 8192  # the slowed file system's write rate: a checkpoint of the smoke MLP takes twice quiet_after
 
 
 @pytest.fixture
