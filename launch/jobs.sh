@@ -162,8 +162,33 @@ job_run() {
     fi
     (trap '' USR1 USR2; exec "$@") &
     pid=$!
+    [ -z "${JOB_WATCHED:-}" ] || launch_watch "$pid"
     while kill -0 "$pid" 2>/dev/null; do wait "$pid" 2>/dev/null || :; done   # a trapped signal ends a wait
     wait "$pid" 2>/dev/null   # the step's own exit status
+}
+
+# launch_watch PID: while a training launch runs, end its launcher once the ranks have recorded a fault that names
+# its hosts (status failed, bad_hosts) LAUNCH_GRACE (5) seconds ago and it still waits: srun waits for the tasks
+# of a host cut off from the network until Slurm declares that host down (SlurmdTimeout: 30 s on the lab, often
+# 300 s on a cluster; measured on the lab: the relaunch's first step 49 s after the fault), and the ranks that
+# can still run have ended by then. The relaunch may share the old step's CPUs (SLURM_OVERLAP, train_job).
+launch_watch() {
+    local pid=$1 since="" started=${HPC_MNIST_STATUS_FILE}.launched grace=${LAUNCH_GRACE:-5}
+    touch "$started"
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ -z "$since" ] && [ "$HPC_MNIST_STATUS_FILE" -nt "$started" ] \
+                && grep -q '"state": "failed"' "$HPC_MNIST_STATUS_FILE" 2>/dev/null \
+                && grep -Eq '"bad_hosts": \[ *("|$)' "$HPC_MNIST_STATUS_FILE" 2>/dev/null; then
+            since=$SECONDS
+        fi
+        if [ -n "$since" ] && (( SECONDS - since >= grace )); then
+            echo "hpc_mnist: the ranks recorded why they ended ${grace} s ago, and the launcher still waits (for a" \
+                "host that does not answer): ending it" >&2
+            kill -KILL "$pid" 2>/dev/null || :
+            return 0
+        fi
+        sleep 0.5
+    done
 }
 
 # Pre-flight: python -m hpc_mnist.doctor through the job's own launch line, before any training (where every
@@ -200,7 +225,7 @@ preflight_failed() {
 job_launch() {
     local status=0 said
     JOB_NEXT=""
-    job_run "$@" || status=$?
+    JOB_WATCHED=1 job_run "$@" || status=$?
     if [ -e "$HPC_MNIST_STATUS_FILE" ] && said=$("${PYTHON:-python}" -m hpc_mnist.job after-launch \
             --scheduler "$JOB_SCHEDULER" --exit "$status" --stopping "${JOB_STOPPING:-}" \
             --status "$HPC_MNIST_STATUS_FILE" --job "$JOB_ID" --link "${JOB_LINK:-0}" \

@@ -456,3 +456,20 @@ def test_a_launch_that_ended_gone_names_no_host_and_is_not_relaunched_inside_the
     assert result.returncode == 137, result.stderr
     assert len(launches(tmp_path)) == 1 and "requeueing job 4242" in result.stdout
     assert "relaunching" not in result.stderr
+
+
+def test_a_launcher_that_waits_for_a_cut_off_host_is_ended_and_the_job_relaunches(tmp_path):
+    """The ranks recorded a quiet host and ended, but the launcher (srun) waits for that host's tasks until Slurm
+    declares it down: LAUNCH_GRACE seconds later the job script ends the launcher and relaunches."""
+    run_dir = tmp_path / "runs" / "heal"
+    run_dir.mkdir(parents=True)
+    quiet = {**lost_on(run_dir, "n2"), "reason": "rank quiet", "exit_code": 4}
+    python = fails_then_completes(tmp_path, quiet, 4)
+    python.write_text(python.read_text().replace("    exit 4\n", "    exec sleep 120\n"))  # it lingers
+    started = time.monotonic()
+    result = three_node_job(tmp_path, "slurm", python, RUN_NAME="heal", OVERRIDES=f"log.dir={run_dir.parent}",
+                            SPARE_NODES="1", LAUNCH_GRACE="2")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 30  # not the 120 s the launcher would have waited
+    assert "hpc_mnist: the ranks recorded why they ended 2 s ago, and the launcher still waits" in result.stderr
+    assert [hosts_of(launch) for launch in launches(tmp_path)] == ["n1,n2", "n1,n3"]
