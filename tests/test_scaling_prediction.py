@@ -99,3 +99,16 @@ def test_nothing_to_measure_the_overlap_is_one_line(tmp_path, capsys):
     assert command.main(["report", str(sweep), "--model", "mlp", f"--comm={files[0]}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nothing measures the overlap" in err and "--validate mlp --batch 64" in err
+
+
+def test_a_sweep_of_whole_nodes_fits_compute_and_overlap_together(tmp_path):
+    """No 1-rank point (2 ranks per node): compute and overlap come from the 2- and 4-rank points together, and
+    the 8- and 16-rank points are predicted."""
+    sweep = sweep_of(tmp_path / "s", compute_s=4e-3, exposed=0.8, sizes=[2, 4, 8, 16])
+    files = [comm_json(tmp_path / f"c{n}.json", n) for n in (2, 4)]
+    assert command.main(["report", str(sweep), "--model", "mlp", *(f"--comm={f}" for f in files)]) == 0
+    with open(sweep / "scaling.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["fit"] for r in rows] == ["fit", "fit", "predicted", "predicted"]
+    assert all(abs(float(r["model_error"])) < 1e-3 for r in rows), rows
+    assert "compute 4.00 ms a step" in (sweep / "scaling.md").read_text()

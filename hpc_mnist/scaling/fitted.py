@@ -68,7 +68,7 @@ class Fitted:
                 f"({what}; {shown})")
 
     def describe(self) -> str:
-        return (f"Model fitted on the 1-rank point, the comm sweeps and the overlap: compute "
+        return (f"Model fitted on the smallest point, the comm sweeps and the overlap: compute "
                 f"{self.compute_s * 1e3:.2f} ms a step at batch {self.batch} per rank; {self.network.describe()}; "
                 f"gradients {self.gradient_bytes:,} bytes; {self.overlap_sentence()}.")
 
@@ -86,27 +86,40 @@ def _validation(path: Path, model: str, batch: int) -> tuple[int, dict[str, Any]
 
 def fit(table: list[dict[str, Any]], comm_files: list[Path], model: str, gradient_bytes: int) -> Fitted:
     """From a sweep's aggregated rows (ranks, global batch, samples/s; the first is the smallest point) and comm
-    files of this project's all-reduce benchmark (`--json`)."""
+    files of this project's all-reduce benchmark (`--json`). A 1-rank first point gives the compute as measured;
+    a larger one (a sweep of whole multi-GPU nodes) shares the fit of compute and overlap with the other points at
+    the comm files' rank counts, so two such points are needed."""
     base = table[0]
     batch = round(base["global_batch"] / base["ranks"])
     network = ring.fit([read_sweep(p) for p in comm_files])
-    if base["ranks"] >= 2:
-        raise UserError(f"the sweep's smallest point has {base['ranks']} ranks: the model takes a rank's compute "
-                        "from a 1-rank point (add 1 to the sweep's sizes)")
-    compute = base["global_batch"] / base["samples_per_s"]
-    grad_s = {n: network.allreduce_s(gradient_bytes, n) for n in network.fitted_ranks}
-    runs = {r["ranks"]: r["global_batch"] / r["samples_per_s"] for r in table if r["ranks"] in grad_s}
-    if runs:  # the sweep's own steps at the swept sizes
-        exposed = {n: (step - compute) / grad_s[n] for n, step in runs.items()}
-        source = "the sweep's points at those ranks"
-    else:
-        steps = {n: v for n, v in (_validation(p, model, batch) for p in comm_files) if v}
-        exposed = {n: (v["step_s"] - v["compute_s"]) / grad_s[n] for n, v in steps.items() if n in grad_s}
+    grad = {r["ranks"]: network.allreduce_s(gradient_bytes, r["ranks"]) for r in table}
+    steps = {r["ranks"]: r["global_batch"] / r["samples_per_s"] for r in table
+             if r["ranks"] in network.fitted_ranks or r is base}
+    source = "the sweep's points at those ranks"
+    if base["ranks"] == 1 and len(steps) > 1:  # the compute as measured; what each swept point paid on top
+        compute = steps[1]
+        exposed = {n: (step - compute) / grad[n] for n, step in steps.items() if n > 1}
+    elif base["ranks"] == 1:  # no point at the swept sizes: the comm runs' DDP steps with and without it
+        compute = steps[1]
+        timed = {n: v for n, v in (_validation(p, model, batch) for p in comm_files) if v}
+        exposed = {n: (v["step_s"] - v["compute_s"]) / network.allreduce_s(gradient_bytes, n)
+                   for n, v in timed.items()}
         source = f"the comm runs' DDP steps (--validate {model} --batch {batch})"
+    elif len(steps) >= 2:  # compute + exposed x all-reduce through the points, least squares
+        xs, ys = [grad[n] for n in steps], list(steps.values())
+        mx, my = statistics.mean(xs), statistics.mean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+        compute = my - slope * mx
+        exposed = {n: (step - compute) / grad[n] for n, step in steps.items()}
+        if compute <= 0:
+            raise UserError(f"the points at {', '.join(map(str, steps))} ranks leave no compute for a step: add a "
+                            "1-rank point to the sweep")
+    else:
+        exposed = {}
     if not exposed:
-        raise UserError(f"nothing measures the overlap: the sweep has no point at {', '.join(map(str, grad_s))} "
-                        f"ranks and the comm files timed no DDP step of the {model} at batch {batch} (python -m "
-                        f"hpc_mnist.comm --validate {model} --batch {batch})")
+        raise UserError(f"nothing measures the overlap: the sweep has no point at "
+                        f"{', '.join(map(str, network.fitted_ranks))} ranks and the comm files timed no DDP step of "
+                        f"the {model} at batch {batch} (python -m hpc_mnist.comm --validate {model} --batch {batch})")
     return Fitted(compute, batch, gradient_bytes, network, statistics.mean(exposed.values()), exposed, source)
 
 

@@ -218,7 +218,7 @@ def predictions(table: list[dict[str, Any]], comm_files: list[Path],
         return "", []
     cfg = _model_config(table, model)
     fitted = fit_model(ok, comm_files, cfg.name, allreduce_bytes(build(cfg)))
-    fit_ranks = {1, *(fitted.exposed_by_ranks if fitted.exposed_source.startswith("the sweep") else ())}
+    fit_ranks = {ok[0]["ranks"], *(fitted.exposed_by_ranks if fitted.exposed_source.startswith("the sweep") else ())}
     predicted = []
     for r in ok:
         r.update(fitted.row(r["ranks"]))

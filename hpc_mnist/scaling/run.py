@@ -117,7 +117,7 @@ def measure_network(points: list[Point], sweep_dir: Path, hosts: list[str] | Non
         point = sizes[ranks]
         out = sweep_dir / f"comm-r{ranks}.json"
         command = [*point.command[:point.command.index("--") + 1], sys.executable, "-m", "hpc_mnist.comm",
-                   "--max-bytes", str(16 * 2**20), "--json", str(out)]
+                   "--json", str(out), "--max-bytes", str(16 * 2**20)]
         print(f"[all-reduce benchmark on {ranks} rank(s), {point.nodes} node(s)] {out}", flush=True)
         with open(sweep_dir / f"comm-r{ranks}.log", "w") as log:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
