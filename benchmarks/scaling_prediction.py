@@ -1,6 +1,6 @@
 """Does the scaling model predict runs it was not fitted on? The check behind the README's scaling section.
 
-    sudo python benchmarks/scaling_prediction.py [--links 100mbit,400mbit] [--hosts 6] [--repeats 3]
+    sudo python benchmarks/scaling_prediction.py [--links 100mbit,400mbit] [--hosts 6] [--repeats 3] [--append]
 
 On the Slurm lab (tests/cluster/lab.sh; root), for each link speed: the lab comes up with HOSTS hosts whose links
 are shaped to that speed both ways; `hpc-mnist comm` sweeps the all-reduce on 2 and 3 hosts (sbatch);
@@ -9,13 +9,16 @@ the tutorial CNN over 1 .. 3 hosts, REPEATS runs each, one rank per host; `hpc-m
 fits the model on the 1-host point, the comm sweeps and the points at the comm sweeps' host counts (MLP: 2 and 3
 hosts; CNN: the 2-host sweep only) and predicts the rest. A prediction passes within 15% of the measured median;
 a point whose repeats spread over more than 30% of it (+-15%) cannot tell, and is reported as unmeasurable.
+Not fitted on, only to tell a wrong model from a lab that no longer measures the network: `hpc-mnist comm` on
+HOSTS hosts too, whose MLP-gradient all-reduce the record puts beside the ring model's time for it.
 
-Writes benchmarks/scaling-prediction-DATE.json, benchmarks/scaling-prediction.md, each report under
-benchmarks/scaling-prediction-DATE/ and the figures as docs/scaling-prediction-MODEL-LINK.png. Holds the lab's lock
-(/tmp/hpc_mnist-lab-slurm.lock) throughout and takes the lab down at the end, so the next `up` gives the
-defaults. --wait-idle: before each link, wait until no /tmp/hpc_mnist-BUSY exists and the 1-minute load is
-below 0.8, and hold /tmp/hpc_mnist-MEASURING while measuring (the protocol of a machine shared by several
-sessions).
+Writes benchmarks/scaling-prediction-DATE.json (--append: adds these links to the day's record, replacing any
+measured again), benchmarks/scaling-prediction.md, each report's tables under benchmarks/scaling-prediction-DATE/
+and its figure as docs/scaling-prediction-MODEL-LINK.png; the runs themselves are deleted (--keep keeps them).
+Holds the lab's lock (/tmp/hpc_mnist-lab-slurm.lock) throughout and takes the lab down at the end, so the next
+`up` gives the defaults. --wait-idle: before each link, wait until no /tmp/hpc_mnist-BUSY exists and the
+1-minute load is below 0.8, and hold /tmp/hpc_mnist-MEASURING while measuring (the protocol of a machine shared
+by several sessions).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from hpc_mnist.perf import ring
+from hpc_mnist.perf.allreduce import read_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = REPO / "tests" / "cluster" / "lab.sh"
@@ -164,7 +170,20 @@ def machine() -> dict:
             "torch": torch.__version__, "host": platform.node()}
 
 
-def markdown(record: dict, figures: dict[str, str]) -> str:
+def allreduce_check(link: str, fitted_on: list[Path], largest: Path) -> dict:
+    """The MLP's gradient all-reduce timed on the most hosts, beside what the ring fitted on fewer predicts."""
+    network = ring.fit([read_sweep(p) for p in fitted_on])
+    data = json.loads(largest.read_text())
+    row = next(r for r in data["rows"] if r["what"] == "mlp gradients")
+    predicted = network.allreduce_s(row["bytes"], data["ranks"]) * 1e6
+    return {"link": link, "hosts": data["hosts"], "bytes": row["bytes"], "measured_us": row["time_us"],
+            "predicted_us": predicted, "error": predicted / row["time_us"] - 1,
+            "sentence": f"the MLP's {row['bytes']:,}-byte all-reduce alone on {data['hosts']} hosts: "
+                        f"{row['time_us'] / 1e3:.1f} ms measured, {predicted / 1e3:.1f} ms by the ring fitted on 2 "
+                        f"and 3 hosts ({predicted / row['time_us'] - 1:+.0%})"}
+
+
+def markdown(record: dict) -> str:
     lines = ["# Scaling prediction on the lab: fitted on small runs, checked on larger ones", "",
              f"Measured {record['date']} on {record['machine']['cpu']} ({record['machine']['cores']} cores, shared by "
              f"every lab host), torch {record['machine']['torch']}, gloo over TCP; the Slurm lab with "
@@ -189,7 +208,11 @@ def markdown(record: dict, figures: dict[str, str]) -> str:
         lines.append("")
         for result in study["results"]:
             lines += [f"{result['link']}: {result['note']}", "", f"Report: `{result['report_command']}`", "",
-                      f"![{study['model']} at {result['link']}]({figures[study['model'] + result['link']]})", ""]
+                      f"![{study['model']} at {result['link']}](../docs/scaling-prediction-{study['model']}-"
+                      f"{result['link']}.png)", ""]
+    if record.get("checks"):
+        lines += ["## The all-reduce alone on the most hosts (not fitted on)", "",
+                  *(f"- {c['link']}: {c['sentence']}." for c in record["checks"]), ""]
     lines += ["## What a shaped link models", "",
               "Bandwidth: each host's NIC sends and receives at the set rate, and the switch (the bridge) is not "
               "the limit. Not modelled: a switch's latency and its contention, NIC offload and RDMA (the hosts' "
@@ -206,6 +229,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs per size (default: 3)")
     p.add_argument("--models", default="mlp,cnn", help="which studies (default: mlp,cnn)")
     p.add_argument("--wait-idle", action="store_true", help="wait for a quiet machine, hold /tmp/hpc_mnist-MEASURING")
+    p.add_argument("--append", action="store_true", help="add these links to the day's record (default: a new one)")
     p.add_argument("--keep", action="store_true", help="keep the runs' folder under the lab's shared folder")
     args = p.parse_args()
     if os.geteuid() != 0:
@@ -219,7 +243,15 @@ def main() -> int:
     record = {"date": today, "machine": machine(), "hosts": args.hosts, "links": links, "repeats": args.repeats,
               "tolerance": TOLERANCE, "command": command,
               "studies": [{**asdict(s), "results": []} for s in chosen]}
-    figures = {}
+    record_path = REPO / "benchmarks" / f"scaling-prediction-{today}.json"
+    if args.append and record_path.exists():  # the day's earlier links stay; these are measured (again)
+        earlier = json.loads(record_path.read_text())
+        record["links"] = [*(x for x in earlier["links"] if x not in links), *links]
+        record["command"] = f"{earlier['command']}; {command}"
+        record["checks"] = earlier.get("checks", [])
+        for study in record["studies"]:
+            old = next((s for s in earlier["studies"] if s["model"] == study["model"]), {"results": []})
+            study["results"] = [r for r in old["results"] if r["link"] not in links]
     with open(LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # not inherited by the lab's daemons: Python's files are not
         try:
@@ -231,7 +263,11 @@ def main() -> int:
                 here = work / link
                 here.mkdir(parents=True, exist_ok=True)
                 print(f"[{link}] comm sweeps on {', '.join(map(str, COMM_HOSTS))} hosts", flush=True)
-                comms = {n: comm(here, n) for n in COMM_HOSTS}
+                comms = {n: comm(here, n) for n in (*COMM_HOSTS, args.hosts)}
+                record["checks"] = [c for c in record.get("checks", []) if c["link"] != link]
+                record["checks"].append(allreduce_check(link, [comms[n][0] for n in COMM_HOSTS],
+                                                        comms[args.hosts][0]))
+                print(f"[{link}] {record['checks'][-1]['sentence']}", flush=True)
                 for study, entry in zip(chosen, record["studies"], strict=True):
                     print(f"[{link}] {study.model} on 1..{study.hosts} hosts x {args.repeats}", flush=True)
                     sweep_dir, sweep_cmd = sweep(here, study, args.repeats)
@@ -241,7 +277,9 @@ def main() -> int:
                         r["verdict"] = verdict(r)
                     figure = REPO / "docs" / f"scaling-prediction-{study.model}-{link}.png"
                     shutil.copy(out / "scaling.png", figure)
-                    figures[study.model + link] = f"../docs/{figure.name}"
+                    for png in out.glob("*.png"):  # the figure lives in docs/; the tables stay here
+                        png.unlink()
+                    entry["results"] = [r for r in entry["results"] if r["link"] != link]
                     entry["results"].append({"link": link, "rows": rows, "line": line, "note": note,
                                              "comm_commands": [comms[n][1] for n in study.fit_hosts],
                                              "sweep_command": sweep_cmd, "report_command": report_cmd,
@@ -257,8 +295,8 @@ def main() -> int:
             lab("down")
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
-    (REPO / "benchmarks" / f"scaling-prediction-{today}.json").write_text(json.dumps(record, indent=1) + "\n")
-    (REPO / "benchmarks" / "scaling-prediction.md").write_text(markdown(record, figures))
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    (REPO / "benchmarks" / "scaling-prediction.md").write_text(markdown(record))
     predicted = [r for s in record["studies"] for res in s["results"] for r in res["rows"] if r["fit"] == "predicted"]
     failed = [r for r in predicted if r["verdict"] == "outside 15%"]
     print(f"{len(predicted) - len(failed)} of {len(predicted)} predictions within 15% or unmeasurable; written "

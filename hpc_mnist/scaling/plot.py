@@ -95,7 +95,12 @@ def summary_figure(plt: Any, ok: list[dict[str, Any]], mode: str, path: Path, li
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     thr.set_yscale("log")  # ideal and measured lines can lie orders of magnitude apart
-    eff.set_ylim(0, 1.1)
+    lowest = min([r["efficiency"] for r in ok] + [p["predicted_efficiency"] for p in line])
+    if lowest < 0.2:  # a few percent: on a linear axis every point would sit on the floor
+        eff.set_yscale("log")
+        eff.set_ylim(lowest / 2, 1.5)
+    else:
+        eff.set_ylim(0, 1.1)
     comm.set_ylim(0, 1)
     thr.set_title(f"{mode} scaling: throughput")
     eff.set_title("efficiency")
