@@ -85,7 +85,7 @@ def summary_figure(plt: Any, ok: list[dict[str, Any]], mode: str, path: Path, li
         errors = [r for r in ok if r.get("fit") == "predicted"]
         for i, (r, x) in enumerate((r, x) for r, x in zip(ok, xs, strict=True) if r in errors):
             thr.annotate(f"{r['model_error']:+.1%}", (x, r["samples_per_s"]), textcoords="offset points",
-                         xytext=(-10, 10 if i % 2 else -16), fontsize=7, color="C1")
+                         xytext=(-12, 8 + 9 * (i % 2)), fontsize=7, color="C1")  # above: never clipped
     for ax, label in ((thr, "global samples/s"), (eff, "parallel efficiency"), (comm, "communication share of step")):
         ax.set_xscale("log", base=2)
         ticks = sorted({*xs, *lx})
@@ -104,7 +104,7 @@ def summary_figure(plt: Any, ok: list[dict[str, Any]], mode: str, path: Path, li
     comm.set_ylim(0, 1)
     thr.set_title(f"{mode} scaling: throughput")
     eff.set_title("efficiency")
-    comm.set_title("communication share (model) / loss (measured)")
+    comm.set_title("communication share of the step")
     thr.legend(fontsize=8)
     comm.legend(fontsize=8)
     if line:
