@@ -64,20 +64,32 @@ def test_the_benchmark_has_one_home(capsys):
                                                    "python -m hpc_mnist.comm"), err
 
 
+def _comm_file(path, ranks: int = 2):
+    """A comm JSON whose sweep follows t = 1 ms x (n - 1) + 2(n-1)/n x S / 100 MB/s exactly."""
+    rows = [{"what": "sweep", "bytes": 2**k, "time_us": 1e3 * (ranks - 1) + bus_factor(ranks) * 2**k / 1e8 * 1e6}
+            for k in range(2, 23)]
+    path.write_text(json.dumps({"ranks": ranks, "hosts": ranks, "rows": rows}))
+    return path
+
+
 def test_report_shows_predicted_beside_measured(tmp_path):
+    """Fitted on the 1-rank point, the comm sweep at 2 ranks and the 2-rank point; the 4-rank point is predicted."""
     a = fake_run(tmp_path, "r1", 1, 1000.0, [(4.0, 0.9)])  # global batch 64: 64 ms per step
-    b = fake_run(tmp_path, "r2", 2, 1800.0, [(2.2, 0.9)])
-    fit = {"alpha_s": 1e-3, "busbw": 1e8, "ref_ranks": 2, "latency": "tree", "max_rel_error": 0.1}
-    (tmp_path / "comm.json").write_text(json.dumps({"fit": fit}))
-    assert scaling_command.main(["report", str(a), str(b), "--out", str(tmp_path / "out"), "--comm",
-                         str(tmp_path / "comm.json"), "--model", "mlp"]) == 0
+    b = fake_run(tmp_path, "r2", 2, 1800.0, [(2.2, 0.9)])  # 71.1 ms per step
+    c = fake_run(tmp_path, "r4", 4, 3000.0, [(2.2, 0.9)])
+    comm_json = _comm_file(tmp_path / "comm.json")
+    assert scaling_command.main(["report", str(a), str(b), str(c), "--out", str(tmp_path / "out"), "--comm",
+                                 str(comm_json), "--model", "mlp"]) == 0
     md = (tmp_path / "out" / "scaling.md").read_text()
-    # 2 ranks: 64 ms compute + 1 ms + 179,440 B / 0.1 GB/s = 66.79 ms per step -> 1,916/s, +6.5%; one bucket: no overlap
-    assert "| predicted samples/s | predicted with overlap | model error |" in md
-    assert "| 1,916 | 1,916 | +6.5% |" in md and "Error of the predicted samples/s (no overlap) on the other " \
-        "measured points: 2 ranks +6.5%." in md
+    grad = 179_440
+    exposed = (128 / 1800 - 0.064) / (1e-3 + grad / 1e8)  # what the 2-rank step paid of its all-reduce
+    predicted = 256 / (0.064 + exposed * (3e-3 + 1.5 * grad / 1e8))
+    assert "| predicted samples/s | model error | fit or predicted | regime | comm share |" in md
+    assert f"| {predicted:,.0f} | {predicted / 3000 - 1:+.1%} | predicted | compute |" in md, md
+    assert f"a step pays {exposed:.2f} x the all-reduce" in md
+    assert f"points the model was not fitted on: 4 ranks {predicted / 3000 - 1:+.1%}" in md
     with pytest.raises(UserError, match="give --model"):
-        report_paths([a, b], 0.9, tmp_path / "o2", tmp_path / "comm.json")
+        report_paths([a, b], 0.9, tmp_path / "o2", [comm_json])
 
 
 def test_report_predicts_with_the_model_the_runs_saved(tmp_path):
@@ -86,8 +98,6 @@ def test_report_predicts_with_the_model_the_runs_saved(tmp_path):
     runs = [fake_run(tmp_path, f"r{n}", n, 1000.0 * n, [(4.0, 0.9)]) for n in (1, 2)]
     for run in runs:
         shutil.copy(REPO / "configs" / "lean.yaml", run / "config.yaml")
-    fit = {"alpha_s": 1e-3, "busbw": 1e8, "ref_ranks": 2, "latency": "tree", "max_rel_error": 0.1}
-    (tmp_path / "comm.json").write_text(json.dumps({"fit": fit}))
     assert scaling_command.main(["report", *map(str, runs), "--out", str(tmp_path / "out"), "--comm",
-                         str(tmp_path / "comm.json")]) == 0
-    assert "all-reduce of 622,952 bytes" in (tmp_path / "out" / "scaling.md").read_text()
+                                 str(_comm_file(tmp_path / "comm.json"))]) == 0
+    assert "gradients 622,952 bytes" in (tmp_path / "out" / "scaling.md").read_text()

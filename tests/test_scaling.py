@@ -54,10 +54,11 @@ def test_report_files_show_failed_points(sweep, capsys):
     assert float(rows[2]["efficiency"]) == pytest.approx(0.75)
     assert rows[3]["status"] == "failed (exit code 1)" and rows[3]["samples_per_s"] == ""
     md = (sweep / "scaling.md").read_text()
-    assert "| 1 | 4 | - | 256 | 3,000 | 3.00 | 0.75 | 1.50 | not reached | 90.00% | none | ok |" in md
-    assert "| 1 | 8 | - | - | - | - | - | - | - | - | - | failed (exit code 1) |" in md
+    assert ("| 1 | 4 | - | 256 | 3,000 | 3,000-3,000 (0%) | 3.00 | 0.75 | 1.50 | not reached | 90.00% | none | ok |"
+            in md)
+    assert "| 1 | 8 | - | - | - | - | - | - | - | - | - | - | failed (exit code 1) |" in md
     assert "failed (exit code 1)" in md
-    assert {"throughput.png", "efficiency.png", "accuracy.png"} <= {p.name for p in sweep.iterdir()}
+    assert {"throughput.png", "efficiency.png", "accuracy.png", "scaling.png"} <= {p.name for p in sweep.iterdir()}
     assert "failed (exit code 1)" in capsys.readouterr().out
 
 

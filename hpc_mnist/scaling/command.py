@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="validation accuracy for 'time to target' (default: 0.9)")
     r.add_argument("--sweep-dir", default="", help="folder of the sweep (default: runs/scaling-<date>-<time>)")
     r.add_argument("--predict", action="store_true",
-                   help="after the points, time the all-reduce across the largest point's ranks (hpc_mnist.comm) "
-                   "and put the scaling model's predicted samples/s and its error beside each point")
+                   help="after the points, time the all-reduce (hpc_mnist.comm) at the two smallest sizes with more "
+                   "than one rank, fit the scaling model there and put its prediction and error beside each point")
     r.add_argument("--dry-run", action="store_true", help="print each point's launch line, run nothing")
     r.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: arguments for hpc_mnist.train")
     rep = sub.add_parser("report", help="tables and plots from sweep or run directories")
@@ -60,8 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="validation accuracy for 'time to target' (default: 0.9)")
     rep.add_argument("--out", type=Path, help="output folder (default: the first path when it is a sweep folder; "
                      "run directories need --out)")
-    rep.add_argument("--comm", type=Path, help="an all-reduce benchmark's JSON (hpc_mnist.comm --json): add the "
-                     "scaling model's predicted samples/s and its error on each measured point (default: none)")
+    rep.add_argument("--comm", type=Path, action="append", help="an all-reduce benchmark's JSON (hpc_mnist.comm "
+                     "--json), once per host count it ran at (e.g. 2 and 3 hosts): the scaling model is fitted on "
+                     "them, the 1-rank point and the points at those rank counts, and its predicted samples/s, "
+                     "error, regime and communication share go beside each point (default: none)")
     rep.add_argument("--model", choices=["linear", "mlp", "cnn"],
                      help="the model trained, for --comm: that preset's defaults (default: the model section of the "
                      "runs' config.yaml)")

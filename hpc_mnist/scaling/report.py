@@ -1,6 +1,7 @@
-"""A sweep's report: one row per run from its summary.json and metrics.jsonl, the median over repeats with
-speedup and efficiency, the scaling model's predictions beside them (--comm), written as scaling.csv,
-scaling.md and plots, and shown as a table."""
+"""A sweep's report: one row per run from its summary.json and metrics.jsonl, the median (and range) over
+repeats with speedup and efficiency, the scaling model's prediction beside them (--comm: fitted on the smallest
+point and the all-reduce sweeps, scaling/fitted.py), written as scaling.csv, scaling.md, model.csv and plots,
+and shown as a table."""
 
 from __future__ import annotations
 
@@ -15,17 +16,23 @@ from rich.table import Table
 from hpc_mnist.core import config
 from hpc_mnist.errors import UserError, writable_file
 from hpc_mnist.runtime.logger import make_console
+from hpc_mnist.scaling.fitted import extended
+from hpc_mnist.scaling.fitted import fit as fit_model
 from hpc_mnist.scaling.plot import plot
 
 COLUMNS = [  # (key, header)
     ("nodes", "nodes"), ("ranks", "ranks"), ("threads_per_rank", "threads/rank"), ("global_batch", "global batch"),
-    ("samples_per_s", "samples/s"),
+    ("samples_per_s", "samples/s"), ("spread", "range of repeats"),
     ("speedup", "speedup"), ("efficiency", "efficiency"), ("epoch_time_s", "epoch time s"),
     ("time_to_target_s", "time to target s"), ("test_acc", "test accuracy"), ("stragglers", "stragglers"),
     ("status", "status"),
 ]
-PREDICTED = [("predicted_samples_per_s", "predicted samples/s"),
-             ("predicted_overlap_samples_per_s", "predicted with overlap"), ("model_error", "model error")]
+PREDICTED = [("predicted_samples_per_s", "predicted samples/s"), ("model_error", "model error"),
+             ("fit", "fit or predicted"), ("regime", "regime"), ("comm_share", "comm share")]
+CSV_ONLY = {"spread": ["samples_per_s_min", "samples_per_s_max"]}  # the markdown's range, as numbers
+MODEL_COLUMNS = [("nodes", "nodes"), ("ranks", "ranks"), ("predicted_samples_per_s", "predicted samples/s"),
+                 ("predicted_efficiency", "efficiency"), ("comm_share", "comm share"), ("regime", "regime"),
+                 ("measured", "measured samples/s")]
 
 
 def _epoch_metrics(run_dir: Path, target: float) -> tuple[float | None, float | None]:
@@ -99,6 +106,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  "status": "ok" if len(ok) == len(found) else f"ok ({len(found) - len(ok)} failed)"}
         for key in ("samples_per_s", "epoch_time_s", "test_acc"):
             entry[key] = statistics.median(r[key] for r in ok)
+        entry["samples_per_s_min"] = min(r["samples_per_s"] for r in ok)
+        entry["samples_per_s_max"] = max(r["samples_per_s"] for r in ok)
         times = [r["time_to_target_s"] for r in ok if r["time_to_target_s"] is not None]
         entry["time_to_target_s"] = statistics.median(times) if len(times) == len(ok) else None
         named = sorted({name for r in ok for name in r.get("stragglers", [])})  # per-rank timing (timing.py)
@@ -124,6 +133,11 @@ def unlike_threads(table: list[dict[str, Any]]) -> str:
 
 def _cell(row: dict[str, Any], key: str) -> str:
     """A table cell: '-' where a failed point has no figure, 'not reached' for a missed target."""
+    if key == "spread":
+        if "samples_per_s_min" not in row:
+            return "-"
+        low, high, mid = row["samples_per_s_min"], row["samples_per_s_max"], row["samples_per_s"]
+        return f"{low:,.0f}-{high:,.0f} ({(high - low) / mid:.0%})"
     if key not in row:
         return "-"
     value = row[key]
@@ -131,11 +145,11 @@ def _cell(row: dict[str, Any], key: str) -> str:
         return "not reached" if key == "time_to_target_s" else "-"
     if key == "test_acc":
         return f"{value:.2%}"
-    if key in ("speedup", "efficiency"):
+    if key in ("speedup", "efficiency", "predicted_efficiency", "comm_share"):
         return f"{value:.2f}"
     if key == "model_error":
         return f"{value:+.1%}"
-    if key in ("samples_per_s", "predicted_samples_per_s", "predicted_overlap_samples_per_s"):
+    if key in ("samples_per_s", "predicted_samples_per_s", "measured"):
         return f"{value:,.0f}"
     if isinstance(value, float):
         return f"{value:.2f}"
@@ -147,20 +161,38 @@ def _columns(table: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return COLUMNS + (PREDICTED if any("predicted_samples_per_s" in r for r in table) else [])
 
 
-def write_outputs(table: list[dict[str, Any]], mode: str, target: float, out: Path, note: str = "") -> list[Path]:
+def _markdown(columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> list[str]:
+    return ["| " + " | ".join(h for _, h in columns) + " |", "|" + " --- |" * len(columns),
+            *("| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in rows)]
+
+
+def _write_csv(path: Path, columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> Path:
+    keys = [k2 for k, _ in columns for k2 in CSV_ONLY.get(k, [k])]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_outputs(table: list[dict[str, Any]], mode: str, target: float, out: Path, note: str = "",
+                  line: list[dict[str, Any]] | None = None) -> list[Path]:
+    """scaling.csv and scaling.md (the measured points, the prediction beside them); with a model, its line
+    (measured sizes and the next doublings) in model.csv and under the table; the plots."""
     out.mkdir(parents=True, exist_ok=True)
     columns = _columns(table)
-    with open(out / "scaling.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k, _ in columns], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
+    written = [_write_csv(out / "scaling.csv", columns, table)]
     lines = [f"{mode.capitalize()} scaling; time to target = training time until validation accuracy >= "
-             f"{target:.1%}.", "", "| " + " | ".join(h for _, h in columns) + " |",
-             "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row, k) for k, _ in columns) + " |" for row in table]
+             f"{target:.1%}; range of repeats: slowest-fastest (spread over the median).", "",
+             *_markdown(columns, table)]
     lines += ["", note] if note else []
+    if line:
+        written.append(_write_csv(out / "model.csv", MODEL_COLUMNS, line))
+        lines += ["", "The model's line, past the measured sizes to the next doublings:", "",
+                  *_markdown(MODEL_COLUMNS, line)]
     (out / "scaling.md").write_text("\n".join(lines) + "\n")
-    return [out / "scaling.csv", out / "scaling.md", *plot(table, mode, out)]
+    written.append(out / "scaling.md")
+    return [*written, *plot(table, mode, out, line)]
 
 
 def _model_config(table: list[dict[str, Any]], given: str | None):
@@ -175,19 +207,39 @@ def _model_config(table: list[dict[str, Any]], given: str | None):
     raise UserError("report --comm needs the model: no config.yaml in the run directories, so give --model")
 
 
-def predictions(table: list[dict[str, Any]], comm_json: Path, model: str | None) -> str:
-    """The scaling model's samples/s beside the measured ones, from an all-reduce benchmark's fit."""
+def predictions(table: list[dict[str, Any]], comm_files: list[Path],
+                model: str | None) -> tuple[str, list[dict[str, Any]]]:
+    """The fitted model's samples/s, error, regime and communication share beside each measured point; a note
+    that says what it was fitted on and its errors beyond the fit; its line to the next doublings."""
     from hpc_mnist.core.models import allreduce_bytes, build
-    from hpc_mnist.perf import step
 
-    try:
-        fit = json.loads(comm_json.read_text())["fit"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"{comm_json} is not an all-reduce benchmark's JSON (python -m hpc_mnist.comm "
-                        "--json FILE)") from None
-    net = build(_model_config(table, model))
-    return step.annotate_measured(table, step.network_from_dict(fit), allreduce_bytes(net),
-                                           step.ddp_buckets(net))
+    ok = [r for r in table if "samples_per_s" in r]
+    if not ok:
+        return "", []
+    cfg = _model_config(table, model)
+    fitted = fit_model(ok, comm_files, cfg.name, allreduce_bytes(build(cfg)))
+    fit_ranks = {ok[0]["ranks"], *(fitted.exposed_by_ranks if fitted.exposed_source.startswith("the sweep") else ())}
+    predicted = []
+    for r in ok:
+        r.update(fitted.row(r["ranks"]))
+        r["model_error"] = r["predicted_samples_per_s"] / r["samples_per_s"] - 1
+        r["fit"] = "fit" if r["ranks"] in fit_ranks else "predicted"
+        if r["fit"] == "predicted":
+            predicted.append(f"{r['ranks']} ranks {r['model_error']:+.1%}")
+    by_nodes = len({r["nodes"] for r in ok}) > 1  # else a sweep of ranks on one node
+    per_node = max(1, round(ok[-1]["ranks"] / ok[-1]["nodes"])) if by_nodes else 1
+    measured = {r["ranks"]: r["samples_per_s"] for r in ok}
+    largest = ok[-1]["nodes"] if by_nodes else ok[-1]["ranks"]
+    ranks = sorted({*measured, *(k * per_node for k in extended(largest))})
+    line = [{"nodes": n // per_node if by_nodes else 1, **fitted.row(n), "measured": measured.get(n)}
+            for n in ranks]
+    worst = max((abs(r["model_error"]) for r in ok if r["fit"] == "predicted"), default=None)
+    note = (f"{fitted.describe()} Error of the predicted samples/s on the points the model was not fitted on: "
+            f"{', '.join(predicted) or 'none measured'}" + (f" (largest {worst:.1%})" if worst is not None else "")
+            + f"; on the points it was fitted on ({', '.join(map(str, sorted(fit_ranks)))} ranks) the error is 0 "
+            "or close to it by construction. Regime: compute-bound where compute is most of the predicted step, "
+            "else latency- or bandwidth-bound by the larger term of the all-reduce it pays.")
+    return note, line
 
 
 def report_folder(first: Path) -> Path:
@@ -198,17 +250,17 @@ def report_folder(first: Path) -> Path:
     return first
 
 
-def report_paths(paths: list[Path], target: float, out: Path, comm_json: Path | None = None,
+def report_paths(paths: list[Path], target: float, out: Path, comm_json: list[Path] | None = None,
                  model: str | None = None) -> int:
     writable_file(out / "scaling.csv")  # before reading anything: one line for a folder that cannot be written
     rows, mode = collect(paths, target)
     table = aggregate(rows)
     for row in table:  # the run directory of the median's first repeat, for its saved config
         row.setdefault("run_dir", next((r["run_dir"] for r in rows if r["ranks"] == row["ranks"]), ""))
-    note = predictions(table, comm_json, model) if comm_json else ""
+    note, line = predictions(table, comm_json, model) if comm_json else ("", [])
     warning = unlike_threads(table)
     note = "\n\n".join(n for n in (warning, note) if n)
-    written = write_outputs(table, mode, target, out, note)
+    written = write_outputs(table, mode, target, out, note, line)
     console = make_console()
     view = Table(title=f"{mode} scaling")
     columns = _columns(table)

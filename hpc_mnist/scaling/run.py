@@ -1,6 +1,7 @@
 """Running a sweep: the allocation's hosts, one thread count for every point, each point through
 `python -m hpc_mnist.launch` in its own run directory (recorded in sweep.json), then, with --predict, the
-all-reduce benchmark on the largest point's ranks."""
+all-reduce benchmark at the two smallest sizes with more than one rank, which the report's model is fitted on
+(with the 1-rank point) to predict the others."""
 
 from __future__ import annotations
 
@@ -99,26 +100,31 @@ def run_sweep(args: argparse.Namespace) -> int:
         if p.exit_code:
             print(f"  failed with exit code {p.exit_code}: see {p.run_dir}.log", flush=True)
         manifest.write_text(json.dumps({**meta, "points": [asdict(q) for q in points]}, indent=2) + "\n")
-    comm_json = measure_network(points, sweep_dir, hosts, threads) if args.predict else None
-    return report_paths([sweep_dir], args.target, sweep_dir, comm_json=comm_json)
+    comm = measure_network(points, sweep_dir, hosts, threads) if args.predict else []
+    return report_paths([sweep_dir], args.target, sweep_dir, comm_json=comm or None)
 
 
-def measure_network(points: list[Point], sweep_dir: Path, hosts: list[str] | None, threads: int) -> Path | None:
-    """The all-reduce benchmark (hpc_mnist.comm) through the largest point's launch, on the hosts the sweep
-    ran on: the report then puts the scaling model's prediction and its error beside each measured point."""
-    largest = max(points, key=lambda p: (p.ranks, p.nodes))
-    if largest.ranks < 2:
-        print("# no prediction: the sweep's largest point has one rank, no all-reduce to measure", flush=True)
-        return None
-    out = sweep_dir / "comm.json"
-    command = [*largest.command[:largest.command.index("--") + 1], sys.executable, "-m", "hpc_mnist.comm",
-               "--json", str(out)]
-    print(f"[all-reduce benchmark on {largest.ranks} rank(s), {largest.nodes} node(s)] {out}", flush=True)
-    with open(sweep_dir / "comm.log", "w") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                              env=_point_env(largest, hosts, sweep_dir, threads)).returncode
-    if code or not out.exists():
-        print(f"  failed with exit code {code}: see {sweep_dir / 'comm.log'}; the report has no predictions",
-              flush=True)
-        return None
-    return out
+def measure_network(points: list[Point], sweep_dir: Path, hosts: list[str] | None, threads: int) -> list[Path]:
+    """The all-reduce benchmark (hpc_mnist.comm) through the launch of the two smallest sizes with more than one
+    rank, on the hosts the sweep ran on: the report's model is fitted on them and the 1-rank point, and predicts
+    the other sizes."""
+    sizes = {p.ranks: p for p in points if p.ranks >= 2 and p.repeat == 1}
+    if not sizes:
+        print("# no prediction: no point of the sweep has two ranks or more, no all-reduce to measure", flush=True)
+        return []
+    written = []
+    for ranks in sorted(sizes)[:2]:
+        point = sizes[ranks]
+        out = sweep_dir / f"comm-r{ranks}.json"
+        command = [*point.command[:point.command.index("--") + 1], sys.executable, "-m", "hpc_mnist.comm",
+                   "--json", str(out), "--max-bytes", str(16 * 2**20)]
+        print(f"[all-reduce benchmark on {ranks} rank(s), {point.nodes} node(s)] {out}", flush=True)
+        with open(sweep_dir / f"comm-r{ranks}.log", "w") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                                  env=_point_env(point, hosts, sweep_dir, threads)).returncode
+        if code or not out.exists():
+            print(f"  failed with exit code {code}: see {sweep_dir / f'comm-r{ranks}.log'}; the report has no "
+                  "predictions", flush=True)
+            return []
+        written.append(out)
+    return written
