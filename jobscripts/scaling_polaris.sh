@@ -27,7 +27,7 @@ source launch/polaris.sh
 
 # The sweep's settings, from the submission or set here (scaling_job in launch/jobs.sh): NODES (default 1, 2, 4,
 # ... and the allocation), MODE (weak: BATCH per rank; strong: BATCH global; default weak), BATCH (128), EPOCHS
-# (2), REPEATS (1), PREDICT (1: then time the all-reduce on the largest point's nodes; the report puts the
-# scaling model's prediction and its error beside each point).
+# (2), REPEATS (1), PREDICT (1: then time the all-reduce at the two smallest points of more than one rank, fit the model
+# there and put its prediction and error beside each point).
 allocated=$(sort -u "$PBS_NODEFILE" | wc -l)
 scaling_job polaris "$allocated"

@@ -35,6 +35,6 @@ if [ "$SYSTEM" = frontier ]; then srun --ntasks-per-node=1 mkdir -p "$MIOPEN_USE
 
 # The sweep's settings, from the submission or set here (scaling_job in launch/jobs.sh): NODES (default 1, 2, 4,
 # ... and the allocation), MODE (weak: BATCH per rank; strong: BATCH global; default weak), BATCH (128), EPOCHS
-# (2), REPEATS (1), PREDICT (1: then time the all-reduce on the largest point's nodes; the report puts the
-# scaling model's prediction and its error beside each point).
+# (2), REPEATS (1), PREDICT (1: then time the all-reduce at the two smallest points of more than one rank, fit the model
+# there and put its prediction and error beside each point).
 scaling_job "$SYSTEM" "${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}"

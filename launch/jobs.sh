@@ -134,7 +134,7 @@ pick_hosts() {
 # RANKS_PER_NODE ranks per node, into SWEEP_DIR, with the sweep's settings, each from the submission or the job
 # script, else its default: NODES (the node counts: 1, 2, 4, ... below ALLOCATED, the allocation's node count,
 # and ALLOCATED), MODE (weak: BATCH per rank; strong: BATCH global; weak), BATCH (128), EPOCHS (2), REPEATS (1),
-# PREDICT (1: then time the all-reduce on the largest point's nodes; the report puts the scaling model's
+# PREDICT (1: then time the all-reduce at the two smallest points of more than one rank; the report puts the model's
 # prediction and its error beside each point). Returns the sweep's exit status.
 scaling_job() {
     local system=$1 allocated=$2 n options=()
