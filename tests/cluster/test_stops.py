@@ -195,13 +195,10 @@ def test_time_limit_kill_the_trainer_did_not_foresee(lab: SlurmLab):
 def test_a_host_that_dies_is_not_used_again_until_cleared_and_the_run_ends_as_uninterrupted(
         lab: SlurmLab, uninterrupted: Path):
     """hm-n2 dies in epoch 2 or later (every process on it, slurmd included): the ranks on hm-n1 name the lost
-    ranks in one line and stop, and the run never goes back to hm-n2 by itself. Either the job script records
-    hm-n2 as bad and, the lab's partition having no third host for a 2-node job, does not requeue it (one line:
-    Slurm would keep it pending for ever); or Slurm requeues the job itself (--requeue, NODE_FAIL) and kills the
-    job script first, and the requeued job, given hm-n2 again once it is back, records it and does not launch
-    (one line). Once the host is cleared (`hpc-mnist hosts RUN --clear hm-n2`), a resubmission with the same
-    RUN_NAME continues from the newest checkpoint to the weights of an uninterrupted run, bit for bit, each epoch
-    logged once."""
+    ranks in one line and stop. The job (--no-kill: Slurm does not end it for the failed node) records hm-n2 as
+    bad and, having no spare to relaunch on, requeues itself excluding it; the requeued job runs on hm-n1 and
+    hm-n3, never on hm-n2 although it is back, and ends with the weights of an uninterrupted run, bit for bit,
+    each epoch logged once. `hpc-mnist hosts RUN --clear hm-n2` then gives the host back to the run."""
     work = lab.workdir("host-dies")
     run_dir = work / "runs" / "crash"
     job, out = submit(lab, work, "crash", time_limit="00:10:00")
@@ -216,23 +213,20 @@ def test_a_host_that_dies_is_not_used_again_until_cleared_and_the_run_ends_as_un
     assert len(named) == 1 and named[0].startswith(
         "hpc_mnist: error: rank 2 (pid "), first[-3000:]  # hm-n1's ranks 0 and 1 survived: not named
     assert "on hm-n2 is gone: no answer within 5 s; rank 3 (pid " in named[0] and "hm-n1 is gone" not in named[0]
-    lab.revive("hm-n2")  # the host is back
-    ended = lab.wait(job, timeout=180, out=out)
+    assert f"job {job} requeued excluding hm-n2 (the run's bad hosts)" in first, first[-3000:]
+    lab.revive("hm-n2")  # the host is back, and the run does not use it
+    ended = finished(lab, job, out, timeout=300)
     print(f"\njob {job}: {ended.state}, restarts {ended.restarts}", file=sys.stderr)
-    assert ended.state == "FAILED", (ended.info, ended.log[-3000:])
-    assert (f"hpc_mnist: error: not requeueing job {job}: without the bad hosts (hm-n2) partition debug has 1 of the "
-            "2 node(s) it needs" in ended.log) or ("DUE TO NODE FAILURE" in ended.log and "hpc_mnist: error: this "
-                                                   "job's hosts hm-n2 are recorded as bad" in ended.log), ended.log
+    assert (ended.state, ended.restarts) == ("COMPLETED", 1), (ended.info, ended.log[-3000:])
+    assert "hm-n2" not in json.loads((run_dir / "ranks.json").read_text())["hosts"]
+    assert segments(ended) == 2
+    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
+    assert_same_weights(run_dir / "model.pt", uninterrupted)
     assert list(json.loads((run_dir / "bad-hosts.json").read_text())["hosts"]) == ["hm-n2"]
     cleared = subprocess.run([PY, "-m", "hpc_mnist.cli", "hosts", str(run_dir), "--clear", "hm-n2"],
                              capture_output=True, text=True, timeout=60)
     assert cleared.stdout == "cleared hm-n2: the run may use it again\n", cleared.stderr
-    job, out = submit(lab, work, "crash", time_limit="00:10:00")  # the same RUN_NAME; the log appended
-    result = finished(lab, job, out, timeout=300)
-    assert result.state == "COMPLETED", (result.info, result.log[-3000:])
-    assert segments(result) == 2
-    assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
-    assert_same_weights(run_dir / "model.pt", uninterrupted)
+    assert json.loads((run_dir / "bad-hosts.json").read_text())["hosts"] == {}
 
 
 def test_a_requeued_job_avoids_the_host_of_a_lost_rank(lab: SlurmLab):
