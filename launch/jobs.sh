@@ -160,6 +160,7 @@ job_run() {
         echo "hpc_mnist: got SIG$JOB_STOPPING before '${*:1:3} ...' started: not starting it" >&2
         return 143
     fi
+    [ -z "${JOB_WATCHED:-}" ] || touch "$HPC_MNIST_STATUS_FILE.launched"   # launch_watch: what is newer
     (trap '' USR1 USR2; exec "$@") &
     pid=$!
     [ -z "${JOB_WATCHED:-}" ] || launch_watch "$pid"
@@ -174,7 +175,6 @@ job_run() {
 # can still run have ended by then. The relaunch may share the old step's CPUs (SLURM_OVERLAP, train_job).
 launch_watch() {
     local pid=$1 since="" started=${HPC_MNIST_STATUS_FILE}.launched grace=${LAUNCH_GRACE:-5}
-    touch "$started"
     while kill -0 "$pid" 2>/dev/null; do
         if [ -z "$since" ] && [ "$HPC_MNIST_STATUS_FILE" -nt "$started" ] \
                 && grep -q '"state": "failed"' "$HPC_MNIST_STATUS_FILE" 2>/dev/null \
