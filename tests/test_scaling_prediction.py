@@ -112,3 +112,14 @@ def test_a_sweep_of_whole_nodes_fits_compute_and_overlap_together(tmp_path):
     assert [r["fit"] for r in rows] == ["fit", "fit", "predicted", "predicted"]
     assert all(abs(float(r["model_error"])) < 1e-3 for r in rows), rows
     assert "compute 4.00 ms a step" in (sweep / "scaling.md").read_text()
+
+
+def test_a_sweeps_own_report_without_a_fit_still_reports_and_says_why(tmp_path):
+    """`scaling run --predict` writes its report even where the model cannot be fitted (noise on a loaded
+    machine can leave two points no compute); a user's `report --comm` says so in one line instead (above)."""
+    from hpc_mnist.scaling.report import report_paths
+
+    sweep = sweep_of(tmp_path / "s", compute_s=5e-3, exposed=1.0, sizes=[1, 4])
+    files = [comm_json(tmp_path / "c2.json", 2)]
+    assert report_paths([sweep], 0.5, sweep, files, "mlp", fit_optional=True) == 0
+    assert "No prediction: nothing measures the overlap" in (sweep / "scaling.md").read_text()

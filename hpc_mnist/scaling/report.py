@@ -251,13 +251,18 @@ def report_folder(first: Path) -> Path:
 
 
 def report_paths(paths: list[Path], target: float, out: Path, comm_json: list[Path] | None = None,
-                 model: str | None = None) -> int:
+                 model: str | None = None, fit_optional: bool = False) -> int:
     writable_file(out / "scaling.csv")  # before reading anything: one line for a folder that cannot be written
     rows, mode = collect(paths, target)
     table = aggregate(rows)
     for row in table:  # the run directory of the median's first repeat, for its saved config
         row.setdefault("run_dir", next((r["run_dir"] for r in rows if r["ranks"] == row["ranks"]), ""))
-    note, line = predictions(table, comm_json, model) if comm_json else ("", [])
+    try:
+        note, line = predictions(table, comm_json, model) if comm_json else ("", [])
+    except UserError as e:
+        if not fit_optional:
+            raise
+        note, line = f"No prediction: {e}.", []  # a sweep's own report: its measurements still make one
     warning = unlike_threads(table)
     note = "\n\n".join(n for n in (warning, note) if n)
     written = write_outputs(table, mode, target, out, note, line)

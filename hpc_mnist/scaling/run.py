@@ -101,7 +101,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             print(f"  failed with exit code {p.exit_code}: see {p.run_dir}.log", flush=True)
         manifest.write_text(json.dumps({**meta, "points": [asdict(q) for q in points]}, indent=2) + "\n")
     comm = measure_network(points, sweep_dir, hosts, threads) if args.predict else []
-    return report_paths([sweep_dir], args.target, sweep_dir, comm_json=comm or None)
+    return report_paths([sweep_dir], args.target, sweep_dir, comm_json=comm or None, fit_optional=True)
 
 
 def measure_network(points: list[Point], sweep_dir: Path, hosts: list[str] | None, threads: int) -> list[Path]:

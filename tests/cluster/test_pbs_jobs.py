@@ -205,25 +205,21 @@ def test_qrerun_resumes_under_the_same_job_id(pbs_lab: PbsLab, uninterrupted: Pa
 def test_a_first_host_that_dies_is_rerun_by_pbs_under_the_same_job_id(pbs_lab: PbsLab, uninterrupted: Path):
     """(d') The job's first host (PBS's mother superior, where the job script runs) dies in epoch 2 or later:
     every process on it, pbs_mom included. PBS reruns the job node_fail_requeue seconds after it lost that host
-    (10 s on the lab, 310 s by default), under the same job id, so in the same run directory; the rerun waits
-    for two hosts until the dead host's mom is back, and continues from the newest checkpoint to the straight
-    run's weights, each epoch logged once."""
+    (10 s on the lab, 310 s by default), under the same job id, so in the same run directory, on the hosts that
+    are up (the lab's third host), and it continues from the newest checkpoint to the straight run's weights,
+    each epoch logged once."""
     work = pbs_lab.workdir("host-dies")
     job = submit(pbs_lab, work, "pbs.sh", f"{SLOW} train.epochs={EPOCHS}")
     run_dir = work / "runs" / job.split(".")[0]
     wait_for_epoch(pbs_lab, job, run_dir, epoch=2)
     first = pbs_lab.info(job)["exec_host"].split("/")[0]
-    assert pbs_lab.crash(first) >= 3  # pbs_mom, the job's shell and script, its ranks there
-    crashed = time.monotonic()
-    while (info := pbs_lab.info(job))["job_state"] == "R":  # until PBS has taken the job back
-        assert time.monotonic() < crashed + 120, f"job {job} still running 120 s after its first host died: {info}"
-        time.sleep(0.5)
-    print(f"\njob {job} back in state {info['job_state']} {time.monotonic() - crashed:.0f} s after its first host "
-          f"died ({info.get('comment')})", file=sys.stderr)
-    assert info["job_state"] == "Q", info
-    pbs_lab.revive(first)  # the host is back
-    result = pbs_lab.wait(job, timeout=300)
+    try:
+        assert pbs_lab.crash(first) >= 3  # pbs_mom, the job's shell and script, its ranks there
+        result = pbs_lab.wait(job, timeout=300)
+    finally:
+        pbs_lab.revive(first)  # the host is back for the tests after this one
     assert result.info["Exit_status"] == 0 and int(result.info["run_count"]) == 2, (result.info, result.log)
+    assert first not in result.info["exec_host"], result.info["exec_host"]  # the rerun ran on the others
     assert epochs_logged(run_dir) == list(range(1, EPOCHS + 1))
     assert_same_weights(run_dir / "model.pt", uninterrupted)
 
@@ -325,8 +321,10 @@ def test_scaling_sweep_of_one_and_two_nodes_in_one_job(pbs_lab: PbsLab):
     assert "mpiexec -n 4 --ppn 2 --depth 8 --cpu-bind depth" in launches, launches
     assert "hpc_mnist.comm --json" in launches, launches  # the all-reduce on both hosts, for the predictions
     report = (work / "sweep" / "scaling.md").read_text()
-    # 2 ranks on one node, 4 on two: both at the comm sweeps' sizes, so the model is fitted on both, predicts none
-    assert "a step pays " in report and "not fitted on: none measured" in report, report
+    # 2 ranks on one node, 4 on two: both at the comm sweeps' sizes, so the model is fitted on both, predicts none;
+    # or, where the two steps leave it no compute (noise on a loaded machine), the report says why it has no model
+    assert ("a step pays " in report and "not fitted on: none measured" in report) or (
+        "No prediction: the points at 2, 4 ranks leave no compute for a step" in report), report
 
 
 @pytest.mark.parametrize("script", ["polaris.sh", "aurora.sh"])
