@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_mnist.doctor.ranks import RankInfo
+from hpc_mnist.runtime import systems
 
 
 @dataclass
@@ -248,8 +249,8 @@ def check_named_hosts(infos: list[RankInfo]) -> Check | None:
 def allocation_nodes() -> int | None:
     """Nodes of this launch (hpc_mnist.launch says: a job may hold spares), of the srun step or of the batch job;
     None outside one."""
-    if os.environ.get("HPC_MNIST_NODES", "").isdigit():
-        return int(os.environ["HPC_MNIST_NODES"])
+    if os.environ.get(systems.NODES_VAR, "").isdigit():
+        return int(os.environ[systems.NODES_VAR])
     if "SLURM_STEP_ID" in os.environ or "SLURM_JOB_ID" in os.environ:
         value = os.environ.get("SLURM_STEP_NUM_NODES") or os.environ.get("SLURM_JOB_NUM_NODES") \
             or os.environ.get("SLURM_NNODES")
