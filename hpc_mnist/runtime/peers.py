@@ -15,7 +15,9 @@ import contextlib
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hpc_mnist.errors import EXIT_RANK_LOST, UserError
 from hpc_mnist.runtime import dist, quiet
@@ -49,19 +51,22 @@ def dead_ranks(rt: dist.Runtime, wait: float = ANSWER_WITHIN) -> dict[int, str]:
     local = [r for r in range(rt.world_size) if r != rt.rank and rt.hosts[r] == here]
     remote = [r for r in range(rt.world_size) if r != rt.rank and rt.hosts[r] != here]
     found: dict[int, str] = {}
-    store = dist.store()
+    store = dist.store() if _holder_alive(rt) else None
     try:
         store.set(f"hpc_mnist/alive/{rt.rank}", "1")
     except Exception:  # the store lived in the dead process (rank 0 hosts it unless torchrun's agent does)
         store = None
-        if rt.hosts[0] != here:
-            found[0] = "the job's rendezvous store, which rank 0 hosts, is unreachable"
-            remote.remove(0)
+    if store is None and rt.hosts[0] != here:
+        found[0] = "the job's rendezvous store, which rank 0 hosts, is unreachable"
+        remote.remove(0)
 
     def answered(rank: int) -> bool:  # a survivor, even if it has exited since
-        with contextlib.suppress(Exception):
+        nonlocal store
+        try:
             return store is not None and store.check([f"hpc_mnist/alive/{rank}"])
-        return False
+        except Exception:  # its holder has ended since: asked once, not every 50 ms
+            store = None
+            return False
 
     deadline = time.monotonic() + wait
     while True:
@@ -78,6 +83,17 @@ def dead_ranks(rt: dist.Runtime, wait: float = ANSWER_WITHIN) -> dict[int, str]:
     return dict(sorted(found.items()))
 
 
+def _holder_alive(rt: dist.Runtime) -> bool:
+    """Whether the process that holds the store may still answer: asking a store whose process has gone makes
+    torch log a warning with its C++ stack in the job's log."""
+    holder = quiet.store_rank()
+    if holder is None or holder == rt.rank:
+        return True
+    if rt.hosts[holder] == socket.gethostname():
+        return process_exists(rt.pids[holder])
+    return quiet.store_answers_connections(timeout=1.0)
+
+
 def _linger(rt: dist.Runtime, store: object, dead: dict[int, str], wait: float) -> None:
     """Say this rank has decided; the rank whose process holds the store then waits (up to `wait` + 2 s) until
     every other survivor has too: its exit would take the store away, and a survivor still asking would then
@@ -92,9 +108,26 @@ def _linger(rt: dist.Runtime, store: object, dead: dict[int, str], wait: float) 
             time.sleep(0.05)
 
 
-def lost_error(rt: dist.Runtime, error: BaseException, where: str) -> UserError:
-    """The one line naming the dead rank(s), said by the lowest survivor (the others stay quiet); exit 5."""
+def recorded_by(rt: dist.Runtime, dead: dict[int, str], record: dict[str, Any] | None) -> list[int]:
+    """The ranks among `dead` that wrote the run's failure `record` (status.json) before they ended: they decided,
+    they were not lost. A survivor that decides late (a loaded host) finds the reporter's process gone."""
+    if not record or record.get("state") != "failed":
+        return []
+    return [r for r in dead if (record.get("host"), record.get("pid")) == (rt.hosts[r], rt.pids[r])]
+
+
+def lost_error(rt: dist.Runtime, error: BaseException, where: str,
+               record: Callable[[], dict[str, Any] | None] = lambda: None) -> UserError:
+    """The one line naming the dead rank(s), said by the lowest survivor (the others stay quiet); exit 5.
+    `record()` reads the run's status.json: a rank that wrote a failure into it has reported, and is not lost."""
     dead = dead_ranks(rt)
+    reported = recorded_by(rt, dead, record()) if dead else []
+    if reported:  # the reporter said so and ended: this rank only adds its own line
+        for r in reported:
+            del dead[r]
+        named = "; ".join(f"rank {r} (pid {rt.pids[r]}) on {rt.hosts[r]} is gone: {how}" for r, how in dead.items())
+        return UserError(f"{named or f'rank {reported[0]} recorded the failure in status.json and ended'}. "
+                         f"Rank {rt.rank} stopped {where}", EXIT_RANK_LOST, on_all_ranks=True)
     if not dead:  # the backend lost a connection but every rank is still there: a network fault
         cause = str(error).strip().splitlines()[-1][:200] if str(error).strip() else type(error).__name__
         return UserError(f"a collective failed although every rank is still running ({cause}), {where}",

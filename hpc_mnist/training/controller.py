@@ -26,6 +26,7 @@ from torch import nn
 from hpc_mnist.core import models
 from hpc_mnist.errors import EXIT_HUNG, EXIT_STOPPED, UserError
 from hpc_mnist.runtime import cpus, dist, hang, peers, quiet, rundir
+from hpc_mnist.runtime import status as status_file
 from hpc_mnist.runtime.logger import RunLogger
 from hpc_mnist.runtime.stopping import StopAgreement
 from hpc_mnist.training.checkpointer import Checkpointer
@@ -92,7 +93,8 @@ class RunController:
         except RuntimeError as e:
             if peers.is_lost(e) and rt.world_size > 1:
                 newest = self.checkpointer.newest()
-                error = peers.lost_error(rt, e, self._where(newest))
+                error = peers.lost_error(rt, e, self._where(newest),
+                                         lambda: status_file.read(self.run_dir / status_file.NAME))
                 # A job script requeues after a lost rank (a host that died) only if this segment saved a
                 # checkpoint: a rank that dies again at the same place (out of memory) must not loop.
                 error.status["requeue"] = self.checkpoint is not None

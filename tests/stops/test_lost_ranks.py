@@ -109,6 +109,33 @@ def test_a_rank_killed_under_mpiexec_leaves_a_true_record(tmp_path):
         assert (st["rank"], st["exit_code"]) == (1, 5) and named in st["error"]
 
 
+def test_a_survivor_that_decides_late_does_not_take_the_reporter_that_exited_for_lost(tmp_path):
+    """Rank 2 of three ends; rank 0 names it, records it and ends; rank 1 decides only then (the CI's load once
+    delayed a survivor so on the Slurm lab) and finds rank 0's process gone. It must not name rank 0 lost nor
+    overwrite rank 0's record (both hosts would be bad, and the job could not heal on its spare)."""
+    port, procs = free_port(), []
+    try:
+        for rank in range(3):
+            env = clean_env(OMP_NUM_THREADS="1", RANK=str(rank), WORLD_SIZE="3", LOCAL_RANK=str(rank),
+                            LOCAL_WORLD_SIZE="3", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            procs.append(subprocess.Popen([sys.executable, "tests/helpers/lost_peer.py", str(tmp_path)], cwd=REPO,
+                                          env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        outs = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    gone = f"rank 2 (pid {procs[2].pid}) on {HOST} is gone: its process no longer exists. "
+    assert outs[0][0] == f"{gone}Rank 0 stopped in the test\n", outs[0]
+    assert outs[1][0] == f"{gone}Rank 1 stopped in the test\n", outs[1]
+    assert "Exception raised from" not in outs[1][1], outs[1][1][-3000:]  # nor torch's C++ stack for the store
+    assert [p.returncode for p in procs] == [5, 5, 9]
+    st = status(tmp_path)
+    assert (st["state"], st["reason"], st["lost_ranks"], st["bad_hosts"], st["pid"]) == \
+        ("failed", "rank lost", [2], [HOST], procs[0].pid), st
+
+
 def test_a_running_status_whose_process_died_reads_as_failed(tmp_path, train_here):
     """kill -9 of a single-process run: nobody could write why; its status.json still says running, and every
     reader (and the next segment's start panel) is told the run failed."""
