@@ -15,7 +15,7 @@ import pytest
 import torch.distributed as tdist
 
 from helpers.processes import free_port
-from hpc_mnist.runtime import quiet
+from hpc_mnist.runtime import hang, quiet
 
 AFTER = 1.5  # seconds of silence before a rank is named (the default is 20)
 
@@ -34,13 +34,14 @@ class Rank:
     def __init__(self, rank: int, size: int, connect, holder: int | None = None, probe=lambda: True,
                  recording: float = 0.0):
         self.rank, self.recording = rank, recording
+        self.stuck = False  # as hang.Watchdog.stuck says of a rank whose own work has stood still too long
         self.verdicts: list[quiet.Verdict] = []
         self.exits: list[int] = []
         self.recorded_at = self.exited_at = 0.0
         self.ended = threading.Event()
         self.watch = quiet.QuietWatch(rank, size, AFTER, lambda: f"epoch 1 step {rank}, computing",
                                       self._record, 4, holder=holder, connect=connect, probe=probe,
-                                      exit=self._exit)
+                                      exit=self._exit, stuck=lambda: 30.0 if self.stuck else None)
 
     def _record(self, verdict: quiet.Verdict) -> None:
         """As the run records it: the reporter's line and status.json take `recording` seconds."""
@@ -120,6 +121,47 @@ def test_ranks_frozen_together_are_named_together(store):
     assert ranks[0].verdicts[0].ranks == (2, 3)
 
 
+def test_a_stuck_rank_is_named_while_the_others_wait_for_it(store):
+    """Rank 1 of 3 still beats but its own work stands still (a hung kernel): named, as stuck, not as silent."""
+    ranks = [Rank(r, 3, client(store)) for r in range(3)]
+    for r in ranks:
+        r.watch.__enter__()
+    time.sleep(0.6)
+    ranks[1].stuck = True
+    assert ranks[0].ended.wait(10)
+    v = ranks[0].verdicts[0]
+    assert (v.ranks, v.reporter, v.where) == ((1,), 0, {1: "epoch 1 step 1, computing"})
+    assert "its process answers, but its own work (no collective) has not moved" in v.why, v.why
+    assert ranks[1].ended.wait(10) and ranks[1].exits == [4]  # its own watch ends it: its main thread cannot
+
+
+def test_when_every_rank_is_stuck_no_one_is_named(store):
+    """Each waits for another outside a marked collective (a broadcast inside the model's forward): who is at
+    fault cannot be told, so nobody is named (dist.timeout's message says who did not arrive)."""
+    ranks = [Rank(r, 3, client(store)) for r in range(3)]
+    for r in ranks:
+        r.watch.__enter__()
+    time.sleep(0.6)
+    for r in ranks:
+        r.stuck = True
+    time.sleep(3 * AFTER + 2)
+    assert not any(r.verdicts for r in ranks) and not any(r.exits for r in ranks)
+    for r in ranks:
+        r.stuck = False
+        r.watch.__exit__(None, None, None)
+
+
+def test_a_frozen_rank_is_named_and_not_the_peers_stuck_waiting_for_it(store):
+    ranks = [Rank(r, 4, client(store)) for r in range(4)]
+    for r in ranks:
+        r.watch.__enter__()
+    time.sleep(0.6)
+    ranks[2].freeze()
+    ranks[3].stuck = True
+    assert ranks[0].ended.wait(10)
+    assert ranks[0].verdicts[0].ranks == (2,) and "no heartbeat" in ranks[0].verdicts[0].why
+
+
 def frozen_store_holder(port: int) -> subprocess.Popen:
     """A process holding the store, as rank 0 does under srun and mpiexec."""
     proc = subprocess.Popen([sys.executable, "-c", "import time, torch.distributed as d; "
@@ -163,3 +205,30 @@ def test_the_watch_does_not_start_for_one_rank_or_when_turned_off():
         w = quiet.QuietWatch(0, size, after, str, print, 4, connect=lambda: pytest.fail("connected"))
         with w:
             assert not w._thread.is_alive()
+
+
+def test_a_ranks_own_work_is_stuck_past_ten_times_its_longest_stretch_and_a_floor(tmp_path):
+    """hang.Watchdog.stuck: a phase's first stretch (warm-up, compilation) is not measured; a collective and a
+    checkpoint's write are never judged (a slow file system is no fault)."""
+    dog = hang.Watchdog(tmp_path, 0, after=600)
+    dog.beat(1, 1)
+    time.sleep(0.3)  # the first step: slow, not measured
+    dog.beat(1, 2)
+    assert dog.longest == {"computing": 0.0}
+    time.sleep(0.02)
+    dog.beat(1, 3)
+    longest = dog.longest["computing"]
+    assert 0.02 <= longest < 0.2
+    time.sleep(0.05)
+    assert dog.stuck(floor=0.1) is None  # under both the floor and 10x the longest step
+    time.sleep(max(0.1, 10 * longest))
+    assert dog.stuck(floor=0.1) >= max(0.1, 10 * longest)
+    dog.in_collective()  # waiting for others: never stuck
+    time.sleep(0.3)
+    assert dog.stuck(floor=0.0) is None
+    dog.doing("writing a checkpoint")
+    time.sleep(0.3)
+    assert dog.stuck(floor=0.0) is None
+    dog.doing("evaluating")  # evaluation's first stretch: not known yet
+    time.sleep(0.3)
+    assert dog.stuck(floor=0.0) is None

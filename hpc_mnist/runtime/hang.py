@@ -19,6 +19,11 @@ from pathlib import Path
 from hpc_mnist.runtime import dist
 
 COLLECTIVE = "waiting in a collective"
+# A rank alive but making no progress (a hung kernel or driver) outside a collective: a phase may take this many
+# times the longest it has taken in this process (its first time, a warm-up or compilation, only shows it is
+# known) before the rank is stuck. A checkpoint's write is not judged: a slow file system is no fault.
+STUCK_FACTOR = 10.0
+JUDGED = ("computing", "evaluating")
 # Test-only fault: "RANK:STEP" makes that rank stop responding at that training step; "RANK:evaluate",
 # "RANK:checkpoint" or "RANK:rank_times" in that work between steps.
 STALL_VAR = "HPC_MNIST_TEST_STALL"
@@ -33,19 +38,34 @@ class Watchdog:
         self.path, self.rank, self.after = run_dir / f"hang-rank{rank}.txt", rank, after
         self.last = time.monotonic()
         self.where = (0, 0, "outside the training steps")  # (epoch, step, phase)
+        self.longest: dict[str, float] = {}  # a judged phase's longest stretch without progress, after its first
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="hpc_mnist-watchdog", daemon=True)
 
+    def _progress(self, where: tuple[int, int, str]) -> None:
+        now, phase = time.monotonic(), self.where[2]
+        if phase in JUDGED:
+            seen = self.longest.get(phase)
+            self.longest[phase] = 0.0 if seen is None else max(seen, now - self.last)
+        self.last, self.where = now, where
+
     def beat(self, epoch: int, step: int, phase: str = "computing") -> None:
-        self.last, self.where = time.monotonic(), (epoch, step, phase)
+        self._progress((epoch, step, phase))
 
     def doing(self, phase: str) -> None:
         """Work between training steps (evaluating, writing a checkpoint): alive, at the last step's position."""
-        self.last, self.where = time.monotonic(), (*self.where[:2], phase)
+        self._progress((*self.where[:2], phase))
 
     def in_collective(self) -> None:
         """Called as this rank enters a collective: if it then hangs, it is waiting for others."""
-        self.last, self.where = time.monotonic(), (*self.where[:2], COLLECTIVE)
+        self._progress((*self.where[:2], COLLECTIVE))
+
+    def stuck(self, floor: float) -> float | None:
+        """Seconds without progress, where this rank's own work (not a collective) has stood still for longer than
+        its allowance: STUCK_FACTOR times the phase's longest measured stretch, and at least `floor`."""
+        longest = self.longest.get(self.where[2])
+        silent = time.monotonic() - self.last
+        return silent if longest is not None and silent >= max(floor, STUCK_FACTOR * longest) else None
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.after / 4)):

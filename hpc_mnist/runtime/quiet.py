@@ -11,6 +11,11 @@ the one line and status.json) and ends its process: a rank blocked in a collecti
 launcher then ends the frozen ones. A thread beats while its main thread computes, evaluates or writes a
 checkpoint to a slow file system, so only a rank whose process or host has gone silent is named.
 
+A rank that is alive but stuck in its own work (a hung kernel or driver) is caught by the same watch: its beat
+says so in place of its count (hang.Watchdog.stuck: no progress outside a collective for ten times the longest
+this phase has taken, and at least STUCK_FLOOR x quiet_after), so it stands still. It is named while a rank that
+still moves waits for it; a frozen rank's waiting peers, stuck beside it, are not.
+
 Where the store itself goes silent: a store that accepts connections but never answers lives in a frozen
 process (rank 0's, under srun and mpiexec), which is named; a store that cannot be reached at all may be on the
 far side of a network fault from this host, or this host may be cut off: such a rank says so, leaves its stacks
@@ -40,6 +45,8 @@ STORE_TIMEOUT = 5.0  # seconds one store operation of the watch may take
 RECORD_WAIT = 10.0  # seconds the other ranks give the reporter to record the verdict before they end
 T = TypeVar("T")
 ENDED = "ended"  # the beat a rank leaves when it stops watching (a run that ended, a rank that failed)
+STUCK = "stuck"  # a beat's first word, in place of its count, while the rank's own work makes no progress
+STUCK_FLOOR = 2.0  # a rank's own work may stand still for at least this many times quiet_after (hang.Watchdog.stuck)
 
 
 @dataclass(frozen=True)
@@ -100,8 +107,9 @@ class QuietWatch:
     def __init__(self, rank: int, world_size: int, quiet_after: float, where: Callable[[], str],
                  on_verdict: Callable[[Verdict], None], exit_code: int,
                  holder: int | None = 0, connect: Callable[[], tdist.Store] = watch_store,
-                 probe: Callable[[], bool] = store_answers_connections, exit: Callable[[int], None] = os._exit):
-        self.rank, self.world_size, self.quiet_after = rank, world_size, quiet_after
+                 probe: Callable[[], bool] = store_answers_connections, exit: Callable[[int], None] = os._exit,
+                 stuck: Callable[[], float | None] = lambda: None):
+        self.rank, self.world_size, self.quiet_after, self.stuck = rank, world_size, quiet_after, stuck
         self.where, self.on_verdict, self.exit_code = where, on_verdict, exit_code
         self.connect, self.probe, self.holder, self.exit = connect, probe, holder, exit
         self.target = (rank + 1) % world_size
@@ -142,8 +150,11 @@ class QuietWatch:
         return store.get(self._key(rank)).decode() if store.check([self._key(rank)]) else None
 
     def _beat(self, text: str | None = None) -> None:
+        """The count, and where this rank is; a rank whose own work is stuck (a hung kernel: its process still
+        answers) beats the same words each time, so its watcher sees it stand still."""
         self._count += 1
-        self._client().set(self._key(self.rank), text or f"{self._count} {self.where()}")
+        mark = STUCK if self.stuck() is not None else self._count
+        self._client().set(self._key(self.rank), text or f"{mark} {self.where()}")
 
     def _published(self) -> Verdict | None:
         store = self._client()
@@ -165,6 +176,7 @@ class QuietWatch:
                         last_seen, changed = seen, now
                     if now - changed >= self.quiet_after:
                         verdict = self._census()
+                        changed = now if verdict is None else changed
                 silent_since = time.monotonic()
             except Exception:  # the store did not answer in STORE_TIMEOUT: a fresh connection next time
                 verdict = self._store_silent() if time.monotonic() - silent_since >= self.quiet_after else None
@@ -192,8 +204,16 @@ class QuietWatch:
         time.sleep(CENSUS)
         second = self._bounded(self._everyone)
         quiet = sorted({self.target} | {r for r in first if first[r] == second[r] and second[r] != ENDED})
+        frozen = [r for r in quiet if not (second[r] or "").startswith(f"{STUCK} ")]
+        if frozen:  # the stuck ones may only be waiting for these (a broadcast is not marked as a collective)
+            quiet, why = frozen, f"no heartbeat for {self.quiet_after:g} s"
+        elif self.stuck() is None or len(quiet) < self.world_size - 1:  # a rank that still moves waits for them
+            why = (f"its process answers, but its own work (no collective) has not moved for over "
+                   f"{STUCK_FLOOR * self.quiet_after:g} s")
+        else:  # every rank stands still in its own work: which one the others wait for cannot be told
+            return self._bounded(self._published)
         where = {r: _where(second[r]) or "before its first heartbeat" for r in quiet}
-        mine = Verdict(tuple(quiet), where, f"no heartbeat for {self.quiet_after:g} s", self.rank)
+        mine = Verdict(tuple(quiet), where, why, self.rank)
         return self._bounded(lambda: self._publish(mine))
 
     def _publish(self, mine: Verdict) -> Verdict:

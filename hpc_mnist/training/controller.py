@@ -117,12 +117,12 @@ class RunController:
 
     def _quiet_watch(self) -> contextlib.AbstractContextManager:
         """The watch for quiet ranks (quiet.py), where there are peers to watch."""
-        rt, after = self.rt, self.cfg.dist.quiet_after
+        rt, after, watchdog = self.rt, self.cfg.dist.quiet_after, self.trainer.monitor.watchdog
         if rt.world_size == 1 or after == 0 or dist.store() is None:
             return contextlib.nullcontext()
-        return quiet.QuietWatch(rt.rank, rt.world_size, after, self.trainer.monitor.watchdog.describe,
-                                self._went_quiet, EXIT_HUNG, holder=quiet.store_rank(),
-                                exit=lambda code: dist.end_job(rt.launcher, code))
+        return quiet.QuietWatch(rt.rank, rt.world_size, after, watchdog.describe, self._went_quiet, EXIT_HUNG,
+                                holder=quiet.store_rank(), exit=lambda code: dist.end_job(rt.launcher, code),
+                                stuck=lambda: watchdog.stuck(quiet.STUCK_FLOOR * after))
 
     def _went_quiet(self, verdict: quiet.Verdict) -> None:
         """In the watch's thread, before it ends this process: this rank's stacks; the reporter's one line and

@@ -2,6 +2,7 @@
 with default settings, by one line and in status.json, and every process of the job is gone within 90 s, under
 torchrun (the agent holds the store) and MPICH's mpiexec (rank 0's process holds it, and is the one frozen)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers.commands import MPIEXEC, SMALL_CNN, SMOKE, torchrun
-from helpers.processes import REPO, error_lines, popen, run_train, worker_pids
+from helpers.processes import REPO, clean_env, error_lines, popen, run_train, worker_pids
 from helpers.runs import status, wait_for_rows
 from hpc_mnist.core import config
 from hpc_mnist.errors import EXIT_HUNG
@@ -77,6 +78,36 @@ def test_a_frozen_rank_is_named_within_a_minute_and_every_process_ends(tmp_path,
     assert (run_dir / f"hang-rank{survivor}.txt").read_text().startswith(f"rank {survivor}: the job ends: ")
     assert not (run_dir / f"hang-rank{victim}.txt").exists()  # a frozen process writes nothing
 
+
+
+def test_a_rank_stuck_in_its_own_work_is_named_within_a_minute(tmp_path):
+    """Rank 1's main thread hangs at step 15 (the tests' stall: as a hung kernel or driver would) while its
+    process, and so its watch, still answers; rank 0 waits for it in DDP's all-reduce. With default settings rank
+    1 is named, as stuck and where, within a minute, and every process ends."""
+    run_dir = tmp_path / "r"
+    proc = subprocess.Popen([*torchrun(), "-m", "hpc_mnist.train", *SMALL_CNN, "train.epochs=3", f"log.dir={tmp_path}",
+                             "log.name=r"], cwd=REPO, env=clean_env(HPC_MNIST_TEST_STALL="1:15"), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    first_step = None  # the stall comes at step 15, a fraction of a second after the first
+    try:
+        while first_step is None and proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                first_step = json.loads((run_dir / "status.json").read_text()).get("first_step_at")
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=GONE_WITHIN + 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    st = status(run_dir)
+    named = st["time"] - first_step
+    assert named < NAMED_WITHIN, (named, err[-3000:])
+    assert time.time() - st["time"] < GONE_WITHIN
+    ours = error_lines(err)
+    assert len(ours) == 1, err[-3000:]
+    assert f"on {HOST} is quiet (epoch 1 step 15, computing): its process answers, but its own work" in ours[0], ours
+    assert (st["state"], st["reason"], st["quiet_ranks"], st["where"], st["exit_code"]) == \
+        ("failed", "rank quiet", [1], {"1": "epoch 1 step 15, computing"}, EXIT_HUNG), st
+    assert "maybe_stall" in (run_dir / "hang-rank1.txt").read_text()  # its stacks show where it hangs
 
 
 WRITE_BPS = 8192  # the slowed file system's write rate: a checkpoint of the smoke MLP takes twice quiet_after
