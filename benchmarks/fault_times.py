@@ -5,7 +5,8 @@
 Real processes on this machine (2 ranks, gloo, a small CNN on synthetic data): kill -9 of one rank under
 torchrun and under MPICH's mpiexec (with -disable-auto-cleanup, so the survivors live on), timed from the kill
 to the survivor's line and to the launcher's exit; SIGSTOP of one rank (quiet: torchrun's rank 1, mpiexec's
-rank 0, which holds the store), timed to the line, the launcher's exit and every process gone; a non-finite
+rank 0, which holds the store), timed to the line, the launcher's exit and every process gone; one rank stuck
+in its own work while its process answers (the tests' stall hook), timed the same way from its first step; a non-finite
 loss on one rank, counted in steps from the fault to the stop. `--only quiet` measures one kind.
 """
 
@@ -89,6 +90,33 @@ def freeze_one(launcher: list[str], tmp: Path, victim: int) -> dict:
             "reason": status["reason"], "quiet_ranks": status.get("quiet_ranks")}
 
 
+def stuck_one(launcher: list[str], tmp: Path) -> dict:
+    """Rank 1's main thread hung at step 15 of the first epoch (the tests' stall, as a hung kernel would), its
+    process and its watch still answering; default settings. Seconds from the launch's first step (the hang
+    follows within a fraction of a second) to the reporter's line, the launcher's exit and every process gone."""
+    run_dir = tmp / "r"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HPC_MNIST_TEST_STALL": "1:15"}
+    proc = subprocess.Popen([*launcher, sys.executable, "-m", "hpc_mnist.train", *ARGS, f"log.dir={tmp}",
+                             "log.name=r"], cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    first = None
+    while first is None and proc.poll() is None:
+        try:
+            first = json.loads((run_dir / "status.json").read_text()).get("first_step_at")
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    fault = time.monotonic() - (time.time() - first)
+    line_s = _first_line_after(proc, fault)
+    exit_s = time.monotonic() - fault
+    pids = json.loads((run_dir / "ranks.json").read_text())["pids"]
+    while any(process_exists(pid) for pid in pids) and time.monotonic() - fault < 300:
+        time.sleep(0.1)
+    status = json.loads((run_dir / "status.json").read_text())
+    return {"line_s": line_s, "exit_s": exit_s, "all_gone_s": time.monotonic() - fault, "status": status["state"],
+            "reason": status["reason"], "quiet_ranks": status.get("quiet_ranks"), "where": status.get("where")}
+
+
 def non_finite(tmp: Path, step: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HPC_MNIST_TEST_NAN": f"1:2:{step}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
@@ -106,12 +134,12 @@ def _seconds(runs: list[dict], key: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, help="write the figures here")
-    p.add_argument("--only", choices=("kill", "quiet", "non-finite"), action="append",
+    p.add_argument("--only", choices=("kill", "quiet", "stuck", "non-finite"), action="append",
                    help="measure only these faults (repeatable; default: all)")
     p.add_argument("--launcher", choices=("torchrun", "mpiexec"), action="append",
                    help="only under these launchers (repeatable; default: both)")
     args = p.parse_args()
-    only = set(args.only or ("kill", "quiet", "non-finite"))
+    only = set(args.only or ("kill", "quiet", "stuck", "non-finite"))
     launchers = set(args.launcher or ("torchrun", "mpiexec"))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python"]
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
@@ -134,6 +162,15 @@ def main() -> int:
                   f"exited after {_seconds(runs, 'exit_s')} s; every process gone after "
                   f"{_seconds(runs, 'all_gone_s')} s; status {runs[0]['status']} ({runs[0]['reason']}, ranks "
                   f"{runs[0]['quiet_ranks']})")
+        for name, launcher in [("torchrun", torchrun), ("mpiexec", [mpiexec, "-n", "2"])]:
+            if launcher[0] is None or "stuck" not in only or name not in launchers:
+                continue
+            runs = [stuck_one(launcher, Path(tmp) / f"stuck-{name}{i}") for i in range(3)]
+            results[f"rank 1 stuck at step 15 under {name}"] = runs
+            print(f"rank 1 stuck in its own work under {name}: the line after {_seconds(runs, 'line_s')} s; "
+                  f"launcher exited after {_seconds(runs, 'exit_s')} s; every process gone after "
+                  f"{_seconds(runs, 'all_gone_s')} s; status {runs[0]['status']} ({runs[0]['reason']}, "
+                  f"{runs[0]['where']})")
         if "non-finite" in only:
             nan = non_finite(Path(tmp), 5)
             results["non-finite loss on rank 1, epoch 2 step 5"] = nan
