@@ -9,6 +9,8 @@ verb: a job script runs it, with the job's PYTHON.
         stopped (SIG: the signal that is stopping the job). Then exit 0 and print two lines, why the run stopped
         and the run directory's name, when the status asks for the run to continue (requeue true); else exit 1,
         printing nothing. A status file that is not there: exit 1; one that cannot be read: one line, exit 2.
+        With --launch-output FILE (the launch's output, kept), a host where the launcher's report says a rank
+        died (runtime/launch_report.py: MPICH's mpiexec kills the rest before they can say) is named bad there.
         Also: record the hosts the status names bad (`bad_hosts`) in the run directory's bad-hosts.json
         (hpc_mnist/runtime/badhosts.py), and count the launches in a row that ended without a new checkpoint
         (runtime/chain.py): at --max-fruitless of them (0: never) the run is not continued, said in one line.
@@ -39,7 +41,7 @@ import os
 import sys
 
 from hpc_mnist.errors import ArgumentParser, UserError, one_line
-from hpc_mnist.runtime import badhosts, chain, pbs, slurm, status
+from hpc_mnist.runtime import badhosts, chain, launch_report, pbs, slurm, status
 
 PROG = "python -m hpc_mnist.job"
 CONTINUE, DONE = 0, 1  # after-launch's exit statuses (a mistake: 2, errors.EXIT_USAGE)
@@ -52,23 +54,27 @@ def gone_line(code: int, ended: dict) -> str:
         kept = f"this job had saved {str(ended['checkpoint']).rpartition('/')[2]}, the newest checkpoint"
     else:
         kept = f"the newest checkpoint is kept: resubmit with RUN_NAME={status.run_name(ended)} to continue"
+    where = (f"on {', '.join(ended['bad_hosts'])}, as the launcher's report above says" if ended.get("bad_hosts")
+             else "the launcher's report above names it")
     return (f"hpc_mnist: the launch ended (exit {code}) without the ranks recording why: a rank or its node died "
-            f"(the OOM killer, a node failure; the launcher's report above names it); {kept}")
+            f"(the OOM killer, a node failure; {where}); {kept}")
 
 
 def after_launch(path: str, code: int, scheduler: str, stopping: bool, job: str = "", link: int = 0,
-                 max_fruitless: int = 0, restarts_left: int = 0, spares: int = 0) -> int:
+                 max_fruitless: int = 0, restarts_left: int = 0, spares: int = 0, report: str = "") -> int:
     job_copy = status.read(path)
     if job_copy is None:
         return DONE  # the ranks recorded nothing (a start that failed): the launch's own report says why
     if status.running(job_copy):
-        ended = status.after_launch(job_copy, stopping=stopping)
+        dead = launch_report.read(report) if report else []  # MPICH's mpiexec names the host, its ranks cannot
+        ended = status.after_launch(job_copy, stopping=stopping, **({"bad_hosts": dead} if dead else {}))
         print(gone_line(code, ended), file=sys.stderr, flush=True)
         write(path, ended)
         run_dir = str(job_copy.get("run_dir") or "")
         record = read_quietly(os.path.join(run_dir, status.NAME)) if run_dir else None
         if record is not None and status.running(record):  # not when a later writer has said more since
-            write(os.path.join(run_dir, status.NAME), status.after_launch(record, stopping=stopping))
+            write(os.path.join(run_dir, status.NAME),
+                  status.after_launch(record, stopping=stopping, **({"bad_hosts": dead} if dead else {})))
         job_copy = ended
     run_dir = str(job_copy.get("run_dir") or "")
     fruitless = 0
@@ -84,8 +90,8 @@ def after_launch(path: str, code: int, scheduler: str, stopping: bool, job: str 
     print(status.why_stopped(job_copy, scheduler))
     print(status.run_name(job_copy))
     if restarts_left > 0:
-        # Only a fault that names its hosts: a launch that ended `gone` (MPICH's mpiexec kills every rank within
-        # milliseconds of one's death, so nobody records which) might relaunch onto a dead host.
+        # Only a fault that names its hosts (a launch that ended `gone` with no launcher's report to name one
+        # might relaunch onto a dead host).
         named = bool(job_copy.get("bad_hosts"))
         here = status.fault(job_copy) and named and not stopping and room_here(scheduler, run_dir, spares)
         print("here" if here else "queue")
@@ -251,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_argument("words", nargs=argparse.REMAINDER, help="-- then the launch's --config FILE and overrides")
     after.add_argument("--restarts-left", type=int, default=0, metavar="N",
                        help="relaunches this job may still make inside its allocation (0: none; no third line)")
+    after.add_argument("--launch-output", default="", metavar="FILE",
+                       help="the launch's output, kept: a launcher's report of where a rank died (MPICH's "
+                            "mpiexec) names the bad host of a status still running")
     for each in (after, before):
         each.add_argument("--job", default="", help="this job's id (the record of bad hosts, the chain's count)")
         each.add_argument("--link", type=int, default=0, metavar="N",
@@ -278,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"after-launch needs --status FILE or ${status.STATUS_FILE_VAR}")
         return after_launch(args.status, args.exit, args.scheduler, stopping=bool(args.stopping), job=args.job,
                             link=args.link, max_fruitless=args.max_fruitless, restarts_left=args.restarts_left,
-                            spares=args.spares)
+                            spares=args.spares, report=args.launch_output)
     words = getattr(args, "words", [])
     words = words[1:] if words[:1] == ["--"] else words
     if args.command == "before-launch":

@@ -155,17 +155,34 @@ scaling_job() {
 # any trapped signal (after a TERM: for the ranks' checkpoint); return its exit status. After a TERM nothing
 # new starts.
 job_run() {
-    local pid
+    local pid code=0 tee_pid="" kept
     if [ -n "$JOB_STOPPING" ]; then
         echo "hpc_mnist: got SIG$JOB_STOPPING before '${*:1:3} ...' started: not starting it" >&2
         return 143
     fi
-    [ -z "${JOB_WATCHED:-}" ] || touch "$HPC_MNIST_STATUS_FILE.launched"   # launch_watch: what is newer
-    (trap '' USR1 USR2; exec "$@") &
-    pid=$!
-    [ -z "${JOB_WATCHED:-}" ] || launch_watch "$pid"
+    if [ -z "${JOB_WATCHED:-}" ]; then
+        (trap '' USR1 USR2; exec "$@") &
+        pid=$!
+    else
+        touch "$HPC_MNIST_STATUS_FILE.launched"   # launch_watch: what is newer
+        # The launch's output, kept as it reaches the log: MPICH's mpiexec kills every rank when one dies, and
+        # only its report (on its standard output) says on which host; after-launch reads it. tee outlives the
+        # job's signals.
+        kept=$HPC_MNIST_STATUS_FILE.launch-output
+        exec {JOB_OUT_FD}> >(trap '' INT TERM HUP USR1 USR2; exec tee "$kept")
+        tee_pid=$!
+        (trap '' USR1 USR2; exec "$@" >&"$JOB_OUT_FD") &
+        pid=$!
+        exec {JOB_OUT_FD}>&-
+        launch_watch "$pid"
+    fi
     while kill -0 "$pid" 2>/dev/null; do wait "$pid" 2>/dev/null || :; done   # a trapped signal ends a wait
-    wait "$pid" 2>/dev/null   # the step's own exit status
+    wait "$pid" 2>/dev/null || code=$?   # the step's own exit status
+    # tee has read the last of it once every writer has gone (a rank left behind may hold it: 2 s at most)
+    if [ -n "$tee_pid" ]; then
+        for _ in $(seq 20); do kill -0 "$tee_pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    return "$code"
 }
 
 # launch_watch PID: while a training launch runs, end its launcher once the ranks have recorded a fault that names
@@ -230,6 +247,7 @@ job_launch() {
             --scheduler "$JOB_SCHEDULER" --exit "$status" --stopping "${JOB_STOPPING:-}" \
             --status "$HPC_MNIST_STATUS_FILE" --job "$JOB_ID" --link "${JOB_LINK:-0}" \
             --max-fruitless "${MAX_FRUITLESS:-3}" --spares "${SPARE_NODES:-0}" \
+            --launch-output "$HPC_MNIST_STATUS_FILE.launch-output" \
             --restarts-left $(( ${MAX_RESTARTS:-3} - ${JOB_RESTARTS:-0} ))); then
         # $() drops an empty last line
         { IFS= read -r JOB_WHY || :; IFS= read -r JOB_RUN || :; IFS= read -r JOB_NEXT || :; } <<< "$said"

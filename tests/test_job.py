@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from helpers.commands import MPIEXEC
 from helpers.processes import REPO, clean_env
 from hpc_mnist.runtime import rundir, status
 
@@ -230,7 +232,8 @@ def test_the_job_command_needs_neither_torch_nor_the_trainer():
                           timeout=60)
     assert done.stdout.strip() == str(sorted(["hpc_mnist", "hpc_mnist.errors", "hpc_mnist.job", "hpc_mnist.runtime",
                                               "hpc_mnist.runtime.badhosts", "hpc_mnist.runtime.chain",
-                                              "hpc_mnist.runtime.pbs", "hpc_mnist.runtime.shell",
+                                              "hpc_mnist.runtime.launch_report", "hpc_mnist.runtime.pbs",
+                                              "hpc_mnist.runtime.shell",
                                               "hpc_mnist.runtime.slurm", "hpc_mnist.runtime.status"])), done.stderr
 
 
@@ -260,6 +263,31 @@ def test_a_status_left_running_names_no_host(written):
     copy = written("running", checkpoint="/x/runs/r7/checkpoint-0002-000000.pt")
     assert after_launch(copy).returncode == CONTINUE
     assert not (Path(json.loads(copy.read_text())["run_dir"]) / "bad-hosts.json").exists()
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich)")
+def test_a_status_left_running_names_the_host_the_launchers_report_names(written, tmp_path):
+    """MPICH's mpiexec kills every rank when one dies, so the ranks record nothing, but its report names the host:
+    kept by the job script (--launch-output), it makes the host bad, and the job relaunches here on the rest."""
+    report = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", "import os, signal; "
+                             "os.environ['PMI_RANK'] == '1' and os.kill(os.getpid(), signal.SIGKILL)"],
+                            capture_output=True, text=True, timeout=60)
+    assert report.returncode != 0 and "BAD TERMINATION" in report.stdout + report.stderr, report
+    output = tmp_path / "launch-output"
+    output.write_text(f"epoch  train loss\n{report.stdout}")  # Hydra's report is on its standard output
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text(f"{socket.gethostname()}\nspare\nother\n")
+    copy = written("running", checkpoint="/x/runs/r7/checkpoint-0002-000000.pt")
+    result = job("after-launch", "--scheduler", "pbs", "--exit", "9", "--status", str(copy), "--launch-output",
+                 str(output), "--restarts-left", "3", "--spares", "1", PBS_NODEFILE=str(nodefile))
+    assert (result.returncode, result.stdout.splitlines()[-1]) == (CONTINUE, "here"), result
+    host = socket.gethostname()
+    assert f"a rank or its node died (the OOM killer, a node failure; on {host}, as the launcher's report above " \
+           "says)" in result.stderr, result.stderr
+    for st in both(copy):
+        assert (st["state"], st["reason"], st["bad_hosts"], st["requeue"]) == ("failed", "gone", [host], True)
+    run_dir = Path(json.loads(copy.read_text())["run_dir"])
+    assert list(json.loads((run_dir / "bad-hosts.json").read_text())["hosts"]) == [host]
 
 
 def test_a_chain_without_progress_stops_at_max_fruitless(written):

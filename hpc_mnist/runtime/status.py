@@ -82,15 +82,16 @@ def mark_gone(status: dict[str, Any], **facts: Any) -> dict[str, Any]:
     return {**status, "state": "failed", "reason": "gone", **facts}
 
 
-def after_launch(status: dict[str, Any], *, stopping: bool) -> dict[str, Any]:
+def after_launch(status: dict[str, Any], *, stopping: bool, **facts: Any) -> dict[str, Any]:
     """The job's rule, once its launch has ended: a status still `running` is `gone` (mark_gone), and asks for
     the run to continue (requeue true) when it names a checkpoint (a running status names one only once this
     job's ranks have saved one: progress was made, so a rank that dies again at the same place, out of memory
     say, does not requeue the job over and over) and the job was not being stopped (a scancel or qdel ends the
-    job whatever its ranks managed to write). Any other status is returned as it is."""
+    job whatever its ranks managed to write). `facts` (the launcher's report's bad hosts) go with it. Any other
+    status is returned as it is."""
     if not running(status):
         return status
-    return mark_gone(status, **({"requeue": True} if status.get("checkpoint") and not stopping else {}))
+    return mark_gone(status, **({"requeue": True} if status.get("checkpoint") and not stopping else {}), **facts)
 
 
 FAULTS = ("rank lost", "rank quiet", "gone", "connection lost")  # a rank or a host failed, not the run

@@ -276,6 +276,7 @@ class RunController:
     def _status(self, state: str, **facts: Any) -> None:
         """status.json, the one record a job script reads to decide what comes next (rank 0 writes it)."""
         where = {"epochs_done": self.pos.epochs_done, "step": self.pos.step}
+        self.trainer.monitor.watchdog.doing("writing status.json")  # a file system's stall: never a stuck rank
         dist.on_main(lambda: rundir.write_status(self.run_dir, state, **where, **facts))
 
     def _where(self, newest: Path | None) -> str:

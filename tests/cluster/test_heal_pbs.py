@@ -1,9 +1,9 @@
 """Healing inside the job on the lab's real OpenPBS (cluster/heal.py): jobscripts/pbs.sh as a user edits it,
 select=3 with SPARE_NODES=1, 2 ranks a host through MPICH's mpiexec and PBS's task manager. Training runs on the
 node file's first two hosts (mpiexec's host file names them); each fault strikes the second; the job relaunches
-on the first and the third without a successor. (d), a rank killed with SIGKILL, is not here: MPICH's mpiexec
-kills every rank within milliseconds of one's death, so no rank can record which host it was, and the job
-continues through its successor as before (test_pbs_jobs.py). The Slurm lab's: test_heal_slurm.py."""
+on the first and the third without a successor. In (d), a rank killed with SIGKILL, MPICH's mpiexec kills every
+rank within milliseconds, so no rank can record which host it was: its own report names it, which the job script
+keeps (launch/jobs.sh, runtime/launch_report.py). The Slurm lab's: test_heal_slurm.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from cluster.test_pbs_jobs import jobs_named, submit, unique_name
 pytestmark = pytest.mark.cluster
 
 
-@pytest.mark.parametrize("fault", [f for f in FAULTS if f != "sigkill"])
+@pytest.mark.parametrize("fault", FAULTS)
 def test_a_failed_host_is_replaced_by_the_spare_inside_the_job(pbs_lab: PbsLab, uninterrupted: Path, fault: str):
     work = pbs_lab.workdir(f"heal-{fault.split()[0]}")
     name = unique_name(work)
