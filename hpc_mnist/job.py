@@ -213,8 +213,7 @@ def allocation(scheduler: str) -> list[str]:
         return slurm.hostnames(os.environ.get("SLURM_JOB_NODELIST", ""))
     nodefile = os.environ.get("PBS_NODEFILE", "")
     try:
-        with open(nodefile) as f:
-            return list(dict.fromkeys(line.strip() for line in f if line.strip()))
+        return pbs.nodefile_hosts(nodefile)
     except OSError as e:
         raise UserError(f"cannot read PBS_NODEFILE {nodefile!r}: {e.strerror or e}") from None
 

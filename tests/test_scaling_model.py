@@ -66,18 +66,6 @@ def test_where_scaling_stops_names_the_term():
     assert sm.where_it_stops(rows, nodes, 0.1) == "never up to 8 nodes"
 
 
-def test_annotate_measured_states_the_error():
-    net = sm.Network(1e-3, 1e9, ref_ranks=2)
-    table = [{"ranks": 1, "global_batch": 100, "samples_per_s": 1000.0},  # 0.1 s per step
-             {"ranks": 2, "global_batch": 200, "samples_per_s": 1900.0}]
-    note = sm.annotate_measured(table, net, grad_bytes=10**6)
-    # predicted at 2 ranks: 0.1 s compute + 1 ms + 1 ms all-reduce -> 200 / 0.102 = 1960.8 samples/s
-    assert table[1]["predicted_samples_per_s"] == pytest.approx(200 / 0.102)
-    assert table[1]["model_error"] == pytest.approx(200 / 0.102 / 1900 - 1)
-    assert table[0]["model_error"] == pytest.approx(0.0)
-    assert "2 ranks +3.2%" in note and "error 0 there by construction" in note
-
-
 def test_polaris_report_finds_the_data_limit():
     report = sm.polaris_report([128], [1, 64, 128], ranks_per_node=4)
     cnn = report["models"]["cnn"]["batches"][128]

@@ -234,31 +234,3 @@ def describe(net: Any) -> str:
     return (f"alpha {net.alpha_s * 1e6:.1f} us at {net.ref_ranks} ranks (log2 growth), bus bandwidth "
             f"{net.busbw / 1e9:.1f} GB/s")
 
-
-def annotate_measured(table: list[dict[str, Any]], net: Network, grad_bytes: int,
-                      buckets: list[int] | None = None) -> str:
-    """Add the model's samples/s (no overlap and with overlap) and its error to each measured row of a scaling
-    report. The compute per sample comes from the smallest measured point, so the error there is zero by
-    construction; the other points test the all-reduce model. Returns a sentence for the report."""
-    ok = [r for r in table if "samples_per_s" in r]
-    if not ok:
-        return ""
-    base = ok[0]
-    base_batch = base["global_batch"] / base["ranks"]
-    base_step = base["global_batch"] / base["samples_per_s"]
-    per_sample = max(1e-12, base_step - net.allreduce_s(grad_bytes, base["ranks"])) / base_batch
-    compute = Compute(0.0, per_sample)
-    errors = []
-    for r in ok:
-        p = predict(compute, net, grad_bytes, round(r["global_batch"] / r["ranks"]), r["ranks"], buckets)
-        r["predicted_samples_per_s"] = p["samples_per_s"]
-        r["predicted_overlap_samples_per_s"] = p["samples_per_s_overlap"]
-        r["model_error"] = p["samples_per_s"] / r["samples_per_s"] - 1
-        if r is not base:
-            errors.append(f"{r['ranks']} ranks {r['model_error']:+.1%}")
-    return (f"Model (hpc_mnist.perf.step): step = compute + all-reduce of {grad_bytes:,} bytes with latency "
-            f"{net.alpha_s * 1e6:.0f} us at {net.ref_ranks} ranks (log2 growth) and bus bandwidth "
-            f"{net.busbw / 1e9:.3g} GB/s; compute per sample {per_sample * 1e6:.1f} us from the {base['ranks']}-rank "
-            f"point (error 0 there by construction). Error of the predicted samples/s (no overlap) on the other "
-            f"measured points: {', '.join(errors) or 'none measured'}.")
-

@@ -128,3 +128,8 @@ def submit_continuation(job_id: str, script: str, run_name: str, count: int, avo
     line = continuation(job_info(job_id), job_id, script, run_name, count, avoid, nodes() if avoid else None)
     return shell.output(line, timeout=60).strip()
 
+
+def nodefile_hosts(path: str) -> list[str]:
+    """The hosts of a PBS node file (one line per rank slot), each once, in order; OSError when unreadable."""
+    with open(path) as f:
+        return list(dict.fromkeys(line.strip() for line in f if line.strip()))

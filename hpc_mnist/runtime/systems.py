@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hpc_mnist import resources
 from hpc_mnist.errors import UserError
+from hpc_mnist.runtime import pbs
 
 # Aurora: 2 sockets x 52 cores; ALCF reserves cores 0 and 52 for the system.
 AURORA_SOCKET_CORES = (range(1, 52), range(53, 104))
@@ -118,9 +119,7 @@ def _hostfile(hosts: list[str], nodes: int) -> str:
 def _nodefile_hosts() -> list[str]:
     """PBS_NODEFILE's hosts, each once, in order ([] when there is none)."""
     nodefile = os.environ.get("PBS_NODEFILE")
-    if not nodefile or not Path(nodefile).exists():
-        return []
-    return list(dict.fromkeys(line.strip() for line in Path(nodefile).read_text().splitlines() if line.strip()))
+    return pbs.nodefile_hosts(nodefile) if nodefile and Path(nodefile).exists() else []
 
 
 def aurora_cpu_bind(ppn: int) -> str:
