@@ -14,7 +14,8 @@ checkpoint to a slow file system, so only a rank whose process or host has gone 
 A rank that is alive but stuck in its own work (a hung kernel or driver) is caught by the same watch: its beat
 says so in place of its count (hang.Watchdog.stuck: no progress outside a collective for ten times the longest
 this phase has taken, and at least STUCK_FLOOR x quiet_after), so it stands still. It is named while a rank that
-still moves waits for it; a frozen rank's waiting peers, stuck beside it, are not.
+still moves waits for it; a frozen rank's waiting peers, stuck beside it, are not. The run judges it only where
+collectives block inside the call (gloo): under NCCL a waiting rank blocks at a later synchronization instead.
 
 Where the store itself goes silent: a store that accepts connections but never answers lives in a frozen
 process (rank 0's, under srun and mpiexec), which is named; a store that cannot be reached at all may be on the

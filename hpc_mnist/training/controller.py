@@ -120,9 +120,12 @@ class RunController:
         rt, after, watchdog = self.rt, self.cfg.dist.quiet_after, self.trainer.monitor.watchdog
         if rt.world_size == 1 or after == 0 or dist.store() is None:
             return contextlib.nullcontext()
+        # Stuck ranks only where collectives block inside the call (gloo): NCCL's return at once, and a rank that
+        # waits for a stuck peer would block at its next synchronization, as stuck as the peer to the watch.
+        stuck = (lambda: watchdog.stuck(quiet.STUCK_FLOOR * after)) if rt.backend == "gloo" else (lambda: None)
         return quiet.QuietWatch(rt.rank, rt.world_size, after, watchdog.describe, self._went_quiet, EXIT_HUNG,
                                 holder=quiet.store_rank(), exit=lambda code: dist.end_job(rt.launcher, code),
-                                stuck=lambda: watchdog.stuck(quiet.STUCK_FLOOR * after))
+                                stuck=stuck)
 
     def _went_quiet(self, verdict: quiet.Verdict) -> None:
         """In the watch's thread, before it ends this process: this rank's stacks; the reporter's one line and
