@@ -41,14 +41,31 @@ def _wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
+def _launched(launcher: list[str], tmp: Path, **env: str) -> subprocess.Popen:
+    """The 2-rank run `r` under `launcher`, in `tmp`, with `env` added (the tests' fault hooks)."""
+    return subprocess.Popen([*launcher, sys.executable, "-m", "hpc_mnist.train", *ARGS, f"log.dir={tmp}",
+                             "log.name=r"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
 def _started(launcher: list[str], tmp: Path, epochs: int) -> tuple[subprocess.Popen, list[int]]:
     """The 2-rank run under `launcher`, once it has logged `epochs` epochs; its ranks' pids."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*launcher, sys.executable, "-m", "hpc_mnist.train", *ARGS, f"log.dir={tmp}",
-                             "log.name=r"], cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = _launched(launcher, tmp)
     _wait_rows(tmp / "r", epochs, proc)
     return proc, json.loads((tmp / "r" / "ranks.json").read_text())["pids"]
+
+
+def _named_and_gone(proc: subprocess.Popen, run_dir: Path, fault: float) -> dict:
+    """Seconds from `fault` (time.monotonic) to the reporter's line, to the launcher's exit and until every
+    rank's process is gone; what status.json then says."""
+    line_s = _first_line_after(proc, fault)
+    exit_s = time.monotonic() - fault
+    pids = json.loads((run_dir / "ranks.json").read_text())["pids"]
+    while any(process_exists(pid) for pid in pids) and time.monotonic() - fault < 300:
+        time.sleep(0.1)
+    status = json.loads((run_dir / "status.json").read_text())
+    return {"line_s": line_s, "exit_s": exit_s, "all_gone_s": time.monotonic() - fault, "status": status["state"],
+            "reason": status["reason"], "quiet_ranks": status.get("quiet_ranks"), "where": status.get("where")}
 
 
 def _first_line_after(proc: subprocess.Popen, fault: float) -> float | None:
@@ -77,17 +94,10 @@ def kill_one(launcher: list[str], tmp: Path) -> dict:
 def freeze_one(launcher: list[str], tmp: Path, victim: int) -> dict:
     """SIGSTOP of one rank after an epoch (a frozen process: its sockets stay open), default dist.quiet_after;
     seconds to the reporter's line, to the launcher's exit and until every rank's process is gone."""
-    run_dir = tmp / "r"
     proc, pids = _started(launcher, tmp, epochs=1)
     frozen = time.monotonic()
     os.kill(pids[victim], signal.SIGSTOP)
-    line_s = _first_line_after(proc, frozen)
-    exit_s = time.monotonic() - frozen
-    while any(process_exists(pid) for pid in pids) and time.monotonic() - frozen < 300:
-        time.sleep(0.1)
-    status = json.loads((run_dir / "status.json").read_text())
-    return {"line_s": line_s, "exit_s": exit_s, "all_gone_s": time.monotonic() - frozen, "status": status["state"],
-            "reason": status["reason"], "quiet_ranks": status.get("quiet_ranks")}
+    return _named_and_gone(proc, tmp / "r", frozen)
 
 
 def stuck_one(launcher: list[str], tmp: Path) -> dict:
@@ -95,10 +105,7 @@ def stuck_one(launcher: list[str], tmp: Path) -> dict:
     process and its watch still answering; default settings. Seconds from the launch's first step (the hang
     follows within a fraction of a second) to the reporter's line, the launcher's exit and every process gone."""
     run_dir = tmp / "r"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HPC_MNIST_TEST_STALL": "1:15"}
-    proc = subprocess.Popen([*launcher, sys.executable, "-m", "hpc_mnist.train", *ARGS, f"log.dir={tmp}",
-                             "log.name=r"], cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = _launched(launcher, tmp, HPC_MNIST_TEST_STALL="1:15")
     first = None
     while first is None and proc.poll() is None:
         try:
@@ -106,15 +113,7 @@ def stuck_one(launcher: list[str], tmp: Path) -> dict:
         except (OSError, ValueError):
             pass
         time.sleep(0.02)
-    fault = time.monotonic() - (time.time() - first)
-    line_s = _first_line_after(proc, fault)
-    exit_s = time.monotonic() - fault
-    pids = json.loads((run_dir / "ranks.json").read_text())["pids"]
-    while any(process_exists(pid) for pid in pids) and time.monotonic() - fault < 300:
-        time.sleep(0.1)
-    status = json.loads((run_dir / "status.json").read_text())
-    return {"line_s": line_s, "exit_s": exit_s, "all_gone_s": time.monotonic() - fault, "status": status["state"],
-            "reason": status["reason"], "quiet_ranks": status.get("quiet_ranks"), "where": status.get("where")}
+    return _named_and_gone(proc, run_dir, time.monotonic() - (time.time() - first))
 
 
 def non_finite(tmp: Path, step: int) -> dict:

@@ -67,14 +67,14 @@ def after_launch(path: str, code: int, scheduler: str, stopping: bool, job: str 
         return DONE  # the ranks recorded nothing (a start that failed): the launch's own report says why
     if status.running(job_copy):
         dead = launch_report.read(report) if report else []  # MPICH's mpiexec names the host, its ranks cannot
-        ended = status.after_launch(job_copy, stopping=stopping, **({"bad_hosts": dead} if dead else {}))
+        from_report = {"bad_hosts": dead} if dead else {}
+        ended = status.after_launch(job_copy, stopping=stopping, **from_report)
         print(gone_line(code, ended), file=sys.stderr, flush=True)
         write(path, ended)
         run_dir = str(job_copy.get("run_dir") or "")
         record = read_quietly(os.path.join(run_dir, status.NAME)) if run_dir else None
         if record is not None and status.running(record):  # not when a later writer has said more since
-            write(os.path.join(run_dir, status.NAME),
-                  status.after_launch(record, stopping=stopping, **({"bad_hosts": dead} if dead else {})))
+            write(os.path.join(run_dir, status.NAME), status.after_launch(record, stopping=stopping, **from_report))
         job_copy = ended
     run_dir = str(job_copy.get("run_dir") or "")
     fruitless = 0
